@@ -1,0 +1,57 @@
+# mod_rsession — the two commands a new user needs: `make demo`, `make test`.
+# Everything else (deps, build, install) is reached from those.
+
+SHELL       := /bin/bash
+CARGO       ?= cargo
+APXS        ?= apxs
+MODULE      := target/release/mod_rsession.so
+DEMO_PORT   ?= 8080
+TEST_THREADS ?= 2
+# Debian packages needed to build, test and run (checked one by one, so a
+# machine that has them all runs no apt-get at all).
+DEB_PACKAGES := apache2 apache2-dev libclang-dev clang curl python3 redis-server wrk
+
+.PHONY: build deps demo test unit install clean lint
+
+build: $(MODULE)
+
+$(MODULE): $(shell find src c_shim -type f) build.rs Cargo.toml
+	$(CARGO) build --release --lib
+	cp target/release/libmod_rsession.so $(MODULE)
+
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" -ne 0 ]; then echo "run as root (or: sudo apt-get install$$missing)"; exit 1; fi; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust (rustup) first"; exit 1; }
+
+demo: deps build
+	bash apache/demo.sh $(DEMO_PORT)
+
+# Unit tests (host-free code), then integration tests against real httpd
+# servers, at most $(TEST_THREADS) at a time.
+test: deps build
+	$(CARGO) test --release --lib
+	RSESSION_MODULE=$(abspath $(MODULE)) $(CARGO) test --release --tests -- --test-threads=$(TEST_THREADS)
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
+
+install: build
+	install -d $(DESTDIR)$$($(APXS) -q LIBEXECDIR)
+	install -m 644 $(MODULE) $(DESTDIR)$$($(APXS) -q LIBEXECDIR)/mod_rsession.so
+	@mods=$$($(APXS) -q SYSCONFDIR)/mods-available; \
+	if [ -d "$$mods" ] || [ -n "$(DESTDIR)" ]; then \
+	  install -d $(DESTDIR)$$mods; \
+	  install -m 644 apache/rsession.load apache/rsession.conf $(DESTDIR)$$mods/; \
+	  echo "installed; enable with: a2enmod rsession && apachectl -k graceful"; \
+	fi
+
+clean:
+	$(CARGO) clean

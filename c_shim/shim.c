@@ -1,0 +1,80 @@
+/*
+ * The C half of mod_rsession: the directive table and the hook table, both
+ * built from httpd macros that Rust cannot expand. No logic lives here; every
+ * function named below is implemented in src/ffi/entry.rs.
+ */
+#include "httpd.h"
+#include "http_config.h"
+#include "http_protocol.h"
+#include "http_request.h"
+#include "util_filter.h"
+#include "mod_rsession.h"
+
+/* Rust entry points (src/ffi/entry.rs). */
+const char *rsession_cmd_take1(cmd_parms *cmd, void *dirconf, const char *arg);
+const char *rsession_cmd_secret(cmd_parms *cmd, void *dirconf, const char *arg);
+int rsession_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *s);
+int rsession_fixups(request_rec *r);
+void rsession_insert_filter(request_rec *r);
+apr_status_t rsession_out_filter(ap_filter_t *f, apr_bucket_brigade *bb);
+int rsession_status_handler(request_rec *r);
+const char *rsession_id(request_rec *r);
+const char *rsession_dir(request_rec *r);
+const char *rsession_get(request_rec *r, const char *key);
+apr_status_t rsession_set(request_rec *r, const char *key, const char *value);
+apr_status_t rsession_invalidate(request_rec *r);
+apr_status_t rsession_regenerate(request_rec *r);
+
+/* S V: main server or <VirtualHost>. S V D H: also <Directory>/<Location>
+ * and .htaccess under AllowOverride AuthConfig. */
+#define RS_SV   RSRC_CONF
+#define RS_SVDH (RSRC_CONF | ACCESS_CONF | OR_AUTHCFG)
+#define RS_TAKE1(name, where, help) AP_INIT_TAKE1(name, rsession_cmd_take1, NULL, where, help)
+
+const command_rec rsession_cmds[] = {
+    RS_TAKE1("RSession", RS_SVDH, "On|Off: sessions for requests under this container (default Off)"),
+    RS_TAKE1("RSessionStore", RS_SV, "file:/abs/path or redis://[:password@]host[:port][/db][?prefix=P&timeout=MS] (default file: under DefaultRuntimeDir/rsession)"),
+    AP_INIT_ITERATE("RSessionSecret", rsession_cmd_secret, NULL, RS_SV,
+                    "HMAC keys, literal or file:/path; the first signs, all verify (default: generated, kept in DefaultRuntimeDir/rsession.key)"),
+    RS_TAKE1("RSessionCookieName", RS_SVDH, "cookie name (default sid); a __Host- name forces Secure, Path=/ and no Domain"),
+    RS_TAKE1("RSessionCookiePath", RS_SVDH, "cookie Path attribute (default /)"),
+    RS_TAKE1("RSessionCookieDomain", RS_SVDH, "cookie Domain attribute (default unset)"),
+    RS_TAKE1("RSessionCookieSecure", RS_SVDH, "On|Off|Auto: Secure attribute; Auto follows HTTPS (default Auto)"),
+    RS_TAKE1("RSessionCookieHttpOnly", RS_SVDH, "On|Off: HttpOnly attribute (default On)"),
+    RS_TAKE1("RSessionCookieSameSite", RS_SVDH, "Strict|Lax|None|Off: SameSite attribute; None implies Secure (default Lax)"),
+    RS_TAKE1("RSessionCookieMaxAge", RS_SVDH, "seconds; 0 sends a browser-session cookie (default 0)"),
+    RS_TAKE1("RSessionTimeout", RS_SVDH, "idle timeout in seconds (default 1800)"),
+    RS_TAKE1("RSessionMaxLifetime", RS_SVDH, "absolute lifetime in seconds from creation; 0 = none (default 0)"),
+    RS_TAKE1("RSessionTouchInterval", RS_SVDH, "seconds between rewrites of an unchanged session's access time (default 60)"),
+    RS_TAKE1("RSessionLock", RS_SVDH, "On|Off: serialise requests of one session (default On)"),
+    RS_TAKE1("RSessionLockTimeout", RS_SVDH, "seconds (decimals allowed) to wait for the session lock before 503 (default 10)"),
+    RS_TAKE1("RSessionLockTTL", RS_SV, "seconds after which a shared store frees the lock of a vanished holder (default 120)"),
+    RS_TAKE1("RSessionScratch", RS_SVDH, "On|Off: a private scratch directory per session (default On)"),
+    RS_TAKE1("RSessionScratchRoot", RS_SV, "absolute parent of all scratch directories (default DefaultRuntimeDir/rsession-scratch)"),
+    RS_TAKE1("RSessionEnv", RS_SVDH, "On|Off: export RSESSION_* environment variables (default On)"),
+    RS_TAKE1("RSessionForwardHeaders", RS_SVDH, "On|Off: add X-RSession-* request headers for proxied backends (default Off)"),
+    RS_TAKE1("RSessionUpdateHeader", RS_SVDH, "response header through which backends change the session (default X-RSession)"),
+    RS_TAKE1("RSessionMaxDataSize", RS_SVDH, "largest encoded session data in bytes (default 65536)"),
+    RS_TAKE1("RSessionGCInterval", RS_SV, "seconds between background sweeps of expired sessions; 0 disables (default 60)"),
+    { NULL }
+};
+
+/* The table of contents: what mod_rsession does, and when. */
+void rsession_register_hooks(apr_pool_t *p)
+{
+    (void)p;
+    ap_hook_post_config(rsession_post_config, NULL, NULL, APR_HOOK_MIDDLE);
+    /* Before mod_headers (LAST), so RequestHeader expressions see our notes. */
+    ap_hook_fixups(rsession_fixups, NULL, NULL, APR_HOOK_MIDDLE);
+    /* Save and set cookies from one output filter, on normal and error responses. */
+    ap_hook_insert_filter(rsession_insert_filter, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_insert_error_filter(rsession_insert_filter, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_register_output_filter("RSESSION_OUT", rsession_out_filter, NULL, AP_FTYPE_CONTENT_SET);
+    ap_hook_handler(rsession_status_handler, NULL, NULL, APR_HOOK_MIDDLE);
+    APR_REGISTER_OPTIONAL_FN(rsession_id);
+    APR_REGISTER_OPTIONAL_FN(rsession_dir);
+    APR_REGISTER_OPTIONAL_FN(rsession_get);
+    APR_REGISTER_OPTIONAL_FN(rsession_set);
+    APR_REGISTER_OPTIONAL_FN(rsession_invalidate);
+    APR_REGISTER_OPTIONAL_FN(rsession_regenerate);
+}

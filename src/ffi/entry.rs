@@ -1,0 +1,294 @@
+//! Every function httpd or the shim calls. Each wraps its raw pointers,
+//! runs the body under the panic guard and hands plain types to `hooks`.
+
+use super::cmd::{self, Directive};
+use super::guard;
+use super::log::{self, Level};
+use super::pool::Pool;
+use super::request::Request;
+use super::server::{Server, ServerState};
+use super::sys;
+use crate::config::DirConfig;
+use crate::hooks;
+use std::ffi::{c_char, c_int, c_void};
+
+const HTTP_500: c_int = sys::HTTP_INTERNAL_SERVER_ERROR as c_int;
+
+/// Logs a caught panic against the request and returns 500.
+fn request_panic(r: Request<'_>, hook: &str, panic: String) -> c_int {
+    log::request(
+        r.as_ptr(),
+        Level::Err,
+        0,
+        &format!("RS0100 panic in {hook}, request failed: {panic}"),
+    );
+    HTTP_500
+}
+
+fn server_panic(s: *const sys::server_rec, hook: &str, panic: String) {
+    log::server(
+        s,
+        Level::Err,
+        0,
+        &format!("RS0101 panic in {hook}: {panic}"),
+    );
+}
+
+// ---- configuration -------------------------------------------------------
+
+pub extern "C" fn create_dir_config(p: *mut sys::apr_pool_t, _dir: *mut c_char) -> *mut c_void {
+    guard::install_panic_hook();
+    // SAFETY: httpd passes a live pool that owns the new config.
+    let pool = unsafe { Pool::from_raw(p) };
+    guard::run(|| {
+        pool.map_or(std::ptr::null_mut(), |p| {
+            p.attach(DirConfig::default()) as *mut c_void
+        })
+    })
+    .unwrap_or(std::ptr::null_mut())
+}
+
+pub extern "C" fn merge_dir_config(
+    p: *mut sys::apr_pool_t,
+    base: *mut c_void,
+    add: *mut c_void,
+) -> *mut c_void {
+    // SAFETY: httpd passes two configs made by create/merge_dir_config and a
+    // live pool for the result; neither input is modified.
+    let (pool, base, add) = unsafe {
+        (
+            Pool::from_raw(p),
+            (base as *const DirConfig).as_ref(),
+            (add as *const DirConfig).as_ref(),
+        )
+    };
+    guard::run(|| match (pool, base, add) {
+        (Some(pool), Some(base), Some(add)) => {
+            pool.attach(DirConfig::merge(base, add)) as *mut c_void
+        }
+        _ => std::ptr::null_mut(),
+    })
+    .unwrap_or(std::ptr::null_mut())
+}
+
+pub extern "C" fn create_server_config(
+    p: *mut sys::apr_pool_t,
+    _s: *mut sys::server_rec,
+) -> *mut c_void {
+    guard::install_panic_hook();
+    // SAFETY: httpd passes pconf, which owns the new config.
+    let pool = unsafe { Pool::from_raw(p) };
+    guard::run(|| {
+        pool.map_or(std::ptr::null_mut(), |p| {
+            p.attach(ServerState::default()) as *mut c_void
+        })
+    })
+    .unwrap_or(std::ptr::null_mut())
+}
+
+pub extern "C" fn merge_server_config(
+    p: *mut sys::apr_pool_t,
+    base: *mut c_void,
+    add: *mut c_void,
+) -> *mut c_void {
+    // SAFETY: as in merge_dir_config, with ServerState values.
+    let (pool, base, add) = unsafe {
+        (
+            Pool::from_raw(p),
+            (base as *const ServerState).as_ref(),
+            (add as *const ServerState).as_ref(),
+        )
+    };
+    guard::run(|| match (pool, base, add) {
+        (Some(pool), Some(base), Some(add)) => {
+            let conf = crate::config::ServerConfig::merge(&base.conf, &add.conf);
+            pool.attach(ServerState {
+                conf,
+                ..Default::default()
+            }) as *mut c_void
+        }
+        _ => std::ptr::null_mut(),
+    })
+    .unwrap_or(std::ptr::null_mut())
+}
+
+fn directive_entry(
+    cmd: *mut sys::cmd_parms,
+    dirconf: *mut c_void,
+    arg: *const c_char,
+) -> *const c_char {
+    // SAFETY: httpd passes the live cmd_parms of the directive being read.
+    let Some(directive) = (unsafe { Directive::from_raw(cmd) }) else {
+        return c"mod_rsession: directive without context".as_ptr();
+    };
+    let result = guard::run(|| {
+        // SAFETY: `arg` is the directive's NUL-terminated argument.
+        let outcome = unsafe { cmd::argument(&directive.name, arg) }
+            .and_then(|a| cmd::apply(&directive, dirconf, a));
+        directive.result(outcome)
+    });
+    result.unwrap_or_else(|panic| {
+        directive
+            .pool
+            .strdup(&format!("{}: internal error ({panic})", directive.name))
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn rsession_cmd_take1(
+    cmd: *mut sys::cmd_parms,
+    dirconf: *mut c_void,
+    arg: *const c_char,
+) -> *const c_char {
+    directive_entry(cmd, dirconf, arg)
+}
+
+#[no_mangle]
+pub extern "C" fn rsession_cmd_secret(
+    cmd: *mut sys::cmd_parms,
+    dirconf: *mut c_void,
+    arg: *const c_char,
+) -> *const c_char {
+    directive_entry(cmd, dirconf, arg)
+}
+
+// ---- server lifecycle ----------------------------------------------------
+
+#[no_mangle]
+pub extern "C" fn rsession_post_config(
+    pconf: *mut sys::apr_pool_t,
+    _plog: *mut sys::apr_pool_t,
+    ptemp: *mut sys::apr_pool_t,
+    s: *mut sys::server_rec,
+) -> c_int {
+    // SAFETY: httpd passes the main server_rec of the generation being built.
+    let Some(server) = (unsafe { Server::from_raw(s) }) else {
+        return HTTP_500;
+    };
+    guard::run(|| hooks::post_config(pconf, ptemp, server)).unwrap_or_else(|panic| {
+        server_panic(s, "post_config", panic);
+        HTTP_500
+    })
+}
+
+// ---- requests ------------------------------------------------------------
+
+#[no_mangle]
+pub extern "C" fn rsession_fixups(r: *mut sys::request_rec) -> c_int {
+    // SAFETY: httpd passes the live request the hook runs for.
+    let Some(req) = (unsafe { Request::from_raw(r) }) else {
+        return sys::STATUS_DECLINED;
+    };
+    guard::run(|| hooks::fixups(req)).unwrap_or_else(|p| request_panic(req, "fixups", p))
+}
+
+#[no_mangle]
+pub extern "C" fn rsession_insert_filter(r: *mut sys::request_rec) {
+    // SAFETY: as in rsession_fixups.
+    let Some(req) = (unsafe { Request::from_raw(r) }) else {
+        return;
+    };
+    if let Err(p) = guard::run(|| hooks::insert_filter(req)) {
+        request_panic(req, "insert_filter", p);
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn rsession_out_filter(
+    f: *mut sys::ap_filter_t,
+    bb: *mut sys::apr_bucket_brigade,
+) -> sys::apr_status_t {
+    // SAFETY: httpd passes the live filter (with its request) and brigade.
+    let (filter, req) = unsafe { (&*f, Request::from_raw((*f).r)) };
+    if let Some(req) = req {
+        if let Err(p) = guard::run(|| hooks::save_at_first_output(req)) {
+            request_panic(req, "output filter", p);
+        }
+    }
+    // SAFETY: `f` is live; removing ourselves then passing the brigade on
+    // is the documented pattern for one-shot filters.
+    unsafe {
+        sys::ap_remove_output_filter(f);
+        sys::ap_pass_brigade(filter.next, bb)
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn rsession_status_handler(r: *mut sys::request_rec) -> c_int {
+    // SAFETY: as in rsession_fixups.
+    let Some(req) = (unsafe { Request::from_raw(r) }) else {
+        return sys::STATUS_DECLINED;
+    };
+    guard::run(|| hooks::status_handler(req))
+        .unwrap_or_else(|p| request_panic(req, "status handler", p))
+}
+
+// ---- C optional functions (c_shim/mod_rsession.h) ------------------------
+
+/// Runs a C API call with a live request, or returns `fallback`.
+fn api<T>(r: *mut sys::request_rec, fallback: T, f: impl FnOnce(Request<'_>) -> T) -> T {
+    // SAFETY: callers pass the request they are serving.
+    let Some(req) = (unsafe { Request::from_raw(r) }) else {
+        return fallback;
+    };
+    guard::run(|| f(req)).unwrap_or_else(|p| {
+        request_panic(req, "C API", p);
+        fallback
+    })
+}
+
+/// A C string argument as text (invalid UTF-8 replaced).
+fn c_arg(p: *const c_char) -> Option<String> {
+    // SAFETY: the C API's callers pass NUL-terminated strings or NULL.
+    (!p.is_null()).then(|| {
+        unsafe { std::ffi::CStr::from_ptr(p) }
+            .to_string_lossy()
+            .into_owned()
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn rsession_id(r: *mut sys::request_rec) -> *const c_char {
+    api(r, std::ptr::null(), |req| {
+        hooks::api_id(req).map_or(std::ptr::null(), |s| req.pool().strdup(&s))
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn rsession_dir(r: *mut sys::request_rec) -> *const c_char {
+    api(r, std::ptr::null(), |req| {
+        hooks::api_dir(req).map_or(std::ptr::null(), |s| req.pool().strdup(&s))
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn rsession_get(r: *mut sys::request_rec, key: *const c_char) -> *const c_char {
+    let key = c_arg(key);
+    api(r, std::ptr::null(), |req| {
+        key.and_then(|k| hooks::api_get(req, &k))
+            .map_or(std::ptr::null(), |v| req.pool().strdup(&v))
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn rsession_set(
+    r: *mut sys::request_rec,
+    key: *const c_char,
+    value: *const c_char,
+) -> sys::apr_status_t {
+    let (key, value) = (c_arg(key), c_arg(value));
+    api(r, sys::STATUS_EGENERAL, |req| match key {
+        Some(k) => hooks::api_set(req, &k, value.as_deref()),
+        None => sys::STATUS_EINVAL,
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn rsession_invalidate(r: *mut sys::request_rec) -> sys::apr_status_t {
+    api(r, sys::STATUS_EGENERAL, hooks::api_invalidate)
+}
+
+#[no_mangle]
+pub extern "C" fn rsession_regenerate(r: *mut sys::request_rec) -> sys::apr_status_t {
+    api(r, sys::STATUS_EGENERAL, hooks::api_regenerate)
+}

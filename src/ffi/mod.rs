@@ -1,0 +1,13 @@
+//! The FFI layer: the only place with `unsafe`. Raw bindings live in `sys`;
+//! the other modules wrap them in small safe types (`Request`, `Table`,
+//! `Pool`), so `hooks` never touches a raw pointer.
+
+pub mod cmd;
+mod entry;
+pub mod guard;
+pub mod log;
+pub mod module;
+pub mod pool;
+pub mod request;
+pub mod server;
+pub mod sys;

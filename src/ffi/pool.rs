@@ -1,0 +1,80 @@
+//! APR pools: Rust values whose `Drop` runs when a pool is cleared, and
+//! strings copied into pool memory for httpd to keep.
+
+use super::sys;
+use std::ffi::{c_char, c_void, CStr};
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+
+/// A pool that outlives `'p`.
+#[derive(Clone, Copy)]
+pub struct Pool<'p> {
+    raw: NonNull<sys::apr_pool_t>,
+    _life: PhantomData<&'p sys::apr_pool_t>,
+}
+
+extern "C" fn drop_boxed<T>(data: *mut c_void) -> sys::apr_status_t {
+    // A panicking Drop must not unwind into APR.
+    let _ = std::panic::catch_unwind(|| {
+        // SAFETY: `data` came from Box::into_raw in `attach` and this
+        // cleanup runs exactly once, when the pool is cleared.
+        drop(unsafe { Box::from_raw(data as *mut T) });
+    });
+    sys::STATUS_SUCCESS
+}
+
+impl<'p> Pool<'p> {
+    /// # Safety
+    /// `raw` must be a live pool that outlives `'p`.
+    pub unsafe fn from_raw(raw: *mut sys::apr_pool_t) -> Option<Pool<'p>> {
+        NonNull::new(raw).map(|raw| Pool {
+            raw,
+            _life: PhantomData,
+        })
+    }
+
+    pub fn as_ptr(&self) -> *mut sys::apr_pool_t {
+        self.raw.as_ptr()
+    }
+
+    /// Moves `value` into memory the pool owns: it is dropped when the pool
+    /// is cleared or destroyed. The pointer stays valid until then.
+    pub fn attach<T: 'static>(&self, value: T) -> *mut T {
+        let ptr = Box::into_raw(Box::new(value));
+        // SAFETY: the pool is live; `drop_boxed::<T>` matches the pointer's
+        // type, and `apr_pool_cleanup_null` is APR's no-op child cleanup.
+        unsafe {
+            sys::apr_pool_cleanup_register(
+                self.as_ptr(),
+                ptr as *const c_void,
+                Some(drop_boxed::<T>),
+                Some(sys::apr_pool_cleanup_null),
+            );
+        }
+        ptr
+    }
+
+    /// A NUL-terminated copy of `s` in the pool (NUL bytes cut it short).
+    pub fn strdup(&self, s: &str) -> *const c_char {
+        let bytes = s.as_bytes();
+        let len = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        // SAFETY: the pool is live and `bytes[..len]` is readable.
+        unsafe { sys::apr_pstrmemdup(self.as_ptr(), bytes.as_ptr() as *const c_char, len) }
+    }
+
+    /// Pool userdata under `key` (null when unset).
+    pub fn userdata(&self, key: &CStr) -> *mut c_void {
+        let mut out: *mut c_void = std::ptr::null_mut();
+        // SAFETY: the pool is live, `key` is NUL-terminated and `out` is a
+        // valid place for APR to write the pointer.
+        unsafe { sys::apr_pool_userdata_get(&mut out, key.as_ptr(), self.as_ptr()) };
+        out
+    }
+
+    /// Sets userdata without a cleanup (the value's own `attach` cleanup
+    /// frees it); `key` must be static, as `setn` keeps the pointer.
+    pub fn set_userdata(&self, key: &'static CStr, value: *mut c_void) {
+        // SAFETY: the pool is live; `key` lives forever as setn requires.
+        unsafe { sys::apr_pool_userdata_setn(value, key.as_ptr(), None, self.as_ptr()) };
+    }
+}

@@ -1,0 +1,280 @@
+//! Safe views of a `request_rec` and its tables, valid for one hook call.
+
+use super::module::module_config;
+use super::pool::Pool;
+use super::server::{Server, ServerState};
+use super::sys;
+use crate::config::DirConfig;
+use std::borrow::Cow;
+use std::ffi::{c_char, CStr, CString};
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+
+/// A request httpd keeps alive for at least `'r`.
+#[derive(Clone, Copy)]
+pub struct Request<'r> {
+    raw: NonNull<sys::request_rec>,
+    _life: PhantomData<&'r sys::request_rec>,
+}
+
+/// Text of a C string; invalid UTF-8 is replaced, never trusted.
+fn text<'a>(p: *const c_char) -> Option<Cow<'a, str>> {
+    // SAFETY: httpd's strings are NUL-terminated and outlive the hook call.
+    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy())
+}
+
+impl<'r> Request<'r> {
+    /// # Safety
+    /// `raw` must be a request httpd keeps alive for `'r`.
+    pub unsafe fn from_raw(raw: *mut sys::request_rec) -> Option<Request<'r>> {
+        NonNull::new(raw).map(|raw| Request {
+            raw,
+            _life: PhantomData,
+        })
+    }
+
+    pub fn as_ptr(&self) -> *mut sys::request_rec {
+        self.raw.as_ptr()
+    }
+
+    fn rec(&self) -> &'r sys::request_rec {
+        // SAFETY: the request is live for 'r (from_raw's contract), and we
+        // only read fields here.
+        unsafe { self.raw.as_ref() }
+    }
+
+    /// A main request (not a subrequest).
+    pub fn is_main(&self) -> bool {
+        self.rec().main.is_null()
+    }
+
+    /// The request that started this chain: follows `main` (subrequests)
+    /// and `prev` (internal redirects) to the first one. Its pool outlives
+    /// every other request of the chain.
+    pub fn initial(&self) -> Request<'r> {
+        let mut r = self.raw.as_ptr();
+        loop {
+            // SAFETY: main/prev point at live requests of the same
+            // connection, each outliving the requests derived from it.
+            let rec = unsafe { &*r };
+            if !rec.main.is_null() {
+                r = rec.main;
+            } else if !rec.prev.is_null() {
+                r = rec.prev;
+            } else {
+                break;
+            }
+        }
+        // SAFETY: `r` is a live request of this chain (see above).
+        unsafe { Request::from_raw(r) }.unwrap_or(*self)
+    }
+
+    pub fn pool(&self) -> Pool<'r> {
+        // SAFETY: a request's pool lives as long as the request.
+        unsafe { Pool::from_raw(self.rec().pool) }.expect("requests always have a pool")
+    }
+
+    pub fn server(&self) -> Server<'r> {
+        // SAFETY: r->server is set before any hook runs and outlives it.
+        unsafe { Server::from_raw(self.rec().server) }.expect("requests always have a server")
+    }
+
+    pub fn server_state(&self) -> &'r ServerState {
+        self.server().state()
+    }
+
+    /// The merged per-directory config for this request.
+    pub fn dir_config(&self) -> Option<&'r DirConfig> {
+        // SAFETY: per_dir_config is a live config vector; our slot holds a
+        // DirConfig made by create/merge_dir_config in a pool that outlives
+        // the request (pconf, or this request's pool for .htaccess).
+        unsafe {
+            let ptr = module_config(self.rec().per_dir_config) as *const DirConfig;
+            ptr.as_ref()
+        }
+    }
+
+    pub fn status(&self) -> i32 {
+        self.rec().status
+    }
+
+    pub fn handler(&self) -> Option<Cow<'r, str>> {
+        text(self.rec().handler)
+    }
+
+    pub fn args(&self) -> Option<Cow<'r, str>> {
+        text(self.rec().args)
+    }
+
+    pub fn is_https(&self) -> bool {
+        // SAFETY: the request is live; the hook returns a static string.
+        let scheme = unsafe { sys::ap_run_http_scheme(self.rec()) };
+        text(scheme).is_some_and(|s| s == "https")
+    }
+
+    pub fn headers_in(&self) -> Table<'r> {
+        Table::new(self.rec().headers_in)
+    }
+    pub fn headers_out(&self) -> Table<'r> {
+        Table::new(self.rec().headers_out)
+    }
+    pub fn err_headers_out(&self) -> Table<'r> {
+        Table::new(self.rec().err_headers_out)
+    }
+    pub fn notes(&self) -> Table<'r> {
+        Table::new(self.rec().notes)
+    }
+    pub fn subprocess_env(&self) -> Table<'r> {
+        Table::new(self.rec().subprocess_env)
+    }
+
+    pub fn add_output_filter(&self, name: &CStr) {
+        // SAFETY: the request and its connection are live; the filter name
+        // was registered in register_hooks.
+        unsafe {
+            sys::ap_add_output_filter(
+                name.as_ptr(),
+                std::ptr::null_mut(),
+                self.as_ptr(),
+                self.rec().connection,
+            );
+        }
+    }
+
+    pub fn set_content_type(&self, content_type: &str) {
+        let ct = self.pool().strdup(content_type);
+        // SAFETY: `ct` lives in the request pool, as httpd requires.
+        unsafe { sys::ap_set_content_type(self.as_ptr(), ct) };
+    }
+
+    /// Writes body bytes; false when the client went away.
+    pub fn write(&self, body: &[u8]) -> bool {
+        // SAFETY: the request is live and `body` is readable for its length.
+        let n =
+            unsafe { sys::ap_rwrite(body.as_ptr() as *const _, body.len() as _, self.as_ptr()) };
+        n >= 0
+    }
+
+    pub fn is_header_only(&self) -> bool {
+        self.rec().header_only != 0
+    }
+}
+
+/// An `apr_table_t` of a live request.
+#[derive(Clone, Copy)]
+pub struct Table<'r> {
+    raw: *mut sys::apr_table_t,
+    _life: PhantomData<&'r sys::apr_table_t>,
+}
+
+fn c(s: &str) -> Option<CString> {
+    CString::new(s).ok()
+}
+
+impl<'r> Table<'r> {
+    fn new(raw: *mut sys::apr_table_t) -> Table<'r> {
+        Table {
+            raw,
+            _life: PhantomData,
+        }
+    }
+
+    /// Every (key, value) entry, in order.
+    pub fn entries(&self) -> Vec<(Cow<'r, str>, Cow<'r, str>)> {
+        if self.raw.is_null() {
+            return Vec::new();
+        }
+        // SAFETY: an apr_table_t is an array of apr_table_entry_t; the table
+        // is live and not modified while we read it.
+        unsafe {
+            let arr = &*sys::apr_table_elts(self.raw);
+            let elts = arr.elts as *const sys::apr_table_entry_t;
+            (0..arr.nelts.max(0) as usize)
+                .map(|i| &*elts.add(i))
+                .filter(|e| !e.key.is_null())
+                .filter_map(|e| Some((text(e.key)?, text(e.val)?)))
+                .collect()
+        }
+    }
+
+    /// Every value under `key` (case-insensitive), in order.
+    pub fn get_all(&self, key: &str) -> Vec<Cow<'r, str>> {
+        self.entries()
+            .into_iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
+            .collect()
+    }
+
+    /// Replaces every value under `key` (APR copies both strings).
+    pub fn set(&self, key: &str, value: &str) {
+        if let (Some(k), Some(v)) = (c(key), c(value)) {
+            // SAFETY: live table; apr_table_set copies key and value.
+            unsafe { sys::apr_table_set(self.raw, k.as_ptr(), v.as_ptr()) };
+        }
+    }
+
+    /// Adds one more value under `key`.
+    pub fn add(&self, key: &str, value: &str) {
+        if let (Some(k), Some(v)) = (c(key), c(value)) {
+            // SAFETY: live table; apr_table_add copies key and value.
+            unsafe { sys::apr_table_add(self.raw, k.as_ptr(), v.as_ptr()) };
+        }
+    }
+
+    pub fn unset(&self, key: &str) {
+        if let Some(k) = c(key) {
+            // SAFETY: live table, NUL-terminated key.
+            unsafe { sys::apr_table_unset(self.raw, k.as_ptr()) };
+        }
+    }
+
+    /// Removes every entry whose key starts with `prefix` (ASCII case
+    /// ignored); returns how many distinct keys went.
+    pub fn unset_prefixed(&self, prefix: &str) -> usize {
+        let mut keys: Vec<String> = self
+            .entries()
+            .into_iter()
+            .map(|(k, _)| k.into_owned())
+            .filter(|k| {
+                k.len() >= prefix.len()
+                    && k.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+            })
+            .collect();
+        keys.sort_by_key(|k| k.to_ascii_lowercase());
+        keys.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
+        for k in &keys {
+            self.unset(k);
+        }
+        keys.len()
+    }
+}
+
+/// Pool userdata key of the session state on the initial request.
+const STATE_KEY: &CStr = c"rsession:request-state";
+
+impl<'r> Request<'r> {
+    /// The session state kept on this request's pool, if any. Call it on
+    /// `initial()`: subrequests and redirects share the initial request's.
+    pub fn session_state(&self) -> Option<&'r std::cell::RefCell<crate::hooks::RequestState>> {
+        let p = self.pool().userdata(STATE_KEY)
+            as *const std::cell::RefCell<crate::hooks::RequestState>;
+        // SAFETY: only `set_session_state` stores under STATE_KEY, always a
+        // RefCell<RequestState> attached to this same pool, so it lives as
+        // long as the pool (and so for 'r).
+        unsafe { p.as_ref() }
+    }
+
+    /// Stores the session state on this request's pool; dropped (unlocking
+    /// the session) when the pool goes, after logging, even on aborts.
+    pub fn set_session_state(
+        &self,
+        state: crate::hooks::RequestState,
+    ) -> &'r std::cell::RefCell<crate::hooks::RequestState> {
+        let pool = self.pool();
+        let p = pool.attach(std::cell::RefCell::new(state));
+        pool.set_userdata(STATE_KEY, p as *mut std::ffi::c_void);
+        // SAFETY: `attach` returned a live pointer owned by the pool.
+        unsafe { &*p }
+    }
+}

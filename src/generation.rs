@@ -1,0 +1,157 @@
+//! Per-generation state: what one configuration generation (startup, or a
+//! graceful restart) needs at request time — the store, the key ring, the
+//! scratch root, the counters. Built in post_config, hung off each server's
+//! config (which lives in pconf), so it dies with its generation and a
+//! reloaded .so never sees a stale static.
+
+use crate::config::ServerConfig;
+use crate::scratch::ScratchRoot;
+use crate::signing::KeyRing;
+use crate::status::Stats;
+use crate::store::{self, SessionStore, StoreUrl};
+use std::collections::HashMap;
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct Runtime {
+    pub store: Arc<dyn SessionStore>,
+    pub keys: KeyRing,
+    pub scratch: ScratchRoot,
+    pub lock_ttl: Duration,
+    pub gc_interval: Duration,
+    pub stats: Arc<Stats>,
+}
+
+/// Defaults that depend on `DefaultRuntimeDir`, resolved by the host.
+pub struct HostDefaults {
+    pub store_dir: PathBuf,
+    pub scratch_root: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// Shares one opened store (and its counters) among virtual hosts that name
+/// the same URL.
+#[derive(Default)]
+pub struct Builder {
+    stores: HashMap<String, (Arc<dyn SessionStore>, Arc<Stats>)>,
+    generated_key: Option<Vec<u8>>,
+}
+
+impl Builder {
+    pub fn build(&mut self, conf: &ServerConfig, host: &HostDefaults) -> Result<Runtime, String> {
+        let url = conf
+            .store
+            .clone()
+            .unwrap_or_else(|| StoreUrl::File(host.store_dir.clone()));
+        let (store, stats) = match self.stores.get(&url.to_string()) {
+            Some(shared) => shared.clone(),
+            None => {
+                let opened = store::open(&url).map_err(|e| format!("RSessionStore {url}: {e}"))?;
+                let shared = (opened, Arc::new(Stats::default()));
+                self.stores.insert(url.to_string(), shared.clone());
+                shared
+            }
+        };
+        let keys = match &conf.secrets {
+            Some(keys) => keys.clone(),
+            None => {
+                if self.generated_key.is_none() {
+                    let key = load_or_create_key(&host.key_file).map_err(|e| {
+                        format!(
+                            "cannot keep the generated session key in {}: {e}",
+                            host.key_file.display()
+                        )
+                    })?;
+                    self.generated_key = Some(key);
+                }
+                vec![self.generated_key.clone().unwrap_or_default()]
+            }
+        };
+        let keys = KeyRing::new(keys).ok_or("RSessionSecret: no usable key")?;
+        Ok(Runtime {
+            store,
+            keys,
+            scratch: ScratchRoot::new(
+                conf.scratch_root
+                    .clone()
+                    .unwrap_or_else(|| host.scratch_root.clone()),
+            ),
+            lock_ttl: Duration::from_secs(conf.lock_ttl()),
+            gc_interval: Duration::from_secs(conf.gc_interval()),
+            stats,
+        })
+    }
+}
+
+/// Reads the generated key, or makes one (256 bits from the OS, as 64 hex
+/// characters, mode 0600) so that restarts keep sessions valid.
+pub fn load_or_create_key(path: &Path) -> std::io::Result<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(mut key) => {
+            while key.last().is_some_and(|c| c.is_ascii_whitespace()) {
+                key.pop();
+            }
+            if key.len() >= 32 {
+                return Ok(key);
+            }
+            Err(std::io::Error::new(
+                ErrorKind::InvalidData,
+                "key file is too short; delete it to make a new one",
+            ))
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            let mut raw = [0u8; 32];
+            getrandom::fill(&mut raw).map_err(std::io::Error::other)?;
+            let key: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)?;
+            f.write_all(key.as_bytes())?;
+            f.write_all(b"\n")?;
+            Ok(key.into_bytes())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn generated_key_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rsession.key");
+        let first = load_or_create_key(&path).unwrap();
+        assert_eq!(first.len(), 64);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(load_or_create_key(&path).unwrap(), first);
+    }
+
+    #[test]
+    fn vhosts_naming_one_store_share_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostDefaults {
+            store_dir: dir.path().join("store"),
+            scratch_root: dir.path().join("scratch"),
+            key_file: dir.path().join("key"),
+        };
+        let mut builder = Builder::default();
+        let a = builder.build(&ServerConfig::default(), &host).unwrap();
+        let b = builder.build(&ServerConfig::default(), &host).unwrap();
+        assert!(Arc::ptr_eq(&a.stats, &b.stats));
+        assert_eq!(
+            a.store.describe(),
+            format!("file:{}", host.store_dir.display())
+        );
+    }
+}

@@ -1,0 +1,440 @@
+//! Glue between httpd and the session logic: reads a request into plain
+//! values, calls `session`, writes the results back (notes, environment,
+//! headers, cookies). No `unsafe` here; `ffi` provides the safe wrappers.
+
+use crate::config::DirConfig;
+use crate::cookie::{cookie_value, private_cache_control, signed_ids};
+use crate::ffi::log::{rlog, slog, Level};
+use crate::ffi::request::Request;
+use crate::ffi::server::{child_user, is_first_startup_pass, is_root, runtime_dir_path, Server};
+use crate::ffi::sys;
+use crate::generation::{Builder, HostDefaults, Runtime};
+use crate::session::{ActiveSession, CookieChange, Notes};
+use crate::status::Stats;
+use crate::store::file::ensure_private_dir;
+use crate::update;
+use std::ffi::c_int;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const OK: c_int = sys::STATUS_OK;
+const DECLINED: c_int = sys::STATUS_DECLINED;
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// What the initial request of a chain holds: its session, or the status
+/// with which getting one failed (so ErrorDocument redirects do not retry).
+pub enum RequestState {
+    Active(Box<RequestSession>),
+    Failed(c_int),
+}
+
+/// A session with what it needs to finish: the runtime of its generation
+/// and the config of the request that began it.
+pub struct RequestSession {
+    runtime: Arc<Runtime>,
+    dir: DirConfig,
+    session: ActiveSession,
+}
+
+impl Drop for RequestSession {
+    /// The pool cleanup path (the output filter never ran, e.g. an aborted
+    /// client): save what was changed through the C API, then unlock.
+    fn drop(&mut self) {
+        if !self.session.is_finished() {
+            let _ = self.session.finish(&self.runtime, &self.dir, now());
+        }
+    }
+}
+
+// ---- startup --------------------------------------------------------------
+
+/// Builds each server's runtime (store, keys, scratch root) and hands the
+/// directories to `User`. Skips the first startup pass, whose config is
+/// thrown away.
+pub fn post_config(
+    _pconf: *mut sys::apr_pool_t,
+    ptemp: *mut sys::apr_pool_t,
+    main: Server<'_>,
+) -> c_int {
+    if is_first_startup_pass() {
+        return OK;
+    }
+    let host = HostDefaults {
+        store_dir: runtime_dir_path(ptemp, "rsession"),
+        scratch_root: runtime_dir_path(ptemp, "rsession-scratch"),
+        key_file: runtime_dir_path(ptemp, "rsession.key"),
+    };
+    let mut builder = Builder::default();
+    for server in main.iter() {
+        let state = server.state();
+        let runtime = match builder.build(&state.conf, &host) {
+            Ok(rt) => rt,
+            Err(msg) => {
+                slog!(
+                    server,
+                    Level::Emerg,
+                    "RS0001 cannot start sessions for {}: {msg}",
+                    server.name()
+                );
+                return sys::HTTP_INTERNAL_SERVER_ERROR as c_int;
+            }
+        };
+        let mut dirs = runtime.store.local_dirs();
+        dirs.push(runtime.scratch.root().to_path_buf());
+        for dir in &dirs {
+            if let Err(e) = hand_to_user(dir) {
+                slog!(
+                    server,
+                    Level::Emerg,
+                    "RS0002 cannot prepare {} for the server's User: {e}",
+                    dir.display()
+                );
+                return sys::HTTP_INTERNAL_SERVER_ERROR as c_int;
+            }
+        }
+        slog!(
+            server,
+            Level::Debug,
+            "sessions for {}: store {}, scratch {}",
+            server.name(),
+            runtime.store.describe(),
+            runtime.scratch.root().display()
+        );
+        // A fresh ServerState per generation: set exactly once.
+        let _ = state.runtime.set(Arc::new(runtime));
+    }
+    OK
+}
+
+/// Creates `dir` (0700) and, when running as root, gives it to `User`, so
+/// that children can write where the parent prepared.
+fn hand_to_user(dir: &Path) -> std::io::Result<()> {
+    ensure_private_dir(dir)?;
+    if is_root() {
+        let (uid, gid) = child_user();
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+    }
+    Ok(())
+}
+
+// ---- requests --------------------------------------------------------------
+
+/// Loads or creates the session before any handler runs, and exposes it.
+pub fn fixups(r: Request<'_>) -> c_int {
+    let Some(dir) = r.dir_config() else {
+        return DECLINED;
+    };
+    if !dir.enabled() {
+        return DECLINED;
+    }
+    // Client-sent X-RSession-* headers could pass for ours downstream.
+    r.headers_in().unset_prefixed("X-RSession-");
+
+    let initial = r.initial();
+    let state = match initial.session_state() {
+        Some(state) => state,
+        None => {
+            let Some(runtime) = r.server_state().runtime.get() else {
+                rlog!(r, Level::Err, "RS0003 sessions are not initialised for this server; request served without one");
+                return DECLINED;
+            };
+            initial.set_session_state(begin(r, dir, runtime))
+        }
+    };
+    let state = state.borrow();
+    match &*state {
+        RequestState::Active(rs) => {
+            expose(r, dir, &rs.session);
+            OK
+        }
+        // Only the initial request reports the failure; ErrorDocument and
+        // other redirects go on without a session.
+        RequestState::Failed(status) if r.as_ptr() == initial.as_ptr() => *status,
+        RequestState::Failed(_) => DECLINED,
+    }
+}
+
+fn begin(r: Request<'_>, dir: &DirConfig, runtime: &Arc<Runtime>) -> RequestState {
+    let cookies = r.headers_in().get_all("Cookie");
+    let found = signed_ids(
+        cookies.iter().map(|c| c.as_ref()),
+        dir.cookie_name(),
+        &runtime.keys,
+    );
+    let mut notes = Notes::default();
+    let result = ActiveSession::begin(runtime, dir, &found, now(), &mut notes);
+    for what in notes.corrupt {
+        rlog!(
+            r,
+            Level::Warning,
+            "RS0010 unreadable session record ({what}); issuing a fresh session"
+        );
+    }
+    if found.rejected > 0 {
+        rlog!(
+            r,
+            Level::Debug,
+            "rejected {} session cookie(s) that were malformed or badly signed",
+            found.rejected
+        );
+    }
+    match result {
+        Ok(session) => {
+            rlog!(
+                r,
+                Level::Debug,
+                "session {}... {}",
+                session.id().short(),
+                if session.is_new() {
+                    "created"
+                } else {
+                    "resumed"
+                }
+            );
+            RequestState::Active(Box::new(RequestSession {
+                runtime: runtime.clone(),
+                dir: dir.clone(),
+                session,
+            }))
+        }
+        Err(e) => {
+            let status = e.http_status();
+            if status == 503 {
+                r.err_headers_out().set("Retry-After", "1");
+            } else {
+                Stats::bump(&runtime.stats.store_errors);
+            }
+            rlog!(
+                r,
+                Level::Err,
+                "RS0011 no session for this request ({e}); answering {status}"
+            );
+            status as c_int
+        }
+        .into(),
+    }
+}
+
+impl From<c_int> for RequestState {
+    fn from(status: c_int) -> Self {
+        RequestState::Failed(status)
+    }
+}
+
+/// Notes, environment and (optionally) forwarded request headers.
+fn expose(r: Request<'_>, dir: &DirConfig, session: &ActiveSession) {
+    let id = session.id().to_string();
+    let scratch = session
+        .scratch_dir()
+        .map(|p| p.to_string_lossy().into_owned());
+    let new = if session.is_new() { "1" } else { "0" };
+    let notes = r.notes();
+    notes.set("rsession-id", &id);
+    notes.set("rsession-new", new);
+    match &scratch {
+        Some(path) => notes.set("rsession-dir", path),
+        None => notes.unset("rsession-dir"),
+    }
+    if dir.env() {
+        let env = r.subprocess_env();
+        env.set("RSESSION_ID", &id);
+        env.set("RSESSION_NEW", new);
+        env.set("RSESSION_DATA", &session.encoded_data());
+        match &scratch {
+            Some(path) => env.set("RSESSION_DIR", path),
+            None => env.unset("RSESSION_DIR"),
+        }
+    }
+    if dir.forward_headers() {
+        let headers = r.headers_in();
+        headers.set("X-RSession-Id", &id);
+        headers.set("X-RSession-Data", &session.encoded_data());
+        if let Some(path) = &scratch {
+            headers.set("X-RSession-Dir", path);
+        }
+    }
+}
+
+/// Adds the saving filter to the request whose response goes out.
+pub fn insert_filter(r: Request<'_>) {
+    if !r.is_main() {
+        return;
+    }
+    let pending = r.initial().session_state().is_some_and(
+        |s| matches!(&*s.borrow(), RequestState::Active(rs) if !rs.session.is_finished()),
+    );
+    if pending {
+        r.add_output_filter(c"RSESSION_OUT");
+    }
+}
+
+/// Runs once, when the first bytes of the response pass: the handler is
+/// done with its headers, the status line has not gone out. Applies the
+/// update header, saves, releases the lock and sets the cookie.
+pub fn save_at_first_output(r: Request<'_>) {
+    let Some(state) = r.initial().session_state() else {
+        return;
+    };
+    let mut state = state.borrow_mut();
+    let RequestState::Active(rs) = &mut *state else {
+        return;
+    };
+    if rs.session.is_finished() {
+        return;
+    }
+    let header = rs.dir.update_header().to_string();
+    let mut lines: Vec<String> = Vec::new();
+    for table in [r.headers_out(), r.err_headers_out()] {
+        lines.extend(table.get_all(&header).into_iter().map(|v| v.into_owned()));
+        table.unset(&header);
+    }
+    let short = rs.session.id().short();
+    let mut commands = Vec::new();
+    for parsed in update::parse(lines.iter().map(String::as_str)) {
+        match parsed {
+            Ok(c) => commands.push(c),
+            Err(why) => rlog!(
+                r,
+                Level::Warning,
+                "RS0020 session {short}...: ignored a {header} command: {}",
+                why.0
+            ),
+        }
+    }
+    let server_error = r.status() >= 500;
+    for why in rs
+        .session
+        .apply(&commands, rs.dir.max_data_size(), server_error)
+    {
+        rlog!(
+            r,
+            Level::Warning,
+            "RS0021 session {short}...: update refused: {why}"
+        );
+    }
+    match rs.session.finish(&rs.runtime, &rs.dir, now()) {
+        Ok(Some(change)) => set_cookie(r, rs, &change),
+        Ok(None) => {}
+        Err(e) => {
+            Stats::bump(&rs.runtime.stats.store_errors);
+            rlog!(r, Level::Err, "RS0022 session {short}... not saved: {e}");
+        }
+    }
+}
+
+fn set_cookie(r: Request<'_>, rs: &RequestSession, change: &CookieChange) {
+    let attrs = rs.dir.cookie_attrs(r.is_https());
+    let line = match change {
+        CookieChange::Set(id) => attrs.set(&cookie_value(id, &attrs.name, &rs.runtime.keys)),
+        CookieChange::Expire => attrs.expire(),
+    };
+    let (out, err) = (r.headers_out(), r.err_headers_out());
+    // err_headers_out survives error responses and internal redirects.
+    err.add("Set-Cookie", &line);
+    let existing: Vec<String> = [out, err]
+        .iter()
+        .flat_map(|t| t.get_all("Cache-Control"))
+        .map(|v| v.into_owned())
+        .collect();
+    let joined = existing.join(", ");
+    out.unset("Cache-Control");
+    err.set(
+        "Cache-Control",
+        &private_cache_control((!joined.is_empty()).then_some(joined.as_str())),
+    );
+}
+
+/// `SetHandler rsession-status`.
+pub fn status_handler(r: Request<'_>) -> c_int {
+    if r.handler().as_deref() != Some("rsession-status") {
+        return DECLINED;
+    }
+    let Some(rt) = r.server_state().runtime.get() else {
+        return DECLINED;
+    };
+    let json = r.args().is_some_and(|a| a.split('&').any(|p| p == "json"));
+    let live = rt.store.count().ok();
+    let body = crate::status::render(&rt.store.describe(), live, &rt.stats, json);
+    r.set_content_type(if json {
+        "application/json"
+    } else {
+        "text/plain; charset=utf-8"
+    });
+    r.headers_out().set("Cache-Control", "no-store");
+    if !r.is_header_only() {
+        r.write(body.as_bytes());
+    }
+    OK
+}
+
+// ---- C API -----------------------------------------------------------------
+
+/// Runs `f` on the session of the request's chain, if it has one.
+fn with_session<T>(r: Request<'_>, f: impl FnOnce(&mut RequestSession) -> T) -> Option<T> {
+    let state = r.initial().session_state()?;
+    let mut state = state.try_borrow_mut().ok()?;
+    match &mut *state {
+        RequestState::Active(rs) => Some(f(rs)),
+        RequestState::Failed(_) => None,
+    }
+}
+
+pub fn api_id(r: Request<'_>) -> Option<String> {
+    with_session(r, |rs| rs.session.id().to_string())
+}
+
+pub fn api_dir(r: Request<'_>) -> Option<String> {
+    with_session(r, |rs| {
+        rs.session
+            .scratch_dir()
+            .map(|p| p.to_string_lossy().into_owned())
+    })
+    .flatten()
+}
+
+pub fn api_get(r: Request<'_>, key: &str) -> Option<String> {
+    with_session(r, |rs| rs.session.data().get(key).cloned()).flatten()
+}
+
+pub fn api_set(r: Request<'_>, key: &str, value: Option<&str>) -> sys::apr_status_t {
+    let result = with_session(r, |rs| {
+        if rs.session.is_finished() {
+            return sys::STATUS_EGENERAL;
+        }
+        match rs.session.set_value(key, value, rs.dir.max_data_size()) {
+            Ok(()) => sys::STATUS_SUCCESS,
+            Err(why) => {
+                rlog!(
+                    r,
+                    Level::Warning,
+                    "RS0030 session {}...: rsession_set refused: {why}",
+                    rs.session.id().short()
+                );
+                sys::STATUS_EINVAL
+            }
+        }
+    });
+    result.unwrap_or(sys::STATUS_ENOENT)
+}
+
+pub fn api_invalidate(r: Request<'_>) -> sys::apr_status_t {
+    with_session(r, |rs| match rs.session.invalidate() {
+        Ok(()) => sys::STATUS_SUCCESS,
+        Err(_) => sys::STATUS_EGENERAL,
+    })
+    .unwrap_or(sys::STATUS_ENOENT)
+}
+
+pub fn api_regenerate(r: Request<'_>) -> sys::apr_status_t {
+    with_session(r, |rs| match rs.session.request_regenerate() {
+        Ok(()) => sys::STATUS_SUCCESS,
+        Err(_) => sys::STATUS_EGENERAL,
+    })
+    .unwrap_or(sys::STATUS_ENOENT)
+}

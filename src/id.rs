@@ -1,0 +1,119 @@
+//! Session ids: 128 bits from the operating system's CSPRNG, written as 32
+//! lowercase hex characters. Drawn per call (never from a user-space generator
+//! state that a prefork `fork()` would duplicate).
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A session id. The bytes are private: the only ways in are `generate` and
+/// `FromStr`, which accepts exactly the text form `Display` writes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId([u8; 16]);
+
+/// Length of the text form.
+pub const ID_TEXT_LEN: usize = 32;
+
+impl SessionId {
+    /// A fresh id straight from getrandom(2).
+    pub fn generate() -> std::io::Result<SessionId> {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).map_err(std::io::Error::other)?;
+        Ok(SessionId(bytes))
+    }
+
+    /// The first 8 characters, the most of an id that may appear in logs.
+    pub fn short(&self) -> String {
+        let mut s = self.to_string();
+        s.truncate(8);
+        s
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Ids are logged only through `short()`; Debug shows no more than that.
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionId({}…)", self.short())
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadId;
+
+impl FromStr for SessionId {
+    type Err = BadId;
+
+    /// Exactly 32 lowercase hex characters; anything else is refused.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let text = s.as_bytes();
+        if text.len() != ID_TEXT_LEN {
+            return Err(BadId);
+        }
+        let mut bytes = [0u8; 16];
+        for (i, pair) in text.chunks_exact(2).enumerate() {
+            bytes[i] = (hex_digit(pair[0])? << 4) | hex_digit(pair[1])?;
+        }
+        Ok(SessionId(bytes))
+    }
+}
+
+fn hex_digit(c: u8) -> Result<u8, BadId> {
+    match c {
+        b'0'..=b'9' => Ok(c - b'0'),
+        b'a'..=b'f' => Ok(c - b'a' + 10),
+        _ => Err(BadId),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_form_round_trips() {
+        let id = SessionId::generate().unwrap();
+        let text = id.to_string();
+        assert_eq!(text.len(), 32);
+        assert!(text
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+        assert_eq!(text.parse::<SessionId>().unwrap(), id);
+    }
+
+    #[test]
+    fn ids_differ() {
+        let a = SessionId::generate().unwrap();
+        let b = SessionId::generate().unwrap();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn refuses_other_forms() {
+        for bad in [
+            "",
+            "/path/traversal/attack/bad",
+            "0123456789ABCDEF0123456789abcdef",
+            "0123456789abcdef0123456789abcde",
+            "0123456789abcdef0123456789abcdef0",
+            "0123456789abcdeg0123456789abcdef",
+            &"a".repeat(384),
+        ] {
+            assert!(bad.parse::<SessionId>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn debug_and_short_hide_most_of_the_id() {
+        let id: SessionId = "0123456789abcdef0123456789abcdef".parse().unwrap();
+        assert_eq!(id.short(), "01234567");
+        assert!(!format!("{id:?}").contains("89abcdef0123"));
+    }
+}

@@ -1,0 +1,29 @@
+//! mod_rsession: server-side sessions for Apache httpd 2.4.
+//!
+//! Everything outside `ffi` and `hooks` is host-free: it never calls httpd or
+//! APR, so `cargo test` builds and runs it without a server. `ffi` is the only
+//! module allowed `unsafe`; `hooks` turns requests into plain values for
+//! `session` and writes the results back.
+#![deny(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+mod config;
+mod cookie;
+mod error;
+mod generation;
+mod id;
+mod lock;
+mod record;
+mod scratch;
+mod session;
+mod signing;
+mod status;
+mod store;
+mod update;
+
+#[cfg(not(test))]
+#[allow(unsafe_code)]
+mod ffi;
+#[cfg(not(test))]
+mod hooks;

@@ -1,0 +1,173 @@
+//! Waiting for a session's lock: stores supply the try-lock primitive, this
+//! module bounds the wait. Threads of one process queue on an in-process
+//! gate first (woken at once on release), so only one of them at a time
+//! polls the store's cross-process lock.
+
+use crate::id::SessionId;
+use crate::store::{HeldLock, SessionStore, StoreError};
+use parking_lot::{Mutex, RawMutex};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+type Gate = Arc<Mutex<()>>;
+type GateGuard = parking_lot::lock_api::ArcMutexGuard<RawMutex, ()>;
+
+/// Per-process gates of the sessions that some thread holds or awaits.
+static GATES: LazyLock<Mutex<HashMap<SessionId, Gate>>> = LazyLock::new(Default::default);
+
+#[derive(Debug)]
+pub enum LockError {
+    /// The lock stayed taken for the whole allowed wait.
+    Timeout,
+    Store(StoreError),
+}
+
+/// A held session lock. Dropping it releases the store lock, then the gate.
+pub struct SessionLock {
+    id: SessionId,
+    store_lock: Option<Box<dyn HeldLock>>,
+    gate: Option<GateGuard>,
+    /// Whether the caller had to wait for another holder.
+    pub waited: bool,
+}
+
+impl Drop for SessionLock {
+    fn drop(&mut self) {
+        self.store_lock.take();
+        self.gate.take();
+        release_gate(&self.id);
+    }
+}
+
+fn gate_for(id: &SessionId) -> Gate {
+    GATES.lock().entry(*id).or_default().clone()
+}
+
+/// Forgets the gate once nobody holds or awaits it.
+fn release_gate(id: &SessionId) {
+    let mut gates = GATES.lock();
+    if gates.get(id).is_some_and(|g| Arc::strong_count(g) == 1) {
+        gates.remove(id);
+    }
+}
+
+/// Takes the lock of `id`, waiting at most `timeout`.
+pub fn acquire(
+    store: &dyn SessionStore,
+    id: &SessionId,
+    timeout: Duration,
+    ttl: Duration,
+) -> Result<SessionLock, LockError> {
+    let deadline = Instant::now() + timeout;
+    let gate = gate_for(id);
+    let (gate_guard, mut waited) = match gate.try_lock_arc() {
+        Some(g) => (g, false),
+        None => match gate.try_lock_arc_until(deadline) {
+            Some(g) => (g, true),
+            None => {
+                drop(gate);
+                release_gate(id);
+                return Err(LockError::Timeout);
+            }
+        },
+    };
+    drop(gate);
+    let mut lock = SessionLock {
+        id: *id,
+        store_lock: None,
+        gate: Some(gate_guard),
+        waited,
+    };
+    // Another process holds it: poll with a short, growing pause.
+    let mut pause = Duration::from_micros(50);
+    loop {
+        match store.try_lock(id, ttl) {
+            Ok(Some(held)) => {
+                lock.store_lock = Some(held);
+                lock.waited = waited;
+                return Ok(lock);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(LockError::Store(e)),
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(LockError::Timeout);
+        }
+        waited = true;
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::file::FileStore;
+
+    #[test]
+    fn waits_then_times_out_then_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path().to_path_buf()).unwrap();
+        let id = SessionId::generate().unwrap();
+        let ttl = Duration::from_secs(10);
+        let first = acquire(&store, &id, Duration::ZERO, ttl).unwrap();
+        assert!(!first.waited);
+        let started = Instant::now();
+        let second = acquire(&store, &id, Duration::from_millis(50), ttl);
+        assert!(matches!(second, Err(LockError::Timeout)));
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        let released = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                let got = acquire(&store, &id, Duration::from_secs(5), ttl);
+                (
+                    got.is_ok(),
+                    released.load(std::sync::atomic::Ordering::SeqCst),
+                )
+            });
+            std::thread::sleep(Duration::from_millis(20));
+            released.store(true, std::sync::atomic::Ordering::SeqCst);
+            drop(first);
+            assert_eq!(
+                waiter.join().unwrap(),
+                (true, true),
+                "got the lock only after release"
+            );
+        });
+        assert!(
+            GATES.lock().get(&id).is_none(),
+            "gates are forgotten when free"
+        );
+    }
+
+    #[test]
+    fn a_lock_held_by_another_process_is_polled_until_free() {
+        // A second descriptor stands in for another process: flock does not
+        // care which process holds the other one.
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path().to_path_buf()).unwrap();
+        let id = SessionId::generate().unwrap();
+        let ttl = Duration::from_secs(10);
+        let foreign = store.try_lock(&id, ttl).unwrap().unwrap();
+        let released = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                let got = acquire(&store, &id, Duration::from_secs(5), ttl);
+                (
+                    got.is_ok(),
+                    released.load(std::sync::atomic::Ordering::SeqCst),
+                )
+            });
+            std::thread::sleep(Duration::from_millis(20));
+            released.store(true, std::sync::atomic::Ordering::SeqCst);
+            drop(foreign);
+            assert_eq!(
+                waiter.join().unwrap(),
+                (true, true),
+                "got the lock only after release"
+            );
+        });
+    }
+}

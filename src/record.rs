@@ -1,0 +1,128 @@
+//! The stored form of a session: timestamps, the idle and absolute limits it
+//! was last written with (so a sweeper needs no request config), and the
+//! key/value data.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Session data, kept sorted so exports are stable.
+pub type Data = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Format version, for future migrations.
+    #[serde(rename = "v")]
+    pub version: u32,
+    /// Unix seconds of creation.
+    #[serde(rename = "c")]
+    pub created: u64,
+    /// Unix seconds of the last recorded access.
+    #[serde(rename = "a")]
+    pub accessed: u64,
+    /// Idle timeout in force when written.
+    #[serde(rename = "t")]
+    pub idle_timeout: u64,
+    /// Absolute lifetime in force when written; 0 = none.
+    #[serde(rename = "l")]
+    pub max_lifetime: u64,
+    #[serde(rename = "d")]
+    pub data: Data,
+}
+
+impl Record {
+    pub fn new(now: u64, idle_timeout: u64, max_lifetime: u64) -> Record {
+        Record {
+            version: 1,
+            created: now,
+            accessed: now,
+            idle_timeout,
+            max_lifetime,
+            data: Data::new(),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        // Maps of strings and integers always serialise.
+        serde_json::to_vec(self).expect("records serialise")
+    }
+
+    /// `None` for bytes that are not a record (a torn or foreign file).
+    pub fn decode(bytes: &[u8]) -> Option<Record> {
+        serde_json::from_slice::<Record>(bytes)
+            .ok()
+            .filter(|r| r.version == 1)
+    }
+
+    /// Expired under the given limits (those of the request's location).
+    pub fn is_expired_under(&self, now: u64, idle_timeout: u64, max_lifetime: u64) -> bool {
+        let idle = now >= self.accessed.saturating_add(idle_timeout);
+        let aged = max_lifetime > 0 && now >= self.created.saturating_add(max_lifetime);
+        idle || aged
+    }
+
+    /// Expired under the limits stored in the record (for sweepers).
+    pub fn is_expired(&self, now: u64) -> bool {
+        self.is_expired_under(now, self.idle_timeout, self.max_lifetime)
+    }
+
+    /// Unix second at which the record expires under its own limits.
+    pub fn expires_at(&self) -> u64 {
+        let idle = self.accessed.saturating_add(self.idle_timeout);
+        match self.max_lifetime {
+            0 => idle,
+            n => idle.min(self.created.saturating_add(n)),
+        }
+    }
+}
+
+/// The data as `application/x-www-form-urlencoded`, keys sorted. Every
+/// control character stays percent-encoded, so the result is safe in an
+/// environment variable or a header.
+pub fn encode_data(data: &Data) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(data.iter())
+        .finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_corruption() {
+        let mut r = Record::new(100, 1800, 0);
+        r.data.insert("user".into(), "ann\r\n".into());
+        let bytes = r.encode();
+        assert_eq!(Record::decode(&bytes), Some(r));
+        assert_eq!(Record::decode(&bytes[..bytes.len() / 2]), None);
+        assert_eq!(Record::decode(b""), None);
+        assert_eq!(
+            Record::decode(b"{\"v\":2,\"c\":1,\"a\":1,\"t\":1,\"l\":0,\"d\":{}}"),
+            None
+        );
+    }
+
+    #[test]
+    fn expiry() {
+        let r = Record::new(1000, 60, 0);
+        assert!(!r.is_expired(1059));
+        assert!(r.is_expired(1060));
+        assert!(r.is_expired_under(1010, 10, 0));
+        let capped = Record {
+            accessed: 1500,
+            ..Record::new(1000, 600, 700)
+        };
+        assert!(!capped.is_expired(1699));
+        assert!(capped.is_expired(1700));
+        assert_eq!(capped.expires_at(), 1700);
+    }
+
+    #[test]
+    fn data_encoding_is_sorted_and_escaped() {
+        let mut d = Data::new();
+        d.insert("b".into(), "x y".into());
+        d.insert("a".into(), "1&2=3\r\n".into());
+        d.insert("ü".into(), "✓".into());
+        assert_eq!(encode_data(&d), "a=1%262%3D3%0D%0A&b=x+y&%C3%BC=%E2%9C%93");
+    }
+}

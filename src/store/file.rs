@@ -1,0 +1,297 @@
+//! The file store, the default: one JSON record per session in one
+//! directory, replaced atomically (temporary file + rename), mode 0600.
+//!
+//! Locks are `flock(2)` locks on per-session files under `locks/`: each
+//! acquisition opens its own descriptor, so threads of one process exclude
+//! each other, the kernel drops the lock when a process dies, and std opens
+//! with `O_CLOEXEC`, so CGI children never inherit it.
+
+use super::{Created, HeldLock, SessionStore, StoreError};
+use crate::id::SessionId;
+use crate::record::Record;
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Prefix of temporary files; a sweeper removes stale ones.
+pub const TEMP_PREFIX: &str = ".tmp-";
+const LOCK_DIR: &str = "locks";
+
+#[derive(Debug)]
+pub struct FileStore {
+    root: PathBuf,
+    locks: PathBuf,
+}
+
+fn io_error(what: String) -> impl FnOnce(std::io::Error) -> StoreError {
+    move |source| StoreError::Io { what, source }
+}
+
+/// Creates a private directory (0700) if missing.
+pub fn ensure_private_dir(path: &Path) -> std::io::Result<()> {
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A process-wide counter that makes temporary names unique per thread.
+static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+struct FileLock {
+    _file: File,
+}
+
+impl HeldLock for FileLock {}
+
+impl FileStore {
+    /// Opens (creating if needed) the store under `root`.
+    pub fn open(root: PathBuf) -> Result<FileStore, StoreError> {
+        let locks = root.join(LOCK_DIR);
+        ensure_private_dir(&locks).map_err(io_error(format!(
+            "cannot create store directory {}",
+            locks.display()
+        )))?;
+        Ok(FileStore { root, locks })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn record_path(&self, id: &SessionId) -> PathBuf {
+        self.root.join(id.to_string())
+    }
+
+    fn lock_path(&self, id: &SessionId) -> PathBuf {
+        self.locks.join(id.to_string())
+    }
+
+    /// Writes `record` to a fresh temporary file and returns its path.
+    fn write_temp(&self, id: &SessionId, record: &Record) -> Result<PathBuf, StoreError> {
+        let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
+        let temp = self
+            .root
+            .join(format!("{TEMP_PREFIX}{}-{}-{seq}", id, std::process::id()));
+        let write = || -> std::io::Result<()> {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&temp)?;
+            f.write_all(&record.encode())
+        };
+        if let Err(source) = write() {
+            let _ = fs::remove_file(&temp);
+            return Err(StoreError::Io {
+                what: format!("cannot write session record in {}", self.root.display()),
+                source,
+            });
+        }
+        Ok(temp)
+    }
+}
+
+impl SessionStore for FileStore {
+    fn describe(&self) -> String {
+        format!("file:{}", self.root.display())
+    }
+
+    fn create(&self, id: &SessionId, record: &Record) -> Result<Created, StoreError> {
+        let temp = self.write_temp(id, record)?;
+        // link(2) fails if the name exists: an exclusive, atomic create.
+        let linked = fs::hard_link(&temp, self.record_path(id));
+        let _ = fs::remove_file(&temp);
+        match linked {
+            Ok(()) => Ok(Created::Yes),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(Created::Collision),
+            Err(source) => Err(StoreError::Io {
+                what: format!("cannot create session record in {}", self.root.display()),
+                source,
+            }),
+        }
+    }
+
+    fn load(&self, id: &SessionId) -> Result<Option<Record>, StoreError> {
+        match fs::read(self.record_path(id)) {
+            Ok(bytes) => Record::decode(&bytes).map(Some).ok_or_else(|| {
+                StoreError::Corrupt(format!("{}... in {}", id.short(), self.root.display()))
+            }),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::Io {
+                what: format!("cannot read session record in {}", self.root.display()),
+                source,
+            }),
+        }
+    }
+
+    fn save(&self, id: &SessionId, record: &Record) -> Result<(), StoreError> {
+        let temp = self.write_temp(id, record)?;
+        fs::rename(&temp, self.record_path(id)).map_err(|source| {
+            let _ = fs::remove_file(&temp);
+            StoreError::Io {
+                what: format!("cannot replace session record in {}", self.root.display()),
+                source,
+            }
+        })
+    }
+
+    fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
+        for path in [self.record_path(id), self.lock_path(id)] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(StoreError::Io {
+                        what: format!("cannot delete session record in {}", self.root.display()),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn try_lock(
+        &self,
+        id: &SessionId,
+        _ttl: Duration,
+    ) -> Result<Option<Box<dyn HeldLock>>, StoreError> {
+        let path = self.lock_path(id);
+        let err = || io_error(format!("cannot lock session in {}", self.locks.display()));
+        // A lock file unlinked by `delete` while we waited on it no longer
+        // guards anything: retry on the file that the path names now.
+        for _ in 0..8 {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+                .map_err(err())?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) => return Ok(None),
+                Err(fs::TryLockError::Error(e)) => return Err(err()(e)),
+            }
+            let held = file.metadata().map_err(err())?.ino();
+            match fs::metadata(&path) {
+                Ok(m) if m.ino() == held => return Ok(Some(Box::new(FileLock { _file: file }))),
+                Ok(_) => continue,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(err()(e)),
+            }
+        }
+        Ok(None)
+    }
+
+    fn count(&self) -> Result<u64, StoreError> {
+        let entries = fs::read_dir(&self.root)
+            .map_err(io_error(format!("cannot list {}", self.root.display())))?;
+        Ok(entries
+            .filter_map(Result::ok)
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.parse::<SessionId>().is_ok())
+            })
+            .count() as u64)
+    }
+
+    fn local_dirs(&self) -> Vec<PathBuf> {
+        vec![self.root.clone(), self.locks.clone()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, FileStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path().join("store")).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn create_load_save_delete() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_d, s) = store();
+        let id = SessionId::generate().unwrap();
+        let mut r = Record::new(10, 60, 0);
+        assert_eq!(s.load(&id).unwrap(), None);
+        assert_eq!(s.create(&id, &r).unwrap(), Created::Yes);
+        assert_eq!(s.create(&id, &r).unwrap(), Created::Collision);
+        assert_eq!(s.load(&id).unwrap(), Some(r.clone()));
+        let mode = fs::metadata(s.record_path(&id))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        r.data.insert("k".into(), "v".into());
+        s.save(&id, &r).unwrap();
+        assert_eq!(s.load(&id).unwrap(), Some(r));
+        assert_eq!(s.count().unwrap(), 1);
+        s.delete(&id).unwrap();
+        s.delete(&id).unwrap();
+        assert_eq!(s.load(&id).unwrap(), None);
+        assert_eq!(s.count().unwrap(), 0);
+        let leftovers: Vec<_> = fs::read_dir(s.root())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers, vec![std::ffi::OsString::from(LOCK_DIR)]);
+    }
+
+    #[test]
+    fn corrupt_records_are_reported() {
+        let (_d, s) = store();
+        let id = SessionId::generate().unwrap();
+        fs::write(s.record_path(&id), b"{\"torn").unwrap();
+        assert!(matches!(s.load(&id), Err(StoreError::Corrupt(_))));
+    }
+
+    #[test]
+    fn locks_exclude_other_holders_until_dropped() {
+        let (_d, s) = store();
+        let a = SessionId::generate().unwrap();
+        let b = SessionId::generate().unwrap();
+        let ttl = Duration::from_secs(1);
+        let held = s.try_lock(&a, ttl).unwrap().expect("free lock");
+        assert!(s.try_lock(&a, ttl).unwrap().is_none());
+        assert!(
+            s.try_lock(&b, ttl).unwrap().is_some(),
+            "sessions must not share locks"
+        );
+        let other_thread = std::thread::scope(|t| {
+            t.spawn(|| s.try_lock(&a, ttl).unwrap().is_none())
+                .join()
+                .unwrap()
+        });
+        assert!(other_thread);
+        drop(held);
+        assert!(s.try_lock(&a, ttl).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_deleted_lock_file_is_not_trusted() {
+        let (_d, s) = store();
+        let id = SessionId::generate().unwrap();
+        let ttl = Duration::from_secs(1);
+        let first = s.try_lock(&id, ttl).unwrap().unwrap();
+        s.delete(&id).unwrap();
+        // The path now names no file: a new holder gets a fresh lock file.
+        let second = s.try_lock(&id, ttl).unwrap();
+        assert!(second.is_some());
+        drop(first);
+    }
+}

@@ -1,0 +1,279 @@
+//! Session stores. Every backend implements `SessionStore`; the compiler
+//! checks that each one provides every verb (mod_python's abstract base
+//! class never declared them).
+
+pub mod file;
+
+use crate::error::ConfigError;
+use crate::id::SessionId;
+use crate::record::Record;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A lock on one session, held until dropped. Implementations release in
+/// `Drop`, so errors, panics and aborted requests all unlock.
+pub trait HeldLock: Send {}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Created {
+    Yes,
+    /// A record under that id exists already; draw another id.
+    Collision,
+}
+
+/// The verbs every backend provides. `load` returns `Ok(None)` for a
+/// missing record; a record that cannot be decoded is `Err(Corrupt)` so the
+/// caller can log it and treat it as absent.
+pub trait SessionStore: Send + Sync {
+    /// A description for logs and the status page (never a password).
+    fn describe(&self) -> String;
+    /// Stores a new record, never overwriting an existing one.
+    fn create(&self, id: &SessionId, record: &Record) -> Result<Created, StoreError>;
+    fn load(&self, id: &SessionId) -> Result<Option<Record>, StoreError>;
+    /// Replaces the record atomically: readers see the old or the new one.
+    fn save(&self, id: &SessionId, record: &Record) -> Result<(), StoreError>;
+    /// Removes the record; removing a missing record is not an error.
+    fn delete(&self, id: &SessionId) -> Result<(), StoreError>;
+    /// Takes the session's exclusive lock if it is free. `ttl` bounds how
+    /// long a shared store keeps the lock of a holder that vanished.
+    fn try_lock(
+        &self,
+        id: &SessionId,
+        ttl: Duration,
+    ) -> Result<Option<Box<dyn HeldLock>>, StoreError>;
+    /// How many records the store holds (expired ones not yet swept count).
+    fn count(&self) -> Result<u64, StoreError>;
+    /// Local directories the server's `User` must own (created by the
+    /// parent at startup and handed over).
+    fn local_dirs(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+}
+
+#[derive(Debug)]
+pub enum StoreError {
+    /// The backend cannot be reached now; the client should retry.
+    Unavailable(String),
+    /// A file operation failed.
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    /// Stored bytes that are not a record.
+    Corrupt(String),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Unavailable(why) => write!(f, "store unavailable: {why}"),
+            StoreError::Io { what, source } => write!(f, "{what}: {source}"),
+            StoreError::Corrupt(what) => write!(f, "corrupt record {what}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Where records live, as `RSessionStore` names it.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    File(PathBuf),
+    Redis(RedisUrl),
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl {
+    pub host: String,
+    pub port: u16,
+    pub db: u32,
+    pub password: Option<String>,
+    pub prefix: String,
+    pub timeout: Duration,
+}
+
+impl fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreUrl::File(p) => write!(f, "file:{}", p.display()),
+            StoreUrl::Redis(r) => write!(
+                f,
+                "redis://{}:{}/{}?prefix={}",
+                r.host, r.port, r.db, r.prefix
+            ),
+        }
+    }
+}
+
+/// Debug never shows the Redis password.
+impl fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoreUrl({self})")
+    }
+}
+
+impl StoreUrl {
+    pub fn parse(directive: &str, value: &str) -> Result<StoreUrl, ConfigError> {
+        if let Some(path) = value.strip_prefix("file:") {
+            return crate::config::value::absolute_path(directive, path)
+                .map(StoreUrl::File)
+                .map_err(|_| {
+                    ConfigError::new(directive, value, "file: followed by an absolute path")
+                });
+        }
+        if let Some(rest) = value.strip_prefix("redis://") {
+            return parse_redis(rest)
+                .map(StoreUrl::Redis)
+                .map_err(|why| ConfigError::new(directive, &redact(value), why));
+        }
+        Err(ConfigError::new(
+            directive,
+            &redact(value),
+            "a URL of scheme file: or redis:// (file:/abs/path or redis://[:password@]host[:port][/db][?prefix=P&timeout=MS])",
+        ))
+    }
+}
+
+/// A URL with any `:password@` blanked, for error messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            format!("{}://(credentials hidden){}", &url[..s], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn parse_redis(rest: &str) -> Result<RedisUrl, String> {
+    let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (authority, db) = authority.split_once('/').unwrap_or((authority, ""));
+    let (password, hostport) = match authority.rsplit_once('@') {
+        Some((cred, hp)) => {
+            let pw = cred.strip_prefix(':').unwrap_or(cred);
+            let pw = form_urlencoded::parse(format!("p={pw}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default();
+            (Some(pw), hp)
+        }
+        None => (None, authority),
+    };
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| "a port number from 1 to 65535".to_string())?,
+        ),
+        None => (hostport, 6379),
+    };
+    if host.is_empty() || port == 0 {
+        return Err("redis://host[:port]: a host name and a port from 1 to 65535".into());
+    }
+    let db = match db {
+        "" => 0,
+        d => d
+            .parse::<u32>()
+            .map_err(|_| "a database number after the /".to_string())?,
+    };
+    let mut url = RedisUrl {
+        host: host.to_string(),
+        port,
+        db,
+        password,
+        prefix: "rsession:".into(),
+        timeout: Duration::from_millis(2000),
+    };
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "prefix" => url.prefix = v.into_owned(),
+            "timeout" => match v.parse::<u64>() {
+                Ok(ms) if (1..=60_000).contains(&ms) => url.timeout = Duration::from_millis(ms),
+                _ => {
+                    return Err(
+                        "timeout=MS with MS a whole number of milliseconds from 1 to 60000".into(),
+                    )
+                }
+            },
+            other => {
+                return Err(format!(
+                    "only the query parameters prefix and timeout (not '{other}')"
+                ))
+            }
+        }
+    }
+    Ok(url)
+}
+
+/// Opens the store a URL names.
+pub fn open(url: &StoreUrl) -> Result<Arc<dyn SessionStore>, StoreError> {
+    match url {
+        StoreUrl::File(root) => Ok(Arc::new(file::FileStore::open(root.clone())?)),
+        StoreUrl::Redis(_) => Err(StoreError::Unavailable(
+            "the Redis store is not part of this build yet; use file:".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_store_urls() {
+        assert_eq!(
+            StoreUrl::parse("S", "file:/var/lib/rsession/").unwrap(),
+            StoreUrl::File("/var/lib/rsession".into())
+        );
+        let StoreUrl::Redis(r) = StoreUrl::parse(
+            "S",
+            "redis://:s3cret@cache.local:6380/2?prefix=app:&timeout=500",
+        )
+        .unwrap() else {
+            panic!("not redis")
+        };
+        assert_eq!((r.host.as_str(), r.port, r.db), ("cache.local", 6380, 2));
+        assert_eq!(r.password.as_deref(), Some("s3cret"));
+        assert_eq!(r.prefix, "app:");
+        assert_eq!(r.timeout, Duration::from_millis(500));
+        let StoreUrl::Redis(d) = StoreUrl::parse("S", "redis://127.0.0.1").unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (d.port, d.db, d.prefix.as_str(), d.timeout),
+            (6379, 0, "rsession:", Duration::from_secs(2))
+        );
+    }
+
+    #[test]
+    fn refuses_bad_urls_without_leaking_passwords() {
+        for bad in [
+            "file:relative",
+            "http://x",
+            "redis://",
+            "redis://h:0",
+            "redis://h:99999",
+            "redis://h/x",
+            "redis://h?timeout=0",
+            "redis://h?foo=1",
+            "/abs",
+        ] {
+            assert!(
+                StoreUrl::parse("RSessionStore", bad).is_err(),
+                "{bad} accepted"
+            );
+        }
+        let err = StoreUrl::parse("RSessionStore", "redis://:hunter2@h:99999").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let ok = StoreUrl::parse("RSessionStore", "redis://:hunter2@h").unwrap();
+        assert!(!format!("{ok:?} {ok}").contains("hunter2"));
+    }
+}

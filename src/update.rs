@@ -1,0 +1,129 @@
+//! The update header: `set k=v&k2=v2`, `unset k&k2`, `invalidate`,
+//! `regenerate`, one per header line or joined by commas. A bad command is
+//! a value (`Rejected`), never an error: it is logged and ignored.
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Set(Vec<(String, String)>),
+    Unset(Vec<String>),
+    Invalidate,
+    Regenerate,
+}
+
+/// Why a command was ignored, for the log line (no values: they may be
+/// secrets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected(pub &'static str);
+
+/// Parses every header line in order.
+pub fn parse<'a>(lines: impl IntoIterator<Item = &'a str>) -> Vec<Result<Command, Rejected>> {
+    lines
+        .into_iter()
+        .flat_map(|line| line.split(','))
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(parse_command)
+        .collect()
+}
+
+fn parse_command(text: &str) -> Result<Command, Rejected> {
+    let (verb, args) = match text.split_once([' ', '\t']) {
+        Some((v, a)) => (v, a.trim()),
+        None => (text, ""),
+    };
+    match verb.to_ascii_lowercase().as_str() {
+        "set" => {
+            let mut pairs = Vec::new();
+            for segment in args.split('&').filter(|s| !s.is_empty()) {
+                if !segment.contains('=') {
+                    return Err(Rejected("set needs key=value pairs"));
+                }
+                let (k, v) = decode_pair(segment);
+                if k.is_empty() {
+                    return Err(Rejected("set with an empty key"));
+                }
+                pairs.push((k, v));
+            }
+            if pairs.is_empty() {
+                return Err(Rejected("set without key=value pairs"));
+            }
+            Ok(Command::Set(pairs))
+        }
+        "unset" => {
+            let keys: Vec<String> = args
+                .split('&')
+                .filter(|s| !s.is_empty())
+                .map(|s| decode_pair(s).0)
+                .filter(|k| !k.is_empty())
+                .collect();
+            if keys.is_empty() {
+                return Err(Rejected("unset without keys"));
+            }
+            Ok(Command::Unset(keys))
+        }
+        "invalidate" if args.is_empty() => Ok(Command::Invalidate),
+        "regenerate" if args.is_empty() => Ok(Command::Regenerate),
+        "invalidate" | "regenerate" => Err(Rejected("invalidate and regenerate take no arguments")),
+        _ => Err(Rejected(
+            "unknown command (expected set, unset, invalidate or regenerate)",
+        )),
+    }
+}
+
+/// Percent-decodes one `key=value` segment (`+` is a space, as in forms).
+fn decode_pair(segment: &str) -> (String, String) {
+    form_urlencoded::parse(segment.as_bytes())
+        .next()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(pairs: &[(&str, &str)]) -> Command {
+        Command::Set(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn parses_commands_in_order() {
+        let got = parse(["set a=1&b=x%20y, unset c", "invalidate", "regenerate"]);
+        assert_eq!(
+            got,
+            vec![
+                Ok(set(&[("a", "1"), ("b", "x y")])),
+                Ok(Command::Unset(vec!["c".into()])),
+                Ok(Command::Invalidate),
+                Ok(Command::Regenerate),
+            ]
+        );
+    }
+
+    #[test]
+    fn decodes_utf8_and_controls() {
+        let got = parse(["set name=J%C3%BCrgen&t=a%26b%3Dc%0D%0A"]);
+        assert_eq!(
+            got,
+            vec![Ok(set(&[("name", "Jürgen"), ("t", "a&b=c\r\n")]))]
+        );
+    }
+
+    #[test]
+    fn rejects_bad_commands_without_stopping() {
+        let got = parse(["frobnicate, set, set =v, set novalue, unset, invalidate now, set ok=1"]);
+        assert_eq!(got.len(), 7);
+        assert!(got[..6].iter().all(Result::is_err));
+        assert_eq!(got[6], Ok(set(&[("ok", "1")])));
+    }
+
+    #[test]
+    fn empty_values_are_allowed() {
+        assert_eq!(parse(["set k="]), vec![Ok(set(&[("k", "")]))]);
+    }
+}

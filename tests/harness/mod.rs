@@ -1,0 +1,406 @@
+//! Test harness: a real, private httpd per test (free 127.0.0.1 port,
+//! temporary ServerRoot, `-DFOREGROUND`), an HTTP client, readiness and
+//! waits by condition with deadlines, and a log scan that fails the test on
+//! any crash or panic line.
+#![allow(dead_code)]
+
+pub mod http;
+pub mod sign;
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const MODULES: &str = "/usr/lib/apache2/modules";
+/// The secret tests configure, so they can sign cookies themselves.
+pub const SECRET: &str = "test-secret-0123456789abcdef";
+
+/// The module under test: `make test` passes its path.
+pub fn module_path() -> PathBuf {
+    std::env::var_os("RSESSION_MODULE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/mod_rsession.so")
+        })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mpm {
+    Event,
+    Worker,
+    Prefork,
+}
+
+impl Mpm {
+    pub const ALL: [Mpm; 3] = [Mpm::Event, Mpm::Worker, Mpm::Prefork];
+    fn module(self) -> &'static str {
+        match self {
+            Mpm::Event => "event",
+            Mpm::Worker => "worker",
+            Mpm::Prefork => "prefork",
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some` or `deadline` passes.
+pub fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + deadline;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if Instant::now() >= end {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// What a test server looks like. `fragment` is appended to the base config;
+/// `{ROOT}` in it stands for the server root.
+#[derive(Clone)]
+pub struct Options {
+    pub mpm: Mpm,
+    pub fragment: String,
+    pub modules: Vec<&'static str>,
+    pub secret: bool,
+    pub log_level: &'static str,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            mpm: Mpm::Event,
+            fragment: String::new(),
+            modules: Vec::new(),
+            secret: true,
+            log_level: "info rsession:debug",
+        }
+    }
+}
+
+pub struct Httpd {
+    pub root: tempfile::TempDir,
+    pub port: u16,
+    pub options: Options,
+    child: Option<Child>,
+    starts: usize,
+}
+
+const CRASH_MARKERS: [&str; 5] = [
+    "exit signal",
+    "panicked",
+    "fatal runtime error",
+    "RS0100",
+    "RS0101",
+];
+
+impl Httpd {
+    pub fn start(options: Options) -> Httpd {
+        let root = tempfile::Builder::new()
+            .prefix("rsession-test-")
+            .tempdir()
+            .expect("temp dir");
+        // Children run as www-data and must reach the htdocs and cgi trees.
+        fs::set_permissions(root.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        for d in ["logs", "htdocs", "cgi-bin"] {
+            fs::create_dir(root.path().join(d)).unwrap();
+            fs::set_permissions(root.path().join(d), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        fs::write(
+            root.path().join("htdocs/index.html"),
+            "<p>static page</p>\n",
+        )
+        .unwrap();
+        let mut h = Httpd {
+            root,
+            port: free_port(),
+            options,
+            child: None,
+            starts: 0,
+        };
+        h.write_config();
+        h.launch();
+        h
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.path().join(rel)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn conf_path(&self) -> PathBuf {
+        self.path("httpd.conf")
+    }
+
+    /// Installs an executable CGI script under /cgi-bin/.
+    pub fn cgi(&self, name: &str, script: &str) {
+        let path = self.path("cgi-bin").join(name);
+        fs::write(&path, script).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    pub fn htdoc(&self, name: &str, body: &str) {
+        let path = self.path("htdocs").join(name);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).unwrap();
+            fs::set_permissions(parent, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        fs::write(path, body).unwrap();
+    }
+
+    pub fn config_text(&self) -> String {
+        config_text(self.root.path(), self.port, &self.options)
+    }
+
+    fn write_config(&self) {
+        fs::write(self.conf_path(), self.config_text()).unwrap();
+    }
+
+    /// Rewrites the config (for a restart with other settings).
+    pub fn set_fragment(&mut self, fragment: &str) {
+        self.options.fragment = fragment.to_string();
+        self.write_config();
+    }
+
+    pub fn error_log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = fs::File::open(self.path("logs/error.log")) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    fn ready_count(&self) -> usize {
+        self.error_log()
+            .matches("resuming normal operations")
+            .count()
+    }
+
+    fn launch(&mut self) {
+        let before = self.ready_count();
+        // Its own process group: on restart httpd signals its whole group,
+        // which would otherwise include this test runner.
+        let child = Command::new("apache2")
+            .args(["-f", self.conf_path().to_str().unwrap(), "-DFOREGROUND"])
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("apache2 runs (make deps installs it)");
+        self.child = Some(child);
+        self.starts += 1;
+        self.wait_ready(before);
+    }
+
+    fn wait_ready(&mut self, before: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.ready_count() > before {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                let mut stderr = String::new();
+                if let Some(mut e) = self.child.as_mut().and_then(|c| c.stderr.take()) {
+                    let _ = e.read_to_string(&mut stderr);
+                }
+                self.child = None;
+                panic!("httpd exited ({status}) before it was ready\nstderr:\n{stderr}\nerror log:\n{}", self.error_log());
+            }
+            if Instant::now() >= deadline {
+                panic!("httpd not ready in 30s\nerror log:\n{}", self.error_log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to the pid of the child we started.
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(rc, 0, "kill({}, {sig})", self.pid());
+    }
+
+    /// `apachectl -k graceful`: SIGUSR1 to the parent; returns when the
+    /// new generation is ready.
+    pub fn graceful(&mut self) {
+        let before = self.ready_count();
+        self.signal(libc::SIGUSR1);
+        self.wait_ready(before);
+    }
+
+    /// `apachectl -k restart`: SIGHUP.
+    pub fn restart(&mut self) {
+        let before = self.ready_count();
+        self.signal(libc::SIGHUP);
+        self.wait_ready(before);
+    }
+
+    /// Stops the server (SIGTERM to our pid) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling the pid of the child we started.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Starts again with the same root (and so the same store and key).
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "stop() first");
+        self.write_config();
+        self.launch();
+    }
+
+    /// Lines of the error log that mean a crash or a panic.
+    pub fn crash_lines(&self) -> Vec<String> {
+        self.error_log()
+            .lines()
+            .filter(|l| CRASH_MARKERS.iter().any(|m| l.contains(m)))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Httpd {
+    fn drop(&mut self) {
+        self.stop();
+        let crashes = self.crash_lines();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- error log of the failed test ----\n{}",
+                self.error_log()
+            );
+        } else if !crashes.is_empty() {
+            panic!(
+                "crash or panic in the error log:\n{}\n---- full log ----\n{}",
+                crashes.join("\n"),
+                self.error_log()
+            );
+        }
+    }
+}
+
+/// `apache2 -t` on a config made from `fragment`: Ok(output) or Err(output).
+pub fn check_config(fragment: &str) -> Result<String, String> {
+    let root = tempfile::tempdir().unwrap();
+    fs::create_dir(root.path().join("logs")).unwrap();
+    fs::create_dir(root.path().join("htdocs")).unwrap();
+    fs::create_dir(root.path().join("cgi-bin")).unwrap();
+    let options = Options {
+        fragment: fragment.to_string(),
+        ..Options::default()
+    };
+    let conf = root.path().join("httpd.conf");
+    fs::write(&conf, config_text(root.path(), free_port(), &options)).unwrap();
+    let out = Command::new("apache2")
+        .args(["-t", "-f", conf.to_str().unwrap()])
+        .output()
+        .expect("apache2 runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}
+
+fn config_text(root: &Path, port: u16, o: &Options) -> String {
+    let root = root.display();
+    let mpm = o.mpm.module();
+    let cgi = match o.mpm {
+        Mpm::Prefork => "LoadModule cgi_module {M}/mod_cgi.so".to_string(),
+        _ => format!("LoadModule cgid_module {{M}}/mod_cgid.so\nScriptSock {root}/logs/cgid.sock"),
+    };
+    let extra: String = o
+        .modules
+        .iter()
+        .map(|m| format!("LoadModule {m}_module {{M}}/mod_{m}.so\n"))
+        .collect();
+    let secret = if o.secret {
+        format!("RSessionSecret {SECRET}")
+    } else {
+        String::new()
+    };
+    let module = module_path().display().to_string();
+    let text = format!(
+        r#"ServerRoot {root}
+Listen 127.0.0.1:{port}
+LoadModule mpm_{mpm}_module {{M}}/mod_mpm_{mpm}.so
+LoadModule authz_core_module {{M}}/mod_authz_core.so
+LoadModule mime_module {{M}}/mod_mime.so
+LoadModule alias_module {{M}}/mod_alias.so
+LoadModule headers_module {{M}}/mod_headers.so
+LoadModule include_module {{M}}/mod_include.so
+LoadModule rewrite_module {{M}}/mod_rewrite.so
+LoadModule env_module {{M}}/mod_env.so
+LoadModule dir_module {{M}}/mod_dir.so
+{cgi}
+{extra}LoadModule rsession_module {module}
+ServerName localhost
+PidFile {root}/logs/httpd.pid
+ErrorLog {root}/logs/error.log
+LogLevel {level}
+LogFormat "%h \"%r\" %>s sid=%{{rsession-id}}n new=%{{rsession-new}}n" rs
+CustomLog {root}/logs/access.log rs
+DefaultRuntimeDir {root}/logs
+TypesConfig /etc/mime.types
+User www-data
+Group www-data
+StartServers 2
+Timeout 30
+DocumentRoot {root}/htdocs
+DirectoryIndex index.html
+ScriptAlias /cgi-bin/ {root}/cgi-bin/
+{secret}
+<Directory {root}/htdocs>
+  Options +Includes
+  AddOutputFilter INCLUDES .shtml
+</Directory>
+{fragment}
+"#,
+        level = o.log_level,
+        fragment = o.fragment,
+    );
+    text.replace("{M}", MODULES)
+        .replace("{ROOT}", &root.to_string())
+}

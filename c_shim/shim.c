@@ -14,6 +14,7 @@
 const char *rsession_cmd_take1(cmd_parms *cmd, void *dirconf, const char *arg);
 const char *rsession_cmd_secret(cmd_parms *cmd, void *dirconf, const char *arg);
 int rsession_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *s);
+void rsession_child_init(apr_pool_t *pchild, server_rec *s);
 int rsession_fixups(request_rec *r);
 void rsession_insert_filter(request_rec *r);
 apr_status_t rsession_out_filter(ap_filter_t *f, apr_bucket_brigade *bb);
@@ -64,6 +65,8 @@ void rsession_register_hooks(apr_pool_t *p)
 {
     (void)p;
     ap_hook_post_config(rsession_post_config, NULL, NULL, APR_HOOK_MIDDLE);
+    /* The sweeper thread starts in each child, never in the parent. */
+    ap_hook_child_init(rsession_child_init, NULL, NULL, APR_HOOK_MIDDLE);
     /* Before mod_headers (LAST), so RequestHeader expressions see our notes. */
     ap_hook_fixups(rsession_fixups, NULL, NULL, APR_HOOK_MIDDLE);
     /* Save and set cookies from one output filter, on normal and error responses. */

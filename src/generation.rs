@@ -34,13 +34,29 @@ pub struct HostDefaults {
 
 /// Shares one opened store (and its counters) among virtual hosts that name
 /// the same URL.
-#[derive(Default)]
 pub struct Builder {
     stores: HashMap<String, (Arc<dyn SessionStore>, Arc<Stats>)>,
     generated_key: Option<Vec<u8>>,
+    make_stats: Box<dyn Fn() -> Stats>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder::with_stats(Box::new(Stats::default))
+    }
 }
 
 impl Builder {
+    /// `make_stats` makes the counters of each distinct store (the host
+    /// puts them in memory shared across child processes).
+    pub fn with_stats(make_stats: Box<dyn Fn() -> Stats>) -> Builder {
+        Builder {
+            stores: HashMap::new(),
+            generated_key: None,
+            make_stats,
+        }
+    }
+
     pub fn build(&mut self, conf: &ServerConfig, host: &HostDefaults) -> Result<Runtime, String> {
         let url = conf
             .store
@@ -50,7 +66,7 @@ impl Builder {
             Some(shared) => shared.clone(),
             None => {
                 let opened = store::open(&url).map_err(|e| format!("RSessionStore {url}: {e}"))?;
-                let shared = (opened, Arc::new(Stats::default()));
+                let shared = (opened, Arc::new((self.make_stats)()));
                 self.stores.insert(url.to_string(), shared.clone());
                 shared
             }

@@ -4,13 +4,16 @@
 
 use crate::config::DirConfig;
 use crate::cookie::{cookie_value, private_cache_control, signed_ids};
-use crate::ffi::log::{rlog, slog, Level};
+use crate::ffi::log::{rlog, slog, Level, ServerLog};
+use crate::ffi::pool::Pool;
 use crate::ffi::request::Request;
 use crate::ffi::server::{child_user, is_first_startup_pass, is_root, runtime_dir_path, Server};
+use crate::ffi::shm::SharedCounters;
 use crate::ffi::sys;
+use crate::gc::{self, Sweeper, Target};
 use crate::generation::{Builder, HostDefaults, Runtime};
 use crate::session::{ActiveSession, CookieChange, Notes};
-use crate::status::Stats;
+use crate::status::{Counter, Stats};
 use crate::store::file::ensure_private_dir;
 use crate::update;
 use std::ffi::c_int;
@@ -70,7 +73,13 @@ pub fn post_config(
         scratch_root: runtime_dir_path(ptemp, "rsession-scratch"),
         key_file: runtime_dir_path(ptemp, "rsession.key"),
     };
-    let mut builder = Builder::default();
+    // Counters in memory shared by every child (else per child).
+    let mut builder = Builder::with_stats(Box::new(|| {
+        SharedCounters::new(Counter::ALL.len())
+            .ok()
+            .and_then(|shm| Stats::in_slots(Box::new(shm)))
+            .unwrap_or_default()
+    }));
     for server in main.iter() {
         let state = server.state();
         let runtime = match builder.build(&state.conf, &host) {
@@ -110,6 +119,52 @@ pub fn post_config(
         let _ = state.runtime.set(Arc::new(runtime));
     }
     OK
+}
+
+/// Starts this child's sweeper (stopped and joined when the child's pool
+/// goes), for every distinct store of every server.
+pub fn child_init(pchild: Pool<'_>, main: Server<'_>) {
+    let Some(main_rt) = main.state().runtime.get() else {
+        return;
+    };
+    if main_rt.gc_interval.is_zero() {
+        return;
+    }
+    let mut targets: Vec<Target> = Vec::new();
+    for server in main.iter() {
+        let Some(rt) = server.state().runtime.get() else {
+            continue;
+        };
+        let known = targets
+            .iter()
+            .any(|t| Arc::ptr_eq(&t.store, &rt.store) && t.scratch.root() == rt.scratch.root());
+        if !known {
+            targets.push(Target {
+                store: rt.store.clone(),
+                scratch: rt.scratch.clone(),
+                stats: rt.stats.clone(),
+            });
+        }
+    }
+    let log = ServerLog::new(main);
+    let started = Sweeper::start(targets, main_rt.gc_interval, move |event| match event {
+        gc::Event::Pass(report) => log.log(Level::Info, &format!("RS0040 {report}")),
+        gc::Event::Failed(why) => log.log(Level::Err, &format!("RS0041 {why}")),
+        gc::Event::RefusedAsRoot => log.log(
+            Level::Err,
+            "RS0042 the sweeper does not run as root; set User",
+        ),
+    });
+    match started {
+        Ok(sweeper) => {
+            pchild.attach(sweeper);
+        }
+        Err(e) => slog!(
+            main,
+            Level::Err,
+            "RS0043 cannot start the session sweeper: {e}"
+        ),
+    }
 }
 
 /// Creates `dir` (0700) and, when running as root, gives it to `User`, so
@@ -208,7 +263,7 @@ fn begin(r: Request<'_>, dir: &DirConfig, runtime: &Arc<Runtime>) -> RequestStat
             if status == 503 {
                 r.err_headers_out().set("Retry-After", "1");
             } else {
-                Stats::bump(&runtime.stats.store_errors);
+                runtime.stats.bump(Counter::StoreErrors);
             }
             rlog!(
                 r,
@@ -322,7 +377,7 @@ pub fn save_at_first_output(r: Request<'_>) {
         Ok(Some(change)) => set_cookie(r, rs, &change),
         Ok(None) => {}
         Err(e) => {
-            Stats::bump(&rs.runtime.stats.store_errors);
+            rs.runtime.stats.bump(Counter::StoreErrors);
             rlog!(r, Level::Err, "RS0022 session {short}... not saved: {e}");
         }
     }

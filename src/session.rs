@@ -8,7 +8,7 @@ use crate::generation::Runtime;
 use crate::id::SessionId;
 use crate::lock::{self, LockError, SessionLock};
 use crate::record::{encode_data, Data, Record};
-use crate::status::Stats;
+use crate::status::Counter;
 use crate::store::{Created, StoreError};
 use crate::update::Command;
 use std::path::PathBuf;
@@ -93,12 +93,12 @@ fn lock_session(
     match lock::acquire(rt.store.as_ref(), id, dir.lock_timeout(), rt.lock_ttl) {
         Ok(l) => {
             if l.waited {
-                Stats::bump(&rt.stats.lock_waits);
+                rt.stats.bump(Counter::LockWaits);
             }
             Ok(Some(l))
         }
         Err(LockError::Timeout) => {
-            Stats::bump(&rt.stats.lock_timeouts);
+            rt.stats.bump(Counter::LockTimeouts);
             Err(SessionError::LockTimeout)
         }
         Err(LockError::Store(e)) => Err(e.into()),
@@ -149,12 +149,12 @@ impl ActiveSession {
                 // than leave it to the sweeper.
                 rt.store.delete(id)?;
                 let _ = rt.scratch.remove(id);
-                Stats::bump(&rt.stats.expired);
+                rt.stats.bump(Counter::Expired);
                 rejected += 1;
                 continue;
             }
-            Stats::add(&rt.stats.rejected_cookies, rejected);
-            Stats::bump(&rt.stats.resumed);
+            rt.stats.add(Counter::RejectedCookies, rejected);
+            rt.stats.bump(Counter::Resumed);
             let scratch_dir = match dir.scratch() {
                 true => Some(rt.scratch.ensure(id).map_err(SessionError::Scratch)?),
                 false => None,
@@ -171,7 +171,7 @@ impl ActiveSession {
                 lock,
             });
         }
-        Stats::add(&rt.stats.rejected_cookies, rejected);
+        rt.stats.add(Counter::RejectedCookies, rejected);
         Self::create(rt, dir, now)
     }
 
@@ -191,7 +191,7 @@ impl ActiveSession {
             },
             false => None,
         };
-        Stats::bump(&rt.stats.created);
+        rt.stats.bump(Counter::Created);
         Ok(ActiveSession {
             id,
             record,
@@ -334,7 +334,7 @@ impl ActiveSession {
             State::Invalidated => {
                 rt.store.delete(&self.id)?;
                 let _ = rt.scratch.remove(&self.id);
-                Stats::bump(&rt.stats.invalidated);
+                rt.stats.bump(Counter::Invalidated);
                 self.cookie = Some(CookieChange::Expire);
                 return Ok(());
             }
@@ -358,7 +358,7 @@ impl ActiveSession {
             }
             self.id = new_id;
             self.cookie = Some(CookieChange::Set(new_id));
-            Stats::bump(&rt.stats.regenerated);
+            rt.stats.bump(Counter::Regenerated);
         } else if self.data_changed || touch_due || limits_changed {
             self.record.accessed = now;
             self.record.idle_timeout = dir.timeout();

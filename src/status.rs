@@ -1,48 +1,107 @@
-//! Server-wide figures for `SetHandler rsession-status`.
+//! Server-wide figures for `SetHandler rsession-status`. The counters live
+//! in memory shared by every child process (the host maps it before the
+//! fork), so any child can report the whole server.
 
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Counters kept by every child process.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    Created,
+    Resumed,
+    RejectedCookies,
+    Expired,
+    Invalidated,
+    Regenerated,
+    LockWaits,
+    LockTimeouts,
+    StoreErrors,
+    GcRuns,
+    GcRemoved,
+}
+
+impl Counter {
+    pub const ALL: [Counter; 11] = [
+        Counter::Created,
+        Counter::Resumed,
+        Counter::RejectedCookies,
+        Counter::Expired,
+        Counter::Invalidated,
+        Counter::Regenerated,
+        Counter::LockWaits,
+        Counter::LockTimeouts,
+        Counter::StoreErrors,
+        Counter::GcRuns,
+        Counter::GcRemoved,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::Created => "created",
+            Counter::Resumed => "resumed",
+            Counter::RejectedCookies => "rejected_cookies",
+            Counter::Expired => "expired",
+            Counter::Invalidated => "invalidated",
+            Counter::Regenerated => "regenerated",
+            Counter::LockWaits => "lock_waits",
+            Counter::LockTimeouts => "lock_timeouts",
+            Counter::StoreErrors => "store_errors",
+            Counter::GcRuns => "gc_runs",
+            Counter::GcRemoved => "gc_removed",
+        }
+    }
+}
+
+/// Memory holding one `AtomicU64` per counter.
+pub type Slots = Box<dyn Deref<Target = [AtomicU64]> + Send + Sync>;
+
 pub struct Stats {
-    pub created: AtomicU64,
-    pub resumed: AtomicU64,
-    pub rejected_cookies: AtomicU64,
-    pub expired: AtomicU64,
-    pub invalidated: AtomicU64,
-    pub regenerated: AtomicU64,
-    pub lock_waits: AtomicU64,
-    pub lock_timeouts: AtomicU64,
-    pub store_errors: AtomicU64,
-    pub gc_runs: AtomicU64,
-    pub gc_removed: AtomicU64,
+    slots: Slots,
+}
+
+impl std::fmt::Debug for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.figures()).finish()
+    }
+}
+
+impl Default for Stats {
+    /// Counters private to this process (tests, or when shared memory is
+    /// not available).
+    fn default() -> Self {
+        let local: Box<[AtomicU64]> = Counter::ALL.iter().map(|_| AtomicU64::new(0)).collect();
+        Stats {
+            slots: Box::new(local),
+        }
+    }
 }
 
 impl Stats {
-    pub fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    /// Counters in `slots`, which must hold at least `Counter::ALL.len()`.
+    pub fn in_slots(slots: Slots) -> Option<Stats> {
+        (slots.len() >= Counter::ALL.len()).then_some(Stats { slots })
     }
 
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+    pub fn bump(&self, c: Counter) {
+        self.add(c, 1);
+    }
+
+    pub fn add(&self, c: Counter, n: u64) {
+        if n > 0 {
+            self.slots[c as usize].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    pub fn get(&self, c: Counter) -> u64 {
+        self.slots[c as usize].load(Ordering::Relaxed)
     }
 
     /// Name/value pairs, in display order.
     pub fn figures(&self) -> Vec<(&'static str, u64)> {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        vec![
-            ("created", get(&self.created)),
-            ("resumed", get(&self.resumed)),
-            ("rejected_cookies", get(&self.rejected_cookies)),
-            ("expired", get(&self.expired)),
-            ("invalidated", get(&self.invalidated)),
-            ("regenerated", get(&self.regenerated)),
-            ("lock_waits", get(&self.lock_waits)),
-            ("lock_timeouts", get(&self.lock_timeouts)),
-            ("store_errors", get(&self.store_errors)),
-            ("gc_runs", get(&self.gc_runs)),
-            ("gc_removed", get(&self.gc_removed)),
-        ]
+        Counter::ALL
+            .iter()
+            .map(|&c| (c.name(), self.get(c)))
+            .collect()
     }
 }
 
@@ -78,15 +137,24 @@ mod tests {
     #[test]
     fn renders_text_and_json() {
         let stats = Stats::default();
-        Stats::bump(&stats.created);
+        stats.bump(Counter::Created);
+        stats.add(Counter::GcRemoved, 3);
         let text = render("file:/x", Some(3), &stats, false);
         assert!(
             text.starts_with("store: file:/x\nlive_sessions: 3\ncreated: 1\n"),
             "{text}"
         );
+        assert!(text.contains("gc_removed: 3\n"));
         let json: serde_json::Value =
             serde_json::from_str(&render("file:/x", None, &stats, true)).unwrap();
         assert_eq!(json["created"], 1);
         assert_eq!(json["store"], "file:/x");
+        assert!(json["live_sessions"].is_null());
+    }
+
+    #[test]
+    fn slots_must_fit_every_counter() {
+        let short: Box<[AtomicU64]> = vec![AtomicU64::new(0)].into_boxed_slice();
+        assert!(Stats::in_slots(Box::new(short)).is_none());
     }
 }

@@ -430,8 +430,7 @@ fn bad_directive_values_fail_the_config_test_with_a_clear_message() {
         // The directive on the line that fails: the last one of the case.
         let directive = line
             .split_whitespace()
-            .filter(|w| w.starts_with("RSession"))
-            .last()
+            .rfind(|w| w.starts_with("RSession"))
             .unwrap();
         assert!(
             out.contains(directive),

@@ -171,6 +171,19 @@ pub extern "C" fn rsession_post_config(
     })
 }
 
+#[no_mangle]
+pub extern "C" fn rsession_child_init(pchild: *mut sys::apr_pool_t, s: *mut sys::server_rec) {
+    // SAFETY: httpd passes the child's pool and the main server_rec.
+    let (Some(pool), Some(server)) = (unsafe { Pool::from_raw(pchild) }, unsafe {
+        Server::from_raw(s)
+    }) else {
+        return;
+    };
+    if let Err(panic) = guard::run(|| hooks::child_init(pool, server)) {
+        server_panic(s, "child_init", panic);
+    }
+}
+
 // ---- requests ------------------------------------------------------------
 
 #[no_mangle]
@@ -239,8 +252,8 @@ fn api<T>(r: *mut sys::request_rec, fallback: T, f: impl FnOnce(Request<'_>) -> 
 
 /// A C string argument as text (invalid UTF-8 replaced).
 fn c_arg(p: *const c_char) -> Option<String> {
-    // SAFETY: the C API's callers pass NUL-terminated strings or NULL.
     (!p.is_null()).then(|| {
+        // SAFETY: the C API's callers pass NUL-terminated strings or NULL.
         unsafe { std::ffi::CStr::from_ptr(p) }
             .to_string_lossy()
             .into_owned()

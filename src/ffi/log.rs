@@ -101,3 +101,25 @@ macro_rules! slog {
 }
 
 pub(crate) use {rlog, slog};
+
+/// A server to log against from a background thread (the sweeper).
+#[derive(Clone, Copy)]
+pub struct ServerLog(*const sys::server_rec);
+
+// SAFETY: the server_rec lives in pconf, which outlives the child's pchild
+// pool; the sweeper thread is joined by a pchild cleanup before either
+// goes, and ap_log_error is thread-safe.
+unsafe impl Send for ServerLog {}
+
+impl ServerLog {
+    pub fn new(s: super::server::Server<'_>) -> ServerLog {
+        ServerLog(s.as_ptr())
+    }
+
+    #[track_caller]
+    pub fn log(&self, level: Level, msg: &str) {
+        if server_enabled(self.0, level) {
+            server(self.0, level, 0, msg);
+        }
+    }
+}

@@ -10,4 +10,5 @@ pub mod module;
 pub mod pool;
 pub mod request;
 pub mod server;
+pub mod shm;
 pub mod sys;

@@ -1,12 +1,15 @@
 //! The file store, the default: one JSON record per session in one
 //! directory, replaced atomically (temporary file + rename), mode 0600.
+//! Each record's mtime is set to the moment it expires, so a sweeper finds
+//! expired sessions with one `stat` per entry and reads only those (and an
+//! operator can list them with `find -mmin`).
 //!
 //! Locks are `flock(2)` locks on per-session files under `locks/`: each
 //! acquisition opens its own descriptor, so threads of one process exclude
 //! each other, the kernel drops the lock when a process dies, and std opens
 //! with `O_CLOEXEC`, so CGI children never inherit it.
 
-use super::{Created, HeldLock, SessionStore, StoreError};
+use super::{Created, HeldLock, SessionStore, StoreError, SweepCounts};
 use crate::id::SessionId;
 use crate::record::Record;
 use std::fs::{self, File, OpenOptions};
@@ -14,11 +17,16 @@ use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Prefix of temporary files; a sweeper removes stale ones.
 pub const TEMP_PREFIX: &str = ".tmp-";
 const LOCK_DIR: &str = "locks";
+/// Lock file that admits one sweeper at a time.
+const SWEEPER_LOCK: &str = ".sweeper";
+/// Temporary files younger than this are left alone: a write may still be
+/// under way.
+const DEBRIS_AGE: Duration = Duration::from_secs(600);
 
 #[derive(Debug)]
 pub struct FileStore {
@@ -63,6 +71,7 @@ impl FileStore {
         Ok(FileStore { root, locks })
     }
 
+    #[cfg(test)]
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -87,7 +96,8 @@ impl FileStore {
                 .create_new(true)
                 .mode(0o600)
                 .open(&temp)?;
-            f.write_all(&record.encode())
+            f.write_all(&record.encode())?;
+            f.set_modified(UNIX_EPOCH + Duration::from_secs(record.expires_at()))
         };
         if let Err(source) = write() {
             let _ = fs::remove_file(&temp);
@@ -165,33 +175,7 @@ impl SessionStore for FileStore {
         id: &SessionId,
         _ttl: Duration,
     ) -> Result<Option<Box<dyn HeldLock>>, StoreError> {
-        let path = self.lock_path(id);
-        let err = || io_error(format!("cannot lock session in {}", self.locks.display()));
-        // A lock file unlinked by `delete` while we waited on it no longer
-        // guards anything: retry on the file that the path names now.
-        for _ in 0..8 {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(&path)
-                .map_err(err())?;
-            match file.try_lock() {
-                Ok(()) => {}
-                Err(fs::TryLockError::WouldBlock) => return Ok(None),
-                Err(fs::TryLockError::Error(e)) => return Err(err()(e)),
-            }
-            let held = file.metadata().map_err(err())?.ino();
-            match fs::metadata(&path) {
-                Ok(m) if m.ino() == held => return Ok(Some(Box::new(FileLock { _file: file }))),
-                Ok(_) => continue,
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(err()(e)),
-            }
-        }
-        Ok(None)
+        self.try_lock_file(&self.lock_path(id))
     }
 
     fn count(&self) -> Result<u64, StoreError> {
@@ -209,6 +193,155 @@ impl SessionStore for FileStore {
 
     fn local_dirs(&self) -> Vec<PathBuf> {
         vec![self.root.clone(), self.locks.clone()]
+    }
+
+    fn exists(&self, id: &SessionId) -> Result<bool, StoreError> {
+        match fs::symlink_metadata(self.record_path(id)) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(StoreError::Io {
+                what: format!("cannot stat session record in {}", self.root.display()),
+                source,
+            }),
+        }
+    }
+
+    fn try_begin_sweep(&self, interval: Duration) -> Result<Option<Box<dyn HeldLock>>, StoreError> {
+        let path = self.locks.join(SWEEPER_LOCK);
+        let Some(guard) = self.try_lock_file(&path)? else {
+            return Ok(None);
+        };
+        // The lock file's mtime records when the last pass began.
+        let stamp = fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let recent = stamp
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age < interval.mul_f64(0.9));
+        if recent {
+            return Ok(None);
+        }
+        let _ = fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(SystemTime::now()));
+        Ok(Some(guard))
+    }
+
+    fn sweep(
+        &self,
+        now: u64,
+        cursor: &mut usize,
+        budget: usize,
+        removed: &mut dyn FnMut(&SessionId),
+    ) -> Result<SweepCounts, StoreError> {
+        let mut counts = SweepCounts::default();
+        let entries = fs::read_dir(&self.root)
+            .map_err(io_error(format!("cannot list {}", self.root.display())))?;
+        let now_time = UNIX_EPOCH + Duration::from_secs(now);
+        let age = |m: &fs::Metadata| {
+            m.modified()
+                .ok()
+                .and_then(|t| now_time.duration_since(t).ok())
+                .unwrap_or_default()
+        };
+        let mut position = 0usize;
+        let mut wrapped = true;
+        for entry in entries {
+            let Ok(entry) = entry else { continue };
+            position += 1;
+            if position <= *cursor {
+                continue;
+            }
+            if counts.scanned as usize >= budget {
+                wrapped = false;
+                position -= 1;
+                break;
+            }
+            counts.scanned += 1;
+            let file_name = entry.file_name();
+            let Some(name) = file_name.to_str() else {
+                continue;
+            };
+            let Ok(meta) = entry.metadata() else { continue };
+            if name.starts_with(TEMP_PREFIX) {
+                if age(&meta) >= DEBRIS_AGE && !writer_alive(name) {
+                    let _ = fs::remove_file(entry.path());
+                    counts.debris += 1;
+                }
+                continue;
+            }
+            let Ok(id) = name.parse::<SessionId>() else {
+                continue;
+            };
+            // mtime is the expiry moment: unexpired records cost no read.
+            if meta.modified().map_or(true, |t| t > now_time) {
+                continue;
+            }
+            let Some(lock) = self.try_lock(&id, Duration::ZERO)? else {
+                counts.skipped_locked += 1;
+                continue;
+            };
+            // Re-read under the lock: a request may have renewed it.
+            let expired = match self.load(&id) {
+                Ok(Some(record)) => record.is_expired(now),
+                Ok(None) => false,
+                Err(StoreError::Corrupt(_)) => true,
+                Err(_) => false,
+            };
+            if expired {
+                self.delete(&id)?;
+                removed(&id);
+                counts.expired += 1;
+            }
+            drop(lock);
+        }
+        *cursor = if wrapped { 0 } else { position };
+        Ok(counts)
+    }
+}
+
+/// True while the process that wrote a temporary file may still be
+/// writing it (names end in `-PID-SEQ`).
+fn writer_alive(temp_name: &str) -> bool {
+    match temp_name
+        .rsplit('-')
+        .nth(1)
+        .and_then(|p| p.parse::<u32>().ok())
+    {
+        Some(pid) if pid == std::process::id() => true,
+        Some(pid) => Path::new(&format!("/proc/{pid}")).exists(),
+        None => false,
+    }
+}
+
+impl FileStore {
+    /// flock on a lock file, guarding against a file unlinked meanwhile.
+    fn try_lock_file(&self, path: &Path) -> Result<Option<Box<dyn HeldLock>>, StoreError> {
+        let err = || io_error(format!("cannot lock session in {}", self.locks.display()));
+        // A lock file unlinked by `delete` while we waited on it no longer
+        // guards anything: retry on the file that the path names now.
+        for _ in 0..8 {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .map_err(err())?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) => return Ok(None),
+                Err(fs::TryLockError::Error(e)) => return Err(err()(e)),
+            }
+            let held = file.metadata().map_err(err())?.ino();
+            match fs::metadata(path) {
+                Ok(m) if m.ino() == held => return Ok(Some(Box::new(FileLock { _file: file }))),
+                Ok(_) => continue,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(err()(e)),
+            }
+        }
+        Ok(None)
     }
 }
 

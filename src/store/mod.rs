@@ -50,6 +50,32 @@ pub trait SessionStore: Send + Sync {
     fn local_dirs(&self) -> Vec<PathBuf> {
         Vec::new()
     }
+    /// Whether a record exists (expired or not).
+    fn exists(&self, id: &SessionId) -> Result<bool, StoreError>;
+    /// Admits one sweeper at a time per store, across every process that
+    /// shares it, and at most one pass per `interval`: `None` when another
+    /// sweeper is at work or one finished less than `interval` ago.
+    fn try_begin_sweep(&self, interval: Duration) -> Result<Option<Box<dyn HeldLock>>, StoreError>;
+    /// Removes expired records that no request holds locked, plus debris
+    /// of interrupted writes. Examines at most `budget` entries, starting
+    /// after `cursor` (advanced for the next pass, 0 when it wrapped), and
+    /// calls `removed` for every session it deleted.
+    fn sweep(
+        &self,
+        now: u64,
+        cursor: &mut usize,
+        budget: usize,
+        removed: &mut dyn FnMut(&SessionId),
+    ) -> Result<SweepCounts, StoreError>;
+}
+
+/// What one sweep of a store did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SweepCounts {
+    pub scanned: u64,
+    pub expired: u64,
+    pub skipped_locked: u64,
+    pub debris: u64,
 }
 
 #[derive(Debug)]

@@ -71,6 +71,16 @@ pub fn get_with_cookie(url: &str, cookie: &str) -> Response {
 }
 
 pub fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Response {
+    try_send(method, url, headers, body).unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
+/// Like `send`, but a transport failure is returned, not a panic.
+pub fn try_send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Result<Response, String> {
     let agent = agent();
     let mut req = ureq::http::Request::builder().method(method).uri(url);
     for (k, v) in headers {
@@ -80,7 +90,7 @@ pub fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str
         Some(b) => agent.run(req.body(b.to_string()).unwrap()),
         None => agent.run(req.body(()).unwrap()),
     };
-    let mut resp = result.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let mut resp = result.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
     let headers = resp
         .headers()
@@ -93,11 +103,11 @@ pub fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str
         })
         .collect();
     let body = resp.body_mut().read_to_string().unwrap_or_default();
-    Response {
+    Ok(Response {
         status,
         headers,
         body,
-    }
+    })
 }
 
 /// Sends raw bytes and returns the raw response (status line, headers, body).

@@ -380,7 +380,7 @@ ServerName localhost
 PidFile {root}/logs/httpd.pid
 ErrorLog {root}/logs/error.log
 LogLevel {level}
-LogFormat "%h \"%r\" %>s sid=%{{rsession-id}}n new=%{{rsession-new}}n" rs
+LogFormat "%h pid=%P \"%r\" %>s sid=%{{rsession-id}}n new=%{{rsession-new}}n" rs
 CustomLog {root}/logs/access.log rs
 DefaultRuntimeDir {root}/logs
 TypesConfig /etc/mime.types

@@ -1,0 +1,370 @@
+//! Issue 4: expiry, the background sweeper, and the status page — with
+//! short timeouts against a real httpd.
+
+mod harness;
+
+use harness::http::{get, get_with_cookie, try_send};
+use harness::{wait_for, Httpd, Mpm, Options};
+use std::os::unix::fs::chown;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const ENV_CGI: &str = r#"#!/bin/sh
+printf 'Content-Type: text/plain\n\n'
+env | grep -E '^RSESSION_' | sort
+"#;
+
+/// Plants symbolic links to $OUTSIDE: one inside its scratch directory,
+/// one beside it in the scratch root under an id-like name.
+const PLANT_CGI: &str = r#"#!/bin/sh
+ln -s "$HTTP_X_OUTSIDE" "$RSESSION_DIR/escape"
+ln -s "$HTTP_X_OUTSIDE" "$(dirname "$RSESSION_DIR")/$HTTP_X_FAKE_ID"
+printf 'Content-Type: text/plain\n\nplanted\n'
+"#;
+
+const HOLD_CGI: &str = r#"#!/bin/sh
+touch "$RSESSION_DIR/holding"
+while [ ! -e "$RSESSION_DIR/release" ]; do sleep 0.05; done
+printf 'Content-Type: text/plain\n\nreleased\n'
+"#;
+
+fn server(mpm: Mpm, settings: &str) -> Httpd {
+    let h = Httpd::start(Options {
+        mpm,
+        fragment: format!(
+            "RSessionGCInterval 1\n<Location /cgi-bin/>\n  RSession On\n{settings}\n</Location>"
+        ),
+        ..Options::default()
+    });
+    h.cgi("env.cgi", ENV_CGI);
+    h.cgi("plant.cgi", PLANT_CGI);
+    h.cgi("hold.cgi", HOLD_CGI);
+    h
+}
+
+fn www_data() -> (u32, u32) {
+    (33, 33)
+}
+
+fn store(h: &Httpd) -> PathBuf {
+    h.path("logs/rsession")
+}
+
+fn records(h: &Httpd) -> usize {
+    std::fs::read_dir(store(h))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().len() == 32)
+        .count()
+}
+
+#[test]
+fn idle_sessions_are_swept_with_their_scratch_directories() {
+    let h = server(Mpm::Event, "  RSessionTimeout 1");
+    let r = get(&h.url("/cgi-bin/env.cgi"), &[]);
+    let id = r.env("RSESSION_ID").unwrap();
+    let dir = PathBuf::from(r.env("RSESSION_DIR").unwrap());
+    assert!(store(&h).join(&id).exists() && dir.exists());
+    // No request touches the session again: only the sweeper can remove it.
+    wait_for(
+        "the sweeper to remove the record and scratch dir",
+        Duration::from_secs(10),
+        || {
+            (!store(&h).join(&id).exists()
+                && !dir.exists()
+                && !store(&h).join("locks").join(&id).exists())
+            .then_some(())
+        },
+    );
+    wait_for("the pass summary at info", Duration::from_secs(5), || {
+        h.error_log()
+            .contains("RS0040 sweep of file:")
+            .then_some(())
+    });
+}
+
+#[test]
+fn absolute_lifetime_ends_even_a_busy_session() {
+    let h = server(
+        Mpm::Event,
+        "  RSessionTimeout 100\n  RSessionMaxLifetime 2\n  RSessionTouchInterval 0",
+    );
+    let first = get(&h.url("/cgi-bin/env.cgi"), &[]);
+    let cookie = first.cookie_pair();
+    let id = first.env("RSESSION_ID").unwrap();
+    assert_eq!(
+        get_with_cookie(&h.url("/cgi-bin/env.cgi"), &cookie).env("RSESSION_ID"),
+        Some(id.clone())
+    );
+    let fresh = wait_for("the lifetime to run out", Duration::from_secs(10), || {
+        let r = get_with_cookie(&h.url("/cgi-bin/env.cgi"), &cookie);
+        (r.env("RSESSION_NEW").as_deref() == Some("1")).then_some(r)
+    });
+    assert_ne!(fresh.env("RSESSION_ID"), Some(id));
+}
+
+#[test]
+fn a_locked_session_is_never_swept() {
+    let h = server(
+        Mpm::Event,
+        "  RSessionTimeout 2\n  RSessionTouchInterval 0\n  RSessionLockTimeout 30",
+    );
+    let first = get(&h.url("/cgi-bin/env.cgi"), &[]);
+    let cookie = first.cookie_pair();
+    let id = first.env("RSESSION_ID").unwrap();
+    let dir = PathBuf::from(first.env("RSESSION_DIR").unwrap());
+    std::thread::scope(|s| {
+        let holder = s.spawn(|| get_with_cookie(&h.url("/cgi-bin/hold.cgi"), &cookie));
+        wait_for("the holder", Duration::from_secs(10), || {
+            dir.join("holding").exists().then_some(())
+        });
+        // The record expires while the request holds it; passes skip it.
+        wait_for(
+            "a pass that skipped the locked session",
+            Duration::from_secs(15),
+            || {
+                h.error_log()
+                    .lines()
+                    .any(|l| l.contains("RS0040") && !l.contains("skipped 0 locked"))
+                    .then_some(())
+            },
+        );
+        assert!(store(&h).join(&id).exists(), "the held record survives");
+        std::fs::write(dir.join("release"), "").unwrap();
+        assert_eq!(holder.join().unwrap().status, 200);
+    });
+    let again = get_with_cookie(&h.url("/cgi-bin/env.cgi"), &cookie);
+    assert_eq!(
+        again.env("RSESSION_ID"),
+        Some(id),
+        "saved at the end of the held request, so still alive"
+    );
+}
+
+#[test]
+fn planted_symlinks_never_lead_the_sweeper_outside() {
+    let h = server(Mpm::Event, "  RSessionTimeout 1");
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("precious"), "keep me").unwrap();
+    let fake_id = "0123456789abcdef0123456789abcdef";
+    let r = get(
+        &h.url("/cgi-bin/plant.cgi"),
+        &[
+            ("X-Outside", outside.path().to_str().unwrap()),
+            ("X-Fake-Id", fake_id),
+        ],
+    );
+    assert_eq!(r.status, 200);
+    let scratch = h.path("logs/rsession-scratch");
+    assert!(
+        scratch.join(fake_id).symlink_metadata().is_ok(),
+        "the CGI planted its links"
+    );
+    wait_for("both links to be swept", Duration::from_secs(15), || {
+        let entries = std::fs::read_dir(&scratch).unwrap().count();
+        (entries == 0).then_some(())
+    });
+    assert_eq!(
+        std::fs::read_to_string(outside.path().join("precious")).unwrap(),
+        "keep me"
+    );
+}
+
+#[test]
+fn orphaned_scratch_directories_and_stale_temporary_files_are_removed() {
+    let h = server(Mpm::Event, "");
+    let (uid, gid) = www_data();
+    let orphan = h.path("logs/rsession-scratch/fedcba9876543210fedcba9876543210");
+    std::fs::create_dir(&orphan).unwrap();
+    std::fs::write(orphan.join("left-behind"), "x").unwrap();
+    chown(&orphan, Some(uid), Some(gid)).unwrap();
+    chown(orphan.join("left-behind"), Some(uid), Some(gid)).unwrap();
+    let stale = store(&h).join(".tmp-fedcba9876543210fedcba9876543210-999999999-0");
+    std::fs::write(&stale, "{\"torn").unwrap();
+    let f = std::fs::File::options().write(true).open(&stale).unwrap();
+    f.set_modified(SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
+    let unrelated = h.path("logs/rsession-scratch/not-a-session");
+    std::fs::create_dir(&unrelated).unwrap();
+    wait_for(
+        "the orphan and the temp file to go",
+        Duration::from_secs(15),
+        || (!orphan.exists() && !stale.exists()).then_some(()),
+    );
+    assert!(
+        unrelated.exists(),
+        "names that are not session ids are left alone"
+    );
+}
+
+/// Writes `n` expired records straight into the store, as a crashed or
+/// long-stopped server would leave them.
+fn plant_expired(h: &Httpd, n: usize) {
+    let (uid, gid) = www_data();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let past = SystemTime::now() - Duration::from_secs(7200);
+    for i in 0..n {
+        let id = format!("{:016x}{:016x}", 0xabcd_u64, i);
+        let path = store(h).join(&id);
+        std::fs::write(
+            &path,
+            format!(
+                "{{\"v\":1,\"c\":{t},\"a\":{t},\"t\":60,\"l\":0,\"d\":{{}}}}",
+                t = now - 7200
+            ),
+        )
+        .unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
+        chown(&path, Some(uid), Some(gid)).unwrap();
+        if i % 2 == 0 {
+            let dir = h.path("logs/rsession-scratch").join(&id);
+            std::fs::create_dir(&dir).unwrap();
+            chown(&dir, Some(uid), Some(gid)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn ten_thousand_expired_sessions_are_swept_while_requests_are_served() {
+    let h = server(Mpm::Event, "");
+    plant_expired(&h, 10_000);
+    let live = get(&h.url("/cgi-bin/env.cgi"), &[]).cookie_pair();
+    let done = AtomicBool::new(false);
+    let served = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                while !done.load(Ordering::SeqCst) {
+                    let r = try_send(
+                        "GET",
+                        &h.url("/cgi-bin/env.cgi"),
+                        &[("Cookie", &live)],
+                        None,
+                    )
+                    .expect("request served");
+                    assert_eq!(r.status, 200);
+                    assert_eq!(r.env("RSESSION_NEW").as_deref(), Some("0"));
+                    served.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+        wait_for(
+            "the store to shrink to the one live session",
+            Duration::from_secs(120),
+            || (records(&h) == 1).then_some(()),
+        );
+        done.store(true, Ordering::SeqCst);
+    });
+    assert!(served.load(Ordering::SeqCst) > 0);
+    let leftovers = std::fs::read_dir(h.path("logs/rsession-scratch"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        leftovers, 1,
+        "only the live session's scratch directory remains"
+    );
+}
+
+#[test]
+fn the_status_page_counts_every_child_of_a_prefork_server() {
+    let h = Httpd::start(Options {
+        mpm: Mpm::Prefork,
+        fragment: "StartServers 4\nMinSpareServers 4\nMaxSpareServers 8\n<Location /cgi-bin/>\n  RSession On\n</Location>\n<Location /rsession-status>\n  SetHandler rsession-status\n</Location>".into(),
+        ..Options::default()
+    });
+    h.cgi("env.cgi", ENV_CGI);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                for _ in 0..5 {
+                    assert_eq!(get(&h.url("/cgi-bin/env.cgi"), &[]).status, 200);
+                }
+            });
+        }
+    });
+    let access = wait_for("40 logged requests", Duration::from_secs(10), || {
+        let log = std::fs::read_to_string(h.path("logs/access.log")).ok()?;
+        (log.matches("new=1").count() == 40).then_some(log)
+    });
+    let pids: std::collections::HashSet<&str> = access
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    assert!(
+        pids.len() > 1,
+        "requests were spread over several children: {pids:?}"
+    );
+    let text = get(&h.url("/rsession-status"), &[]);
+    assert_eq!(text.status, 200);
+    assert!(text.body.contains("created: 40\n"), "{}", text.body);
+    assert!(text.body.contains("live_sessions: 40\n"), "{}", text.body);
+    assert!(text.body.starts_with("store: file:"), "{}", text.body);
+    let json = get(&h.url("/rsession-status?json"), &[]);
+    assert_eq!(json.header("content-type"), Some("application/json"));
+    assert!(json.body.contains("\"created\":40"), "{}", json.body);
+}
+
+#[test]
+fn graceful_restarts_under_load_fail_no_request_and_the_sweeper_goes_on() {
+    let mut h = server(Mpm::Event, "  RSessionTimeout 2");
+    let cookie = get(&h.url("/cgi-bin/env.cgi"), &[]).cookie_pair();
+    let done = AtomicBool::new(false);
+    let failures = AtomicUsize::new(0);
+    let served = AtomicUsize::new(0);
+    let url = h.url("/cgi-bin/env.cgi");
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                while !done.load(Ordering::SeqCst) {
+                    match try_send("GET", &url, &[("Cookie", &cookie)], None) {
+                        Ok(r) if r.status == 200 => {
+                            served.fetch_add(1, Ordering::SeqCst);
+                        }
+                        _ => {
+                            failures.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+            });
+        }
+        for _ in 0..3 {
+            let before = served.load(Ordering::SeqCst);
+            wait_for(
+                "requests before the restart",
+                Duration::from_secs(10),
+                || (served.load(Ordering::SeqCst) > before + 5).then_some(()),
+            );
+            h.graceful();
+        }
+        let before = served.load(Ordering::SeqCst);
+        wait_for(
+            "requests after the restarts",
+            Duration::from_secs(10),
+            || (served.load(Ordering::SeqCst) > before + 5).then_some(()),
+        );
+        done.store(true, Ordering::SeqCst);
+    });
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        0,
+        "no request failed across graceful restarts"
+    );
+    // The new generation's sweeper works: an abandoned session goes.
+    let r = get(&h.url("/cgi-bin/env.cgi"), &[]);
+    let id = r.env("RSESSION_ID").unwrap();
+    wait_for(
+        "the new generation to sweep",
+        Duration::from_secs(15),
+        || (!store(&h).join(&id).exists()).then_some(()),
+    );
+    assert!(Path::new(&store(&h)).exists());
+}

@@ -74,7 +74,10 @@ fn pass(
     interval: Duration,
     budget: usize,
 ) -> Result<Option<PassReport>, StoreError> {
-    let Some(_sweeping) = target.store.try_begin_sweep(interval)? else {
+    let Some(_sweeping) = target
+        .store
+        .try_begin_sweep(interval, target.scratch.root())?
+    else {
         return Ok(None);
     };
     let started = Instant::now();

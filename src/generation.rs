@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,21 @@ pub struct Runtime {
     pub lock_ttl: Duration,
     pub gc_interval: Duration,
     pub stats: Arc<Stats>,
+    /// Set while the store is unreachable, so an outage is logged once per
+    /// process rather than once per request.
+    pub outage: AtomicBool,
+}
+
+impl Runtime {
+    /// Records a store failure; true when it starts an outage.
+    pub fn outage_began(&self) -> bool {
+        !self.outage.swap(true, Ordering::Relaxed)
+    }
+
+    /// Records a store success; true when it ends an outage.
+    pub fn outage_ended(&self) -> bool {
+        self.outage.load(Ordering::Relaxed) && self.outage.swap(false, Ordering::Relaxed)
+    }
 }
 
 /// Defaults that depend on `DefaultRuntimeDir`, resolved by the host.
@@ -98,6 +114,7 @@ impl Builder {
             lock_ttl: Duration::from_secs(conf.lock_ttl()),
             gc_interval: Duration::from_secs(conf.gc_interval()),
             stats,
+            outage: AtomicBool::new(false),
         })
     }
 }

@@ -12,9 +12,10 @@ use crate::ffi::shm::SharedCounters;
 use crate::ffi::sys;
 use crate::gc::{self, Sweeper, Target};
 use crate::generation::{Builder, HostDefaults, Runtime};
-use crate::session::{ActiveSession, CookieChange, Notes};
+use crate::session::{ActiveSession, CookieChange, Notes, SessionError};
 use crate::status::{Counter, Stats};
 use crate::store::file::ensure_private_dir;
+use crate::store::StoreError;
 use crate::update;
 use std::ffi::c_int;
 use std::path::Path;
@@ -239,47 +240,69 @@ fn begin(r: Request<'_>, dir: &DirConfig, runtime: &Arc<Runtime>) -> RequestStat
             found.rejected
         );
     }
-    match result {
+    let e = match result {
         Ok(session) => {
+            if runtime.outage_ended() {
+                rlog!(
+                    r,
+                    Level::Notice,
+                    "RS0013 session store {} is reachable again",
+                    runtime.store.describe()
+                );
+            }
+            let what = if session.is_new() {
+                "created"
+            } else {
+                "resumed"
+            };
             rlog!(
                 r,
                 Level::Debug,
-                "session {}... {}",
-                session.id().short(),
-                if session.is_new() {
-                    "created"
-                } else {
-                    "resumed"
-                }
+                "session {}... {what}",
+                session.id().short()
             );
-            RequestState::Active(Box::new(RequestSession {
+            return RequestState::Active(Box::new(RequestSession {
                 runtime: runtime.clone(),
                 dir: dir.clone(),
                 session,
-            }))
+            }));
         }
-        Err(e) => {
-            let status = e.http_status();
-            if status == 503 {
-                r.err_headers_out().set("Retry-After", "1");
+        Err(e) => e,
+    };
+    let status = e.http_status();
+    if status == 503 {
+        r.err_headers_out().set("Retry-After", "1");
+    }
+    match &e {
+        SessionError::Store(StoreError::Unavailable(_)) => {
+            runtime.stats.bump(Counter::StoreErrors);
+            // One line per outage and process, not one per request.
+            if runtime.outage_began() {
+                rlog!(
+                    r,
+                    Level::Err,
+                    "RS0012 session store {} unavailable ({e}); answering 503 until it is back",
+                    runtime.store.describe()
+                );
             } else {
-                runtime.stats.bump(Counter::StoreErrors);
+                rlog!(r, Level::Debug, "session store still unavailable: {e}");
             }
+        }
+        SessionError::Store(_) => {
+            runtime.stats.bump(Counter::StoreErrors);
             rlog!(
                 r,
                 Level::Err,
                 "RS0011 no session for this request ({e}); answering {status}"
             );
-            status as c_int
         }
-        .into(),
+        _ => rlog!(
+            r,
+            Level::Err,
+            "RS0011 no session for this request ({e}); answering {status}"
+        ),
     }
-}
-
-impl From<c_int> for RequestState {
-    fn from(status: c_int) -> Self {
-        RequestState::Failed(status)
-    }
+    RequestState::Failed(status as c_int)
 }
 
 /// Notes, environment and (optionally) forwarded request headers.
@@ -376,6 +399,13 @@ pub fn save_at_first_output(r: Request<'_>) {
     match rs.session.finish(&rs.runtime, &rs.dir, now()) {
         Ok(Some(change)) => set_cookie(r, rs, &change),
         Ok(None) => {}
+        Err(SessionError::Store(StoreError::Vanished)) => {
+            rlog!(
+                r,
+                Level::Warning,
+                "RS0023 session {short}... expired during the request; its changes were not saved"
+            );
+        }
         Err(e) => {
             rs.runtime.stats.bump(Counter::StoreErrors);
             rlog!(r, Level::Err, "RS0022 session {short}... not saved: {e}");

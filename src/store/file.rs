@@ -206,7 +206,12 @@ impl SessionStore for FileStore {
         }
     }
 
-    fn try_begin_sweep(&self, interval: Duration) -> Result<Option<Box<dyn HeldLock>>, StoreError> {
+    /// The store directory is local, so it is the scope: one sweeper for it.
+    fn try_begin_sweep(
+        &self,
+        interval: Duration,
+        _scope: &Path,
+    ) -> Result<Option<Box<dyn HeldLock>>, StoreError> {
         let path = self.locks.join(SWEEPER_LOCK);
         let Some(guard) = self.try_lock_file(&path)? else {
             return Ok(None);

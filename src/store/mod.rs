@@ -3,12 +3,13 @@
 //! class never declared them).
 
 pub mod file;
+pub mod redis;
 
 use crate::error::ConfigError;
 use crate::id::SessionId;
 use crate::record::Record;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,10 +53,15 @@ pub trait SessionStore: Send + Sync {
     }
     /// Whether a record exists (expired or not).
     fn exists(&self, id: &SessionId) -> Result<bool, StoreError>;
-    /// Admits one sweeper at a time per store, across every process that
-    /// shares it, and at most one pass per `interval`: `None` when another
-    /// sweeper is at work or one finished less than `interval` ago.
-    fn try_begin_sweep(&self, interval: Duration) -> Result<Option<Box<dyn HeldLock>>, StoreError>;
+    /// Admits one sweeper at a time per store and `scope` (the scratch
+    /// root it cleans, which is local to a machine), across every process
+    /// that shares them, and at most one pass per `interval`: `None` when
+    /// another sweeper is at work or one began less than `interval` ago.
+    fn try_begin_sweep(
+        &self,
+        interval: Duration,
+        scope: &Path,
+    ) -> Result<Option<Box<dyn HeldLock>>, StoreError>;
     /// Removes expired records that no request holds locked, plus debris
     /// of interrupted writes. Examines at most `budget` entries, starting
     /// after `cursor` (advanced for the next pass, 0 when it wrapped), and
@@ -89,6 +95,8 @@ pub enum StoreError {
     },
     /// Stored bytes that are not a record.
     Corrupt(String),
+    /// The record disappeared (expired or deleted) before it could be saved.
+    Vanished,
 }
 
 impl fmt::Display for StoreError {
@@ -97,6 +105,10 @@ impl fmt::Display for StoreError {
             StoreError::Unavailable(why) => write!(f, "store unavailable: {why}"),
             StoreError::Io { what, source } => write!(f, "{what}: {source}"),
             StoreError::Corrupt(what) => write!(f, "corrupt record {what}"),
+            StoreError::Vanished => write!(
+                f,
+                "the session expired or was removed before it could be saved"
+            ),
         }
     }
 }
@@ -243,9 +255,7 @@ fn parse_redis(rest: &str) -> Result<RedisUrl, String> {
 pub fn open(url: &StoreUrl) -> Result<Arc<dyn SessionStore>, StoreError> {
     match url {
         StoreUrl::File(root) => Ok(Arc::new(file::FileStore::open(root.clone())?)),
-        StoreUrl::Redis(_) => Err(StoreError::Unavailable(
-            "the Redis store is not part of this build yet; use file:".into(),
-        )),
+        StoreUrl::Redis(r) => Ok(Arc::new(redis::RedisStore::open(r)?)),
     }
 }
 

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod redis;
 pub mod sign;
 
 use std::fs;

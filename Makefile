@@ -10,8 +10,10 @@ TEST_THREADS ?= 2
 # Debian packages needed to build, test and run (checked one by one, so a
 # machine that has them all runs no apt-get at all).
 DEB_PACKAGES := apache2 apache2-dev libclang-dev clang curl python3 redis-server wrk
+# The peers `make bench` compares against, and callgrind.
+BENCH_PACKAGES := libapache2-mod-php libapache2-mod-python valgrind
 
-.PHONY: build deps demo test unit install clean lint
+.PHONY: build deps bench-deps demo test bench install clean lint
 
 build: $(MODULE)
 
@@ -19,8 +21,10 @@ $(MODULE): $(shell find src c_shim -type f) build.rs Cargo.toml
 	$(CARGO) build --release --lib
 	cp target/release/libmod_rsession.so $(MODULE)
 
-deps:
-	@missing=""; for p in $(DEB_PACKAGES); do \
+deps: PACKAGES = $(DEB_PACKAGES)
+bench-deps: PACKAGES = $(DEB_PACKAGES) $(BENCH_PACKAGES)
+deps bench-deps:
+	@missing=""; for p in $(PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -38,6 +42,11 @@ demo: deps build
 test: deps build
 	$(CARGO) test --release --lib
 	RSESSION_MODULE=$(abspath $(MODULE)) $(CARGO) test --release --tests -- --test-threads=$(TEST_THREADS)
+
+# Side-by-side throughput, a sweep of 1,000,000 expired sessions and
+# instructions per request; prints Markdown (see BENCHMARKS.md).
+bench: bench-deps build
+	python3 bench/bench.py $(BENCH_ARGS)
 
 lint:
 	$(CARGO) fmt --check

@@ -315,23 +315,27 @@ fn the_status_page_counts_every_child_of_a_prefork_server() {
 
 #[test]
 fn graceful_restarts_under_load_fail_no_request_and_the_sweeper_goes_on() {
-    let mut h = server(Mpm::Event, "  RSessionTimeout 2");
-    let cookie = get(&h.url("/cgi-bin/env.cgi"), &[]).cookie_pair();
+    // Static files under RSession On: mod_cgid itself drops a request now
+    // and then while its daemon restarts (AH10246), which is not ours to test.
+    let mut h = Httpd::start(Options {
+        fragment: "RSessionGCInterval 1\nAlias /s/ {ROOT}/htdocs/\n<Location /s/>\n  RSession On\n  RSessionTimeout 2\n</Location>".into(),
+        ..Options::default()
+    });
+    let cookie = get(&h.url("/s/index.html"), &[]).cookie_pair();
     let done = AtomicBool::new(false);
-    let failures = AtomicUsize::new(0);
+    let failures = std::sync::Mutex::new(Vec::new());
     let served = AtomicUsize::new(0);
-    let url = h.url("/cgi-bin/env.cgi");
+    let url = h.url("/s/index.html");
     std::thread::scope(|s| {
         for _ in 0..2 {
             s.spawn(|| {
                 while !done.load(Ordering::SeqCst) {
                     match try_send("GET", &url, &[("Cookie", &cookie)], None) {
-                        Ok(r) if r.status == 200 => {
+                        // No Set-Cookie: the session was resumed, not replaced.
+                        Ok(r) if r.status == 200 && r.set_cookie().is_none() => {
                             served.fetch_add(1, Ordering::SeqCst);
                         }
-                        _ => {
-                            failures.fetch_add(1, Ordering::SeqCst);
-                        }
+                        other => failures.lock().unwrap().push(format!("{other:?}")),
                     }
                 }
             });
@@ -353,14 +357,21 @@ fn graceful_restarts_under_load_fail_no_request_and_the_sweeper_goes_on() {
         );
         done.store(true, Ordering::SeqCst);
     });
-    assert_eq!(
-        failures.load(Ordering::SeqCst),
-        0,
-        "no request failed across graceful restarts"
+    let failures = failures.into_inner().unwrap();
+    assert!(
+        failures.is_empty(),
+        "no request may fail across graceful restarts: {failures:?}"
     );
     // The new generation's sweeper works: an abandoned session goes.
-    let r = get(&h.url("/cgi-bin/env.cgi"), &[]);
-    let id = r.env("RSESSION_ID").unwrap();
+    let fresh = get(&h.url("/s/index.html"), &[]).cookie_pair();
+    let id = fresh
+        .split_once('=')
+        .unwrap()
+        .1
+        .split('.')
+        .next()
+        .unwrap()
+        .to_string();
     wait_for(
         "the new generation to sweep",
         Duration::from_secs(15),

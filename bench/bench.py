@@ -1,0 +1,533 @@
+#!/usr/bin/env python3
+"""make bench: mod_rsession against plain httpd and the session systems users
+would otherwise pick, side by side, as ratios measured in one run.
+
+Every scenario gets its own private httpd on 127.0.0.1, is driven by wrk for a
+bounded time (median of --runs runs), and is reported as requests/s, p50, p99
+and its ratio to the plain static file measured in the same run (and, for
+handlers, to the same handler without a session). Then: a sweep of many
+expired sessions, and instructions per request of the module's hot path
+counted by callgrind (repeatable, unlike a clock).
+"""
+import argparse
+import http.client
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODULE = os.path.join(REPO, "target/release/mod_rsession.so")
+MODS = "/usr/lib/apache2/modules"
+SECRET = "bench-secret-0123456789abcdef"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what, deadline, check):
+    end = time.time() + deadline
+    while time.time() < end:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise SystemExit("timed out waiting for " + what)
+
+
+class Httpd:
+    """A private httpd: `fragment` is appended to a minimal config."""
+
+    def __init__(self, fragment, mpm="event", modules=(), rsession=True, log_level="warn"):
+        self.root = tempfile.mkdtemp(prefix="rsession-bench-")
+        os.chmod(self.root, 0o755)
+        for d in ("logs", "htdocs"):
+            os.mkdir(os.path.join(self.root, d))
+            os.chmod(os.path.join(self.root, d), 0o755)
+        with open(os.path.join(self.root, "htdocs/index.html"), "w") as f:
+            f.write("<p>static page</p>\n" * 20)
+        self.port = free_port()
+        loads = "".join("LoadModule %s_module %s/mod_%s.so\n" % (m, MODS, m) for m in modules)
+        if rsession:
+            loads += "LoadModule rsession_module %s\nRSessionSecret %s\n" % (MODULE, SECRET)
+        mpm_tuning = {
+            "event": "ThreadsPerChild 25\nStartServers 2\nMaxRequestWorkers 150\n",
+            "prefork": "StartServers 16\nMinSpareServers 16\nMaxSpareServers 32\nMaxRequestWorkers 64\n",
+        }.get(mpm, "")
+        conf = """ServerRoot {root}
+Listen 127.0.0.1:{port}
+LoadModule mpm_{mpm}_module {mods}/mod_mpm_{mpm}.so
+LoadModule authz_core_module {mods}/mod_authz_core.so
+LoadModule mime_module {mods}/mod_mime.so
+{loads}ServerName localhost
+PidFile {root}/logs/httpd.pid
+ErrorLog {root}/logs/error.log
+LogLevel {level}
+DefaultRuntimeDir {root}/logs
+TypesConfig /etc/mime.types
+User www-data
+Group www-data
+KeepAlive On
+MaxKeepAliveRequests 0
+{tuning}DocumentRoot {root}/htdocs
+{fragment}
+""".format(root=self.root, port=self.port, mpm=mpm, mods=MODS, loads=loads, level=log_level,
+           tuning=mpm_tuning, fragment=fragment.replace("{ROOT}", self.root))
+        self.conf = os.path.join(self.root, "httpd.conf")
+        with open(self.conf, "w") as f:
+            f.write(conf)
+        self.proc = None
+
+    def start(self, wrapper=()):
+        self.proc = subprocess.Popen(list(wrapper) + ["apache2", "-f", self.conf, "-DFOREGROUND"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        wait_for("httpd to start", 120, lambda: "resuming normal operations" in self.log() or self._died())
+        return self
+
+    def _died(self):
+        if self.proc.poll() is not None:
+            raise SystemExit("httpd failed to start:\n" + self.log() + self.proc.stderr.read().decode())
+        return False
+
+    def log(self):
+        try:
+            with open(os.path.join(self.root, "logs/error.log")) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def url(self, path):
+        return "http://127.0.0.1:%d%s" % (self.port, path)
+
+    def get(self, path, cookie=None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        conn.request("GET", path, headers={"Cookie": cookie} if cookie else {})
+        resp = conn.getresponse()
+        body = resp.read()
+        set_cookie = resp.getheader("Set-Cookie")
+        conn.close()
+        return resp.status, set_cookie, body
+
+    def cookies(self, path, n):
+        """n fresh sessions' cookies (NAME=VALUE)."""
+        out = []
+        for _ in range(n):
+            status, set_cookie, _ = self.get(path)
+            if not set_cookie:
+                raise SystemExit("no session cookie from %s (status %d)" % (path, status))
+            out.append(set_cookie.split(";")[0])
+        return out
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        crashes = [l for l in self.log().splitlines() if "exit signal" in l or "panicked" in l]
+        if crashes:
+            print("warning: crash lines in %s:\n%s" % (self.root, "\n".join(crashes)), file=sys.stderr)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+ROUND_ROBIN_LUA = """
+local cookies = {%s}
+local next_id = 0
+function setup(thread) thread:set("id", next_id); next_id = next_id + 1 end
+function init(args) n = id * 7919 end
+function request()
+  n = n + 1
+  return wrk.format(nil, nil, {["Cookie"] = cookies[(n %% #cookies) + 1]})
+end
+"""
+
+
+def wrk(url, seconds, cookie=None, cookies=None, conns=16):
+    cmd = ["wrk", "-t2", "-c%d" % conns, "-d%ds" % seconds, "--latency", url]
+    script = None
+    if cookie:
+        cmd += ["-H", "Cookie: " + cookie]
+    if cookies:
+        script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+        script.write(ROUND_ROBIN_LUA % ", ".join('"%s"' % c for c in cookies))
+        script.close()
+        cmd += ["-s", script.name]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    if script:
+        os.unlink(script.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return {"rps": rps, "p50": lat.get("50", "?"), "p99": lat.get("99", "?"),
+            "errors": int(errors.group(1)) if errors else 0,
+            "socket_errors": socket_errors.group(1) if socket_errors else ""}
+
+
+def measure(url, args, **kw):
+    runs = [wrk(url, args.seconds, **kw) for _ in range(args.runs)]
+    runs.sort(key=lambda r: r["rps"])
+    med = runs[len(runs) // 2]
+    med["errors"] = sum(r["errors"] for r in runs)
+    return med
+
+
+def to_ms(text):
+    m = re.match(r"([\d.]+)(us|ms|s)$", text or "")
+    if not m:
+        return float("nan")
+    v = float(m.group(1))
+    return v / 1000 if m.group(2) == "us" else v * 1000 if m.group(2) == "s" else v
+
+
+LUA_HANDLER = """
+function handle(r)
+  local data = r.subprocess_env['RSESSION_DATA'] or ''
+  local n = tonumber(string.match(data, 'n=(%d+)') or '0') + 1
+  r.headers_out['X-RSession'] = 'set n=' .. n
+  r.content_type = 'text/plain'
+  r:puts(tostring(n))
+  return apache2.OK
+end
+"""
+
+PYTHON_HANDLER = """
+from mod_python import apache, Session
+
+def handler(req):
+    if req.uri.startswith('/py/session'):
+        s = Session.FileSession(req, secret='%s')
+        s['n'] = s.get('n', 0) + 1
+        s.save()
+        n = s['n']
+    else:
+        n = 1
+    req.content_type = 'text/plain'
+    req.write(str(n))
+    return apache.OK
+""" % SECRET
+
+PHP_SESSION = "<?php session_start(); $_SESSION['n'] = ($_SESSION['n'] ?? 0) + 1; echo $_SESSION['n'];"
+PHP_PLAIN = "<?php echo 1;"
+
+
+def write(root, name, text, mode=0o644):
+    path = os.path.join(root, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, mode)
+    return path
+
+
+def scenario_rows(args):
+    rows = []
+
+    def add(name, result, baseline=None, note=""):
+        rows.append({"name": name, "baseline": baseline, "note": note, **result})
+        print("  %-58s %9.0f req/s  p50 %-8s p99 %-8s%s" % (
+            name, result["rps"], result["p50"], result["p99"],
+            "  (%d errors)" % result["errors"] if result["errors"] else ""), file=sys.stderr, flush=True)
+
+    # 1. The ceiling, and mod_rsession on the same static file.
+    h = Httpd("""
+<Location /s/>
+  RSession On
+  RSessionStore file:{ROOT}/store
+  RSessionScratchRoot {ROOT}/scratch
+</Location>
+<Location /one/>
+  RSession On
+  RSessionStore file:{ROOT}/store
+  RSessionScratchRoot {ROOT}/scratch
+  RSessionLockTimeout 60
+</Location>
+Alias /s/ {ROOT}/htdocs/
+Alias /one/ {ROOT}/htdocs/
+""", modules=["alias"]).start()
+    try:
+        add("static file, no session (ceiling)", measure(h.url("/index.html"), args))
+        cookie = h.cookies("/s/index.html", 1)[0]
+        add("rsession file store, resumed session, static file", measure(h.url("/s/index.html"), args, cookie=cookie), "ceiling")
+        add("rsession file store, new session per request", measure(h.url("/s/index.html"), args), "ceiling")
+        one = h.cookies("/one/index.html", 1)[0]
+        add("rsession one session, 16 clients, lock on, static file", measure(h.url("/one/index.html"), args, cookie=one), "ceiling")
+    finally:
+        h.stop()
+
+    # 2. Read+write on every request: a mod_lua handler through X-RSession.
+    h = Httpd("""
+LuaScope thread
+LuaMapHandler ^/lua/plain$ {ROOT}/handler.lua handle
+LuaMapHandler ^/lua/session$ {ROOT}/handler.lua handle
+<Location /lua/session>
+  RSession On
+  RSessionStore file:{ROOT}/store
+  RSessionScratchRoot {ROOT}/scratch
+</Location>
+""", modules=["lua"])
+    write(h.root, "handler.lua", LUA_HANDLER)
+    h.start()
+    try:
+        base = measure(h.url("/lua/plain"), args)
+        add("mod_lua handler, no session", base)
+        cookies = h.cookies("/lua/session", 256)
+        add("rsession read+write via X-RSession, mod_lua, many sessions", measure(h.url("/lua/session"), args, cookies=cookies), "mod_lua handler, no session")
+    finally:
+        h.stop()
+
+    # 3. Redis store, resumed.
+    if shutil.which("redis-server"):
+        rport = free_port()
+        redis = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for("redis", 20, lambda: _redis_ping(rport))
+            h = Httpd("""
+RSessionStore redis://127.0.0.1:%d/0?prefix=bench:
+<Location /s/>
+  RSession On
+  RSessionScratchRoot {ROOT}/scratch
+</Location>
+Alias /s/ {ROOT}/htdocs/
+""" % rport, modules=["alias"]).start()
+            try:
+                cookie = h.cookies("/s/index.html", 1)[0]
+                add("rsession Redis store, resumed session, static file", measure(h.url("/s/index.html"), args, cookie=cookie), "ceiling")
+            finally:
+                h.stop()
+        finally:
+            redis.terminate()
+            redis.wait()
+
+    # 4. Peers, each against its own no-session baseline.
+    h = Httpd("""
+<Location /ms/>
+  Session On
+  SessionCookieName session path=/
+</Location>
+Alias /ms/ {ROOT}/htdocs/
+""", modules=["alias", "session", "session_cookie"], rsession=False).start()
+    try:
+        add("peer: mod_session_cookie, static file", measure(h.url("/ms/index.html"), args, cookie="session=user=ann&n=1"), "ceiling")
+    finally:
+        h.stop()
+
+    if os.path.exists(os.path.join(MODS, "mod_python.so")):
+        h = Httpd("""
+<Location /py/>
+  SetHandler mod_python
+  PythonHandler handler
+  PythonPath "['{ROOT}/py'] + sys.path"
+  PythonOption mod_python.file_session.database_directory {ROOT}/pysessions
+</Location>
+""", modules=["python"], rsession=False)
+        write(h.root, "py/handler.py", PYTHON_HANDLER)
+        os.makedirs(os.path.join(h.root, "pysessions"))
+        shutil.chown(os.path.join(h.root, "pysessions"), "www-data", "www-data")
+        h.start()
+        try:
+            base = measure(h.url("/py/plain"), args)
+            add("peer: mod_python handler, no session", base)
+            cookies = h.cookies("/py/session", 256)
+            add("peer: mod_python FileSession read+write, many sessions", measure(h.url("/py/session"), args, cookies=cookies), "peer: mod_python handler, no session")
+        finally:
+            h.stop()
+    else:
+        print("  (mod_python not installed: skipped)", file=sys.stderr)
+
+    php = [m for m in os.listdir(MODS) if re.match(r"libphp[\d.]*\.so$", m)]
+    if php:
+        h = Httpd("""
+LoadModule php_module %s/%s
+AddType application/x-httpd-php .php
+DirectoryIndex index.php
+php_admin_value session.save_path {ROOT}/phpsessions
+php_admin_value session.gc_probability 0
+""" % (MODS, php[0]), mpm="prefork", rsession=False)
+        write(h.root, "htdocs/plain.php", PHP_PLAIN)
+        write(h.root, "htdocs/session.php", PHP_SESSION)
+        os.makedirs(os.path.join(h.root, "phpsessions"))
+        shutil.chown(os.path.join(h.root, "phpsessions"), "www-data", "www-data")
+        h.start()
+        try:
+            add("peer: PHP (prefork), no session", measure(h.url("/plain.php"), args))
+            cookies = h.cookies("/session.php", 256)
+            add("peer: PHP file sessions read+write, many sessions", measure(h.url("/session.php"), args, cookies=cookies), "peer: PHP (prefork), no session")
+            one = h.cookies("/session.php", 1)[0]
+            add("peer: PHP file sessions, one session, 16 clients", measure(h.url("/session.php"), args, cookie=one), "peer: PHP (prefork), no session")
+            add("peer: PHP file sessions, new session per request", measure(h.url("/session.php"), args), "peer: PHP (prefork), no session")
+        finally:
+            h.stop()
+    else:
+        print("  (mod_php not installed: skipped)", file=sys.stderr)
+    return rows
+
+
+def _redis_ping(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def table(rows):
+    by_name = {r["name"]: r for r in rows}
+    ceiling = by_name["static file, no session (ceiling)"]["rps"]
+    out = ["| scenario | req/s | p50 | p99 | vs static | vs own baseline |", "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        own = ""
+        if r["baseline"] and r["baseline"] != "ceiling" and r["baseline"] in by_name:
+            own = "%.2f" % (r["rps"] / by_name[r["baseline"]]["rps"])
+        errors = " (%d non-2xx)" % r["errors"] if r["errors"] else ""
+        out.append("| %s%s | %.0f | %s | %s | %.2f | %s |" % (r["name"], errors, r["rps"], r["p50"], r["p99"], r["rps"] / ceiling, own))
+    return "\n".join(out)
+
+
+def sweep_benchmark(args):
+    """N expired sessions in a file store on tmpfs: time to sweep them, and
+    p99 of concurrent traffic during the sweep against without."""
+    n = args.sweep
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+    store = tempfile.mkdtemp(prefix="rsession-sweep-", dir=base)
+    scratch = tempfile.mkdtemp(prefix="rsession-sweep-scratch-", dir=base)
+    try:
+        print("  writing %d expired records ..." % n, file=sys.stderr, flush=True)
+        past = time.time() - 7200
+        body = ('{"v":1,"c":%d,"a":%d,"t":60,"l":0,"d":{}}' % (past, past)).encode()
+        for i in range(n):
+            path = "%s/%016x%016x" % (store, 0xbeef, i)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            os.write(fd, body)
+            os.close(fd)
+            os.utime(path, (past, past))
+        os.makedirs(store + "/locks", exist_ok=True)
+        subprocess.run(["chown", "-R", "www-data:www-data", store, scratch], check=True)
+        conf = """
+RSessionStore file:%s
+RSessionScratchRoot %s
+RSessionGCInterval %%d
+<Location /s/>
+  RSession On
+</Location>
+Alias /s/ {ROOT}/htdocs/
+""" % (store, scratch)
+        quiet = Httpd(conf % 0, modules=["alias"]).start()
+        try:
+            cookie = quiet.cookies("/s/index.html", 1)[0]
+            undisturbed = wrk(quiet.url("/s/index.html"), args.seconds, cookie=cookie)
+        finally:
+            quiet.stop()
+        h = Httpd(conf % 1, modules=["alias"], log_level="warn rsession:info").start()
+        try:
+            started = time.time()
+            loaded = wrk(h.url("/s/index.html"), args.seconds, cookie=cookie)
+
+            def removed():
+                return sum(int(x) for x in re.findall(r"removed (\d+) expired", h.log()))
+            wait_for("the sweep", 600, lambda: removed() >= n)
+            took = time.time() - started
+        finally:
+            h.stop()
+        return {"n": n, "seconds": took, "p99_quiet": undisturbed["p99"], "p99_sweep": loaded["p99"],
+                "rps_quiet": undisturbed["rps"], "rps_sweep": loaded["rps"]}
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def instructions_per_request(requests=200):
+    """Instructions executed inside the module's hooks per request, counted
+    by callgrind (httpd -X, one process), for resumed and new sessions."""
+    if not shutil.which("valgrind"):
+        return None
+    results = {}
+    for kind in ("resumed", "new"):
+        h = Httpd("""
+<Location /s/>
+  RSession On
+  RSessionStore file:{ROOT}/store
+  RSessionScratchRoot {ROOT}/scratch
+</Location>
+Alias /s/ {ROOT}/htdocs/
+""", modules=["alias"])
+        out = os.path.join(h.root, "callgrind.out")
+        h.proc = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out, "--collect-atstart=no",
+             "--toggle-collect=rsession_fixups", "--toggle-collect=rsession_out_filter",
+             "apache2", "-X", "-f", h.conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_for("httpd under valgrind", 180, lambda: _port_open(h.port))
+        try:
+            cookie = h.cookies("/s/index.html", 1)[0] if kind == "resumed" else None
+            # Warm up; each dump resets the counters, so the second dump
+            # holds exactly the measured requests.
+            for _ in range(20):
+                h.get("/s/index.html", cookie)
+            subprocess.run(["callgrind_control", "--dump", str(h.proc.pid)], capture_output=True, check=True)
+            for _ in range(requests):
+                h.get("/s/index.html", cookie)
+            subprocess.run(["callgrind_control", "--dump", str(h.proc.pid)], capture_output=True, check=True)
+        finally:
+            h.proc.send_signal(signal.SIGTERM)
+            h.proc.wait(120)
+        with open(out + ".2") as f:
+            m = re.search(r"^(?:totals|summary):\s+(\d+)", f.read(), re.M)
+        total = int(m.group(1)) if m else 0
+        results[kind] = total / requests
+        shutil.rmtree(h.root, ignore_errors=True)
+    return results
+
+
+def _port_open(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=int, default=5, help="duration of one wrk run")
+    p.add_argument("--runs", type=int, default=3, help="runs per scenario (the median is reported)")
+    p.add_argument("--sweep", type=int, default=1000000, help="expired sessions in the sweep benchmark (0: skip)")
+    p.add_argument("--no-callgrind", action="store_true")
+    args = p.parse_args()
+    if not os.path.exists(MODULE):
+        raise SystemExit("build first: make")
+    started = time.time()
+    print("scenarios (wrk -t2 -c16, %d x %ds each):" % (args.runs, args.seconds), file=sys.stderr)
+    rows = scenario_rows(args)
+    print()
+    print(table(rows))
+    if args.sweep:
+        s = sweep_benchmark(args)
+        print()
+        print("Sweep of %d expired sessions (file store on tmpfs): %.1f s; concurrent p99 %s during the sweep vs %s without "
+              "(%.2fx); req/s %.0f vs %.0f." % (s["n"], s["seconds"], s["p99_sweep"], s["p99_quiet"],
+                                                to_ms(s["p99_sweep"]) / to_ms(s["p99_quiet"]), s["rps_sweep"], s["rps_quiet"]))
+    if not args.no_callgrind:
+        ir = instructions_per_request()
+        if ir:
+            print()
+            print("Instructions per request inside mod_rsession's hooks (callgrind): resumed %.0f, new %.0f."
+                  % (ir["resumed"], ir["new"]))
+    print()
+    print("Whole run: %.0f s." % (time.time() - started))
+
+
+if __name__ == "__main__":
+    main()

@@ -59,9 +59,9 @@ fn check_value(value: &str, name: &str, keys: &KeyRing) -> Option<SessionId> {
 
 /// The cookie value for `id`.
 pub fn cookie_value(id: &SessionId, name: &str, keys: &KeyRing) -> String {
-    let id_text = id.to_string();
+    let id_text = id.text();
     let mac = keys.sign(name, &id_text);
-    format!("{id_text}.{mac}")
+    format!("{}.{mac}", &*id_text)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -307,7 +307,7 @@ fn begin(r: Request<'_>, dir: &DirConfig, runtime: &Arc<Runtime>) -> RequestStat
 
 /// Notes, environment and (optionally) forwarded request headers.
 fn expose(r: Request<'_>, dir: &DirConfig, session: &ActiveSession) {
-    let id = session.id().to_string();
+    let id = session.id().text();
     let scratch = session
         .scratch_dir()
         .map(|p| p.to_string_lossy().into_owned());
@@ -372,7 +372,9 @@ pub fn save_at_first_output(r: Request<'_>) {
         lines.extend(table.get_all(&header).into_iter().map(|v| v.into_owned()));
         table.unset(&header);
     }
-    let short = rs.session.id().short();
+    // The most of an id logs may show; formatted without allocating.
+    let id_text = rs.session.id().text();
+    let short = &id_text[..8];
     let mut commands = Vec::new();
     for parsed in update::parse(lines.iter().map(String::as_str)) {
         match parsed {

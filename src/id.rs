@@ -21,20 +21,54 @@ impl SessionId {
         Ok(SessionId(bytes))
     }
 
+    /// Which of 256 shard directories holds the session (its first byte).
+    pub fn shard(&self) -> u8 {
+        self.0[0]
+    }
+
+    /// 62 bits of the id (not those that pick the shard), used as the byte
+    /// offset of the session's lock in its shard's lock file: two sessions
+    /// share a lock only if those 62 random bits collide.
+    pub fn lock_offset(&self) -> u64 {
+        let mut tail = [0u8; 8];
+        tail.copy_from_slice(&self.0[8..]);
+        u64::from_be_bytes(tail) >> 2
+    }
+
     /// The first 8 characters, the most of an id that may appear in logs.
     pub fn short(&self) -> String {
-        let mut s = self.to_string();
-        s.truncate(8);
-        s
+        self.text()[..8].to_string()
+    }
+}
+
+/// The text form on the stack: ids are formatted on every request, so
+/// without `fmt` machinery or allocation.
+#[derive(Clone, Copy)]
+pub struct IdText([u8; ID_TEXT_LEN]);
+
+impl std::ops::Deref for IdText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        // Only ASCII hex digits are ever written into the buffer.
+        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
+    }
+}
+
+impl SessionId {
+    pub fn text(&self) -> IdText {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; ID_TEXT_LEN];
+        for (i, b) in self.0.iter().enumerate() {
+            out[2 * i] = HEX[(b >> 4) as usize];
+            out[2 * i + 1] = HEX[(b & 0x0f) as usize];
+        }
+        IdText(out)
     }
 }
 
 impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&self.text())
     }
 }
 

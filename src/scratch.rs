@@ -24,13 +24,20 @@ impl ScratchRoot {
 
     /// The directory of `id`. Ids are hex, so this never leaves the root.
     pub fn path(&self, id: &SessionId) -> PathBuf {
-        self.root.join(id.to_string())
+        self.root.join(&*id.text())
     }
 
     /// Creates the directory if missing. Something else under that name (a
     /// file, or a symbolic link planted by a handler) is an error.
     pub fn ensure(&self, id: &SessionId) -> io::Result<PathBuf> {
         let path = self.path(id);
+        // The usual case, a returning session: one lstat and done.
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_dir() => return Ok(path),
+            Ok(_) => return Err(io::Error::new(ErrorKind::AlreadyExists, "not a directory")),
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
         match fs::DirBuilder::new().mode(0o700).create(&path) {
             Ok(()) => Ok(path),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {

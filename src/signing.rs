@@ -5,7 +5,9 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
+use parking_lot::Mutex;
 use sha2::Sha256;
+use std::collections::HashSet;
 use std::fmt;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -14,10 +16,18 @@ type HmacSha256 = Hmac<Sha256>;
 pub const MAC_TEXT_LEN: usize = 43;
 const DOMAIN: &[u8] = b"rsession-v1";
 
-/// The configured signing keys, newest first. Never printed.
-#[derive(Clone)]
+/// Most cookie values a process remembers as verified.
+const VERIFIED_CAPACITY: usize = 16_384;
+
+/// The configured signing keys, newest first. Never printed. Each key is
+/// kept as a keyed HMAC state, so a MAC costs two SHA-256 blocks, not four.
 pub struct KeyRing {
-    keys: Vec<Vec<u8>>,
+    keys: Vec<HmacSha256>,
+    /// Exact `name NUL id.mac` texts this process has verified, so a
+    /// returning visitor costs a hash lookup instead of an HMAC. Only values
+    /// that verified go in, so forged cookies cannot fill it; it is emptied
+    /// when full.
+    verified: Mutex<HashSet<Box<str>>>,
 }
 
 impl fmt::Debug for KeyRing {
@@ -30,15 +40,21 @@ impl KeyRing {
     /// `keys` must not be empty; the first one signs.
     pub fn new(keys: Vec<Vec<u8>>) -> Option<KeyRing> {
         if keys.is_empty() || keys.iter().any(Vec::is_empty) {
-            None
-        } else {
-            Some(KeyRing { keys })
+            return None;
         }
+        // HMAC accepts keys of any length; new_from_slice cannot fail for it.
+        let keys = keys
+            .iter()
+            .map(|k| HmacSha256::new_from_slice(k).expect("HMAC takes any key length"))
+            .collect();
+        Some(KeyRing {
+            keys,
+            verified: Mutex::new(HashSet::new()),
+        })
     }
 
-    fn mac(key: &[u8], cookie_name: &str, id: &str) -> HmacSha256 {
-        // HMAC accepts keys of any length; new_from_slice cannot fail for it.
-        let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    fn mac(key: &HmacSha256, cookie_name: &str, id: &str) -> HmacSha256 {
+        let mut mac = key.clone();
         mac.update(DOMAIN);
         mac.update(&[0]);
         mac.update(cookie_name.as_bytes());
@@ -61,6 +77,22 @@ impl KeyRing {
         if mac_text.len() != MAC_TEXT_LEN {
             return false;
         }
+        let seen = format!("{cookie_name}\0{id}.{mac_text}");
+        if self.verified.lock().contains(seen.as_str()) {
+            return true;
+        }
+        if !self.verify_mac(cookie_name, id, mac_text) {
+            return false;
+        }
+        let mut verified = self.verified.lock();
+        if verified.len() >= VERIFIED_CAPACITY {
+            verified.clear();
+        }
+        verified.insert(seen.into_boxed_str());
+        true
+    }
+
+    fn verify_mac(&self, cookie_name: &str, id: &str, mac_text: &str) -> bool {
         let Ok(tag) = URL_SAFE_NO_PAD.decode(mac_text) else {
             return false;
         };
@@ -109,6 +141,19 @@ mod tests {
         assert!(!keys.verify("sid", "ffffffffffffffffffffffffffffffff", &mac));
         assert!(!keys.verify("sid", ID, &mac[..42]));
         assert!(!keys.verify("sid", ID, "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"));
+    }
+
+    #[test]
+    fn remembered_values_still_need_the_exact_text() {
+        let keys = ring(&["k"]);
+        let mac = keys.sign("sid", ID);
+        assert!(keys.verify("sid", ID, &mac));
+        assert!(keys.verify("sid", ID, &mac), "second time from the cache");
+        let mut forged = mac.clone();
+        forged.replace_range(0..1, if mac.starts_with('A') { "B" } else { "A" });
+        assert!(!keys.verify("sid", ID, &forged));
+        assert!(!keys.verify("other", ID, &mac));
+        assert!(!keys.verify("sid", "ffffffffffffffffffffffffffffffff", &mac));
     }
 
     #[test]

@@ -55,8 +55,15 @@ fn records(h: &Httpd) -> usize {
     std::fs::read_dir(store(h))
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().len() == 32)
-        .count()
+        .filter(|shard| shard.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|shard| {
+            std::fs::read_dir(shard.path())
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().len() == 32)
+                .count()
+        })
+        .sum()
 }
 
 #[test]
@@ -65,15 +72,15 @@ fn idle_sessions_are_swept_with_their_scratch_directories() {
     let r = get(&h.url("/cgi-bin/env.cgi"), &[]);
     let id = r.env("RSESSION_ID").unwrap();
     let dir = PathBuf::from(r.env("RSESSION_DIR").unwrap());
-    assert!(store(&h).join(&id).exists() && dir.exists());
+    assert!(h.record(&id).exists() && dir.exists());
     // No request touches the session again: only the sweeper can remove it.
     wait_for(
         "the sweeper to remove the record and scratch dir",
         Duration::from_secs(10),
         || {
-            (!store(&h).join(&id).exists()
+            (!h.record(&id).exists()
                 && !dir.exists()
-                && !store(&h).join("locks").join(&id).exists())
+                && !h.record(&id).with_extension("spare").exists())
             .then_some(())
         },
     );
@@ -130,7 +137,7 @@ fn a_locked_session_is_never_swept() {
                     .then_some(())
             },
         );
-        assert!(store(&h).join(&id).exists(), "the held record survives");
+        assert!(h.record(&id).exists(), "the held record survives");
         std::fs::write(dir.join("release"), "").unwrap();
         assert_eq!(holder.join().unwrap().status, 200);
     });
@@ -180,7 +187,7 @@ fn orphaned_scratch_directories_and_stale_temporary_files_are_removed() {
     std::fs::write(orphan.join("left-behind"), "x").unwrap();
     chown(&orphan, Some(uid), Some(gid)).unwrap();
     chown(orphan.join("left-behind"), Some(uid), Some(gid)).unwrap();
-    let stale = store(&h).join(".tmp-fedcba9876543210fedcba9876543210-999999999-0");
+    let stale = store(&h).join("fe/.tmp-fedcba9876543210fedcba9876543210-999999999-0");
     std::fs::write(&stale, "{\"torn").unwrap();
     let f = std::fs::File::options().write(true).open(&stale).unwrap();
     f.set_modified(SystemTime::now() - Duration::from_secs(3600))
@@ -209,7 +216,7 @@ fn plant_expired(h: &Httpd, n: usize) {
     let past = SystemTime::now() - Duration::from_secs(7200);
     for i in 0..n {
         let id = format!("{:016x}{:016x}", 0xabcd_u64, i);
-        let path = store(h).join(&id);
+        let path = h.record(&id);
         std::fs::write(
             &path,
             format!(
@@ -375,7 +382,7 @@ fn graceful_restarts_under_load_fail_no_request_and_the_sweeper_goes_on() {
     wait_for(
         "the new generation to sweep",
         Duration::from_secs(15),
-        || (!store(&h).join(&id).exists()).then_some(()),
+        || (!h.record(&id).exists()).then_some(()),
     );
     assert!(Path::new(&store(&h)).exists());
 }

@@ -206,10 +206,7 @@ fn expired_sessions_are_replaced() {
         !std::path::Path::new(&old_dir).exists(),
         "expired scratch directory removed"
     );
-    assert!(
-        !h.path("logs/rsession").join(&old).exists(),
-        "expired record removed"
-    );
+    assert!(!h.record(&old).exists(), "expired record removed");
 }
 
 #[test]
@@ -454,11 +451,11 @@ fn records_and_directories_belong_to_the_server_user() {
     let r = get(&h.url("/cgi-bin/env.cgi"), &[]);
     let id = r.env("RSESSION_ID").unwrap();
     let www = nix_uid("www-data");
-    let record =
-        std::fs::metadata(h.path("logs/rsession").join(&id)).expect("record in the default store");
+    let record = std::fs::metadata(h.record(&id)).expect("record in the default store");
     assert_eq!(record.permissions().mode() & 0o777, 0o600);
     assert_eq!(record.uid(), www);
-    for dir in ["logs/rsession", "logs/rsession-scratch"] {
+    let shard = format!("logs/rsession/{}", &id[..2]);
+    for dir in ["logs/rsession", shard.as_str(), "logs/rsession-scratch"] {
         let meta = std::fs::metadata(h.path(dir)).unwrap();
         assert_eq!(meta.uid(), www, "{dir} handed to User");
         assert_eq!(meta.permissions().mode() & 0o777, 0o700, "{dir}");

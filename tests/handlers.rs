@@ -285,7 +285,7 @@ fn invalidate_removes_everything_and_expires_the_cookie() {
         line.starts_with("sid=; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT"),
         "{line}"
     );
-    assert!(!h.path("logs/rsession").join(&id).exists());
+    assert!(!h.record(&id).exists());
     assert!(!Path::new(&dir).exists());
     let after = get_with_cookie(&h.url("/cgi-bin/env.cgi"), &c);
     assert_ne!(after.env("RSESSION_ID"), Some(id));
@@ -336,9 +336,7 @@ fn unchanged_sessions_are_rewritten_only_after_the_touch_interval() {
         "<Location /cgi-bin/>\n  RSessionTouchInterval 2\n</Location>",
     );
     let (c, first) = new_session(&h);
-    let record = h
-        .path("logs/rsession")
-        .join(first.env("RSESSION_ID").unwrap());
+    let record = h.record(&first.env("RSESSION_ID").unwrap());
     let accessed = || -> u64 {
         let v: serde_json_lite::Value =
             serde_json_lite::parse(&std::fs::read_to_string(&record).unwrap());

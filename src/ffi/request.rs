@@ -171,6 +171,16 @@ fn c(s: &str) -> Option<CString> {
     CString::new(s).ok()
 }
 
+/// The bytes of a C string (empty for NULL).
+fn bytes<'a>(p: *const c_char) -> &'a [u8] {
+    if p.is_null() {
+        return &[];
+    }
+    // SAFETY: table keys and values are NUL-terminated strings that live
+    // as long as the table.
+    unsafe { CStr::from_ptr(p) }.to_bytes()
+}
+
 impl<'r> Table<'r> {
     fn new(raw: *mut sys::apr_table_t) -> Table<'r> {
         Table {
@@ -179,47 +189,64 @@ impl<'r> Table<'r> {
         }
     }
 
-    /// Every (key, value) entry, in order.
-    pub fn entries(&self) -> Vec<(Cow<'r, str>, Cow<'r, str>)> {
-        if self.raw.is_null() {
-            return Vec::new();
-        }
-        // SAFETY: an apr_table_t is an array of apr_table_entry_t; the table
-        // is live and not modified while we read it.
-        unsafe {
-            let arr = &*sys::apr_table_elts(self.raw);
-            let elts = arr.elts as *const sys::apr_table_entry_t;
-            (0..arr.nelts.max(0) as usize)
-                .map(|i| &*elts.add(i))
-                .filter(|e| !e.key.is_null())
-                .filter_map(|e| Some((text(e.key)?, text(e.val)?)))
-                .collect()
-        }
+    /// Every (key, value) entry, in order, without copying.
+    fn raw_entries(&self) -> impl Iterator<Item = (&'r [u8], &'r [u8])> {
+        let (elts, n) = if self.raw.is_null() {
+            (std::ptr::null(), 0)
+        } else {
+            // SAFETY: an apr_table_t starts with its apr_array_header_t of
+            // apr_table_entry_t; the table is live and not modified while
+            // the iterator is used (it borrows nothing mutable).
+            let arr = unsafe { &*sys::apr_table_elts(self.raw) };
+            (
+                arr.elts as *const sys::apr_table_entry_t,
+                arr.nelts.max(0) as usize,
+            )
+        };
+        (0..n).filter_map(move |i| {
+            // SAFETY: `i < nelts`, within the array (see above).
+            let e = unsafe { &*elts.add(i) };
+            (!e.key.is_null()).then(|| (bytes(e.key), bytes(e.val)))
+        })
     }
 
-    /// Every value under `key` (case-insensitive), in order.
+    /// The pool that owns the table's strings.
+    fn pool(&self) -> *mut sys::apr_pool_t {
+        // SAFETY: as in raw_entries; the array header names its pool.
+        unsafe { (*sys::apr_table_elts(self.raw)).pool }
+    }
+
+    /// A NUL-terminated copy of `s` in the table's pool (cut at a NUL).
+    fn copy(&self, s: &str) -> *const c_char {
+        let b = s.as_bytes();
+        let len = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+        // SAFETY: the pool is live and `b[..len]` is readable.
+        unsafe { sys::apr_pstrmemdup(self.pool(), b.as_ptr() as *const c_char, len) }
+    }
+
+    /// Every value under `key` (ASCII case ignored), in order.
     pub fn get_all(&self, key: &str) -> Vec<Cow<'r, str>> {
-        self.entries()
-            .into_iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v)
+        self.raw_entries()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(key.as_bytes()))
+            .map(|(_, v)| match std::str::from_utf8(v) {
+                Ok(text) => Cow::Borrowed(text),
+                Err(_) => String::from_utf8_lossy(v),
+            })
             .collect()
     }
 
-    /// Replaces every value under `key` (APR copies both strings).
+    /// Replaces every value under `key`, copying both into the table's pool.
     pub fn set(&self, key: &str, value: &str) {
-        if let (Some(k), Some(v)) = (c(key), c(value)) {
-            // SAFETY: live table; apr_table_set copies key and value.
-            unsafe { sys::apr_table_set(self.raw, k.as_ptr(), v.as_ptr()) };
-        }
+        let (k, v) = (self.copy(key), self.copy(value));
+        // SAFETY: live table; both strings live in its pool, as setn needs.
+        unsafe { sys::apr_table_setn(self.raw, k, v) };
     }
 
     /// Adds one more value under `key`.
     pub fn add(&self, key: &str, value: &str) {
-        if let (Some(k), Some(v)) = (c(key), c(value)) {
-            // SAFETY: live table; apr_table_add copies key and value.
-            unsafe { sys::apr_table_add(self.raw, k.as_ptr(), v.as_ptr()) };
-        }
+        let (k, v) = (self.copy(key), self.copy(value));
+        // SAFETY: as in `set`.
+        unsafe { sys::apr_table_addn(self.raw, k, v) };
     }
 
     pub fn unset(&self, key: &str) {
@@ -232,17 +259,14 @@ impl<'r> Table<'r> {
     /// Removes every entry whose key starts with `prefix` (ASCII case
     /// ignored); returns how many distinct keys went.
     pub fn unset_prefixed(&self, prefix: &str) -> usize {
+        let p = prefix.as_bytes();
         let mut keys: Vec<String> = self
-            .entries()
-            .into_iter()
-            .map(|(k, _)| k.into_owned())
-            .filter(|k| {
-                k.len() >= prefix.len()
-                    && k.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
-            })
+            .raw_entries()
+            .filter(|(k, _)| k.len() >= p.len() && k[..p.len()].eq_ignore_ascii_case(p))
+            .map(|(k, _)| String::from_utf8_lossy(k).to_ascii_lowercase())
             .collect();
-        keys.sort_by_key(|k| k.to_ascii_lowercase());
-        keys.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
+        keys.sort();
+        keys.dedup();
         for k in &keys {
             self.unset(k);
         }

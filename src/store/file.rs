@@ -1,27 +1,41 @@
-//! The file store, the default: one JSON record per session in one
-//! directory, replaced atomically (temporary file + rename), mode 0600.
-//! Each record's mtime is set to the moment it expires, so a sweeper finds
-//! expired sessions with one `stat` per entry and reads only those (and an
-//! operator can list them with `find -mmin`).
+//! The file store, the default. Layout under the root:
 //!
-//! Locks are `flock(2)` locks on per-session files under `locks/`: each
-//! acquisition opens its own descriptor, so threads of one process exclude
-//! each other, the kernel drops the lock when a process dies, and std opens
-//! with `O_CLOEXEC`, so CGI children never inherit it.
+//! ```text
+//! 00/ .. ff/            256 shards, by the id's first byte (spreads the
+//!                       kernel's per-directory locking across directories)
+//!   <id>                the record: JSON, mode 0600, mtime = its expiry
+//!   <id>.spare          the previous version, reused for the next write
+//!   .locks              byte-range locks, one byte per session
+//!   .tmp-<id>-<pid>-<n> temporaries (only where the kernel cannot swap)
+//! ```
+//!
+//! A save writes the spare file in place and swaps it with the record in one
+//! `renameat2(RENAME_EXCHANGE)`: readers see the old or the new record, never
+//! a torn one, and no inode is created or freed (on many file systems the
+//! costly part). Records carry their expiry moment as mtime, so a sweeper
+//! finds expired sessions with one `stat` per entry (and an operator with
+//! `find -mmin`).
+//!
+//! Locks are open-file-description (OFD) locks on one byte of the shard's
+//! `.locks` file: each acquisition opens its own descriptor, so threads of one
+//! process exclude each other, the kernel drops the lock when a process dies,
+//! and descriptors are `O_CLOEXEC`, so CGI children never inherit a lock.
 
 use super::{Created, HeldLock, SessionStore, StoreError, SweepCounts};
 use crate::id::SessionId;
 use crate::record::Record;
+use nix::fcntl::{fcntl, renameat2, FcntlArg, RenameFlags, AT_FDCWD};
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::io::ErrorKind;
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Prefix of temporary files; a sweeper removes stale ones.
 pub const TEMP_PREFIX: &str = ".tmp-";
-const LOCK_DIR: &str = "locks";
+const SPARE_SUFFIX: &str = ".spare";
+const LOCKS: &str = ".locks";
 /// Lock file that admits one sweeper at a time.
 const SWEEPER_LOCK: &str = ".sweeper";
 /// Temporary files younger than this are left alone: a write may still be
@@ -31,7 +45,9 @@ const DEBRIS_AGE: Duration = Duration::from_secs(600);
 #[derive(Debug)]
 pub struct FileStore {
     root: PathBuf,
-    locks: PathBuf,
+    /// False once the file system refused RENAME_EXCHANGE: then saves use
+    /// a temporary file and rename.
+    can_exchange: AtomicBool,
 }
 
 fn io_error(what: String) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -51,24 +67,41 @@ pub fn ensure_private_dir(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// A process-wide counter that makes temporary names unique per thread.
+/// Makes temporary names unique per thread.
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// A held OFD lock: closing the descriptor releases it.
+struct RangeLock {
+    _file: File,
+}
+
+impl HeldLock for RangeLock {}
+
+/// A flock on a whole file (the sweeper's).
 struct FileLock {
     _file: File,
 }
 
 impl HeldLock for FileLock {}
 
+fn shard_name(shard: u8) -> String {
+    format!("{shard:02x}")
+}
+
 impl FileStore {
     /// Opens (creating if needed) the store under `root`.
     pub fn open(root: PathBuf) -> Result<FileStore, StoreError> {
-        let locks = root.join(LOCK_DIR);
-        ensure_private_dir(&locks).map_err(io_error(format!(
-            "cannot create store directory {}",
-            locks.display()
-        )))?;
-        Ok(FileStore { root, locks })
+        for shard in 0..=255u8 {
+            let dir = root.join(shard_name(shard));
+            ensure_private_dir(&dir).map_err(io_error(format!(
+                "cannot create store directory {}",
+                dir.display()
+            )))?;
+        }
+        Ok(FileStore {
+            root,
+            can_exchange: AtomicBool::new(true),
+        })
     }
 
     #[cfg(test)]
@@ -76,38 +109,128 @@ impl FileStore {
         &self.root
     }
 
-    fn record_path(&self, id: &SessionId) -> PathBuf {
-        self.root.join(id.to_string())
+    fn shard_dir(&self, id: &SessionId) -> PathBuf {
+        self.root.join(shard_name(id.shard()))
+    }
+
+    /// `root/<shard>/<name>`, built with one allocation (this runs on
+    /// every request). The shard is the id's first two hex characters.
+    fn in_shard(
+        &self,
+        id: &SessionId,
+        name: impl FnOnce(&str, &mut std::ffi::OsString),
+    ) -> PathBuf {
+        let text = id.text();
+        let mut path = std::ffi::OsString::with_capacity(self.root.as_os_str().len() + 48);
+        path.push(self.root.as_os_str());
+        path.push("/");
+        path.push(&text[..2]);
+        path.push("/");
+        name(&text, &mut path);
+        PathBuf::from(path)
+    }
+
+    pub fn record_path(&self, id: &SessionId) -> PathBuf {
+        self.in_shard(id, |text, p| p.push(text))
+    }
+
+    fn spare_path(&self, id: &SessionId) -> PathBuf {
+        self.in_shard(id, |text, p| {
+            p.push(text);
+            p.push(SPARE_SUFFIX);
+        })
     }
 
     fn lock_path(&self, id: &SessionId) -> PathBuf {
-        self.locks.join(id.to_string())
+        self.in_shard(id, |_, p| p.push(LOCKS))
     }
 
-    /// Writes `record` to a fresh temporary file and returns its path.
-    fn write_temp(&self, id: &SessionId, record: &Record) -> Result<PathBuf, StoreError> {
+    fn io(&self, what: &str) -> impl FnOnce(std::io::Error) -> StoreError {
+        io_error(format!("{what} in {}", self.root.display()))
+    }
+
+    /// Writes `bytes` over the start of `file`, padding with spaces (which
+    /// JSON ignores) up to the file's current length instead of truncating.
+    fn overwrite(file: &File, bytes: &[u8], expires: SystemTime) -> std::io::Result<()> {
+        let len = file.metadata()?.len() as usize;
+        if bytes.len() >= len {
+            file.write_all_at(bytes, 0)?;
+        } else {
+            let mut padded = Vec::with_capacity(len);
+            padded.extend_from_slice(bytes);
+            padded.resize(len, b' ');
+            file.write_all_at(&padded, 0)?;
+        }
+        file.set_modified(expires)
+    }
+
+    /// The old way, for file systems without RENAME_EXCHANGE.
+    fn save_by_rename(
+        &self,
+        id: &SessionId,
+        bytes: &[u8],
+        expires: SystemTime,
+    ) -> Result<(), StoreError> {
         let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
         let temp = self
-            .root
-            .join(format!("{TEMP_PREFIX}{}-{}-{seq}", id, std::process::id()));
+            .shard_dir(id)
+            .join(format!("{TEMP_PREFIX}{id}-{}-{seq}", std::process::id()));
         let write = || -> std::io::Result<()> {
-            let mut f = OpenOptions::new()
+            let f = OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .open(&temp)?;
-            f.write_all(&record.encode())?;
-            f.set_modified(UNIX_EPOCH + Duration::from_secs(record.expires_at()))
+            f.write_all_at(bytes, 0)?;
+            f.set_modified(expires)?;
+            fs::rename(&temp, self.record_path(id))
         };
-        if let Err(source) = write() {
+        write().map_err(|e| {
             let _ = fs::remove_file(&temp);
-            return Err(StoreError::Io {
-                what: format!("cannot write session record in {}", self.root.display()),
-                source,
-            });
-        }
-        Ok(temp)
+            self.io("cannot replace session record")(e)
+        })
     }
+
+    /// Opens the spare file under a flock, so that concurrent savers of one
+    /// session (possible with RSessionLock Off) never write it at once.
+    fn lock_spare(&self, id: &SessionId) -> std::io::Result<File> {
+        let path = self.spare_path(id);
+        for _ in 0..8 {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)?;
+            file.lock()?;
+            // Another saver may have swapped it in as the record meanwhile.
+            if fs::metadata(&path).map(|m| m.ino()).ok() == Some(file.metadata()?.ino()) {
+                return Ok(file);
+            }
+        }
+        Err(std::io::Error::other("spare file keeps changing"))
+    }
+
+    fn try_flock(&self, path: &Path) -> Result<Option<Box<dyn HeldLock>>, StoreError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(self.io("cannot open a lock file"))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Box::new(FileLock { _file: file }))),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(self.io("cannot lock")(e)),
+        }
+    }
+}
+
+fn expiry_time(record: &Record) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(record.expires_at())
 }
 
 impl SessionStore for FileStore {
@@ -115,56 +238,75 @@ impl SessionStore for FileStore {
         format!("file:{}", self.root.display())
     }
 
+    /// An exclusive create: `O_EXCL` fails if the id exists. A crash in the
+    /// middle leaves a new, unreadable record, which counts as absent; no
+    /// earlier data is at risk (regenerate deletes the old record after).
     fn create(&self, id: &SessionId, record: &Record) -> Result<Created, StoreError> {
-        let temp = self.write_temp(id, record)?;
-        // link(2) fails if the name exists: an exclusive, atomic create.
-        let linked = fs::hard_link(&temp, self.record_path(id));
-        let _ = fs::remove_file(&temp);
-        match linked {
-            Ok(()) => Ok(Created::Yes),
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(Created::Collision),
-            Err(source) => Err(StoreError::Io {
-                what: format!("cannot create session record in {}", self.root.display()),
-                source,
-            }),
-        }
+        let opened = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(self.record_path(id));
+        let file = match opened {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(Created::Collision),
+            Err(e) => return Err(self.io("cannot create session record")(e)),
+        };
+        file.write_all_at(&record.encode(), 0)
+            .and_then(|()| file.set_modified(expiry_time(record)))
+            .map_err(self.io("cannot write session record"))?;
+        Ok(Created::Yes)
     }
 
     fn load(&self, id: &SessionId) -> Result<Option<Record>, StoreError> {
-        match fs::read(self.record_path(id)) {
+        match read_small(&self.record_path(id)) {
             Ok(bytes) => Record::decode(&bytes).map(Some).ok_or_else(|| {
                 StoreError::Corrupt(format!("{}... in {}", id.short(), self.root.display()))
             }),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(StoreError::Io {
-                what: format!("cannot read session record in {}", self.root.display()),
-                source,
-            }),
+            Err(e) => Err(self.io("cannot read session record")(e)),
         }
     }
 
+    /// Writes the spare and swaps it in. A record that vanished meanwhile
+    /// (invalidated, or swept while unlocked) is not resurrected.
     fn save(&self, id: &SessionId, record: &Record) -> Result<(), StoreError> {
-        let temp = self.write_temp(id, record)?;
-        fs::rename(&temp, self.record_path(id)).map_err(|source| {
-            let _ = fs::remove_file(&temp);
-            StoreError::Io {
-                what: format!("cannot replace session record in {}", self.root.display()),
-                source,
+        let bytes = record.encode();
+        let expires = expiry_time(record);
+        if !self.can_exchange.load(Ordering::Relaxed) {
+            return self.save_by_rename(id, &bytes, expires);
+        }
+        let spare = self
+            .lock_spare(id)
+            .map_err(self.io("cannot open the spare record"))?;
+        Self::overwrite(&spare, &bytes, expires).map_err(self.io("cannot write session record"))?;
+        match renameat2(
+            AT_FDCWD,
+            &self.spare_path(id),
+            AT_FDCWD,
+            &self.record_path(id),
+            RenameFlags::RENAME_EXCHANGE,
+        ) {
+            Ok(()) => Ok(()),
+            Err(nix::errno::Errno::ENOENT) => {
+                let _ = fs::remove_file(self.spare_path(id));
+                Err(StoreError::Vanished)
             }
-        })
+            Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOSYS) => {
+                self.can_exchange.store(false, Ordering::Relaxed);
+                let _ = fs::remove_file(self.spare_path(id));
+                self.save_by_rename(id, &bytes, expires)
+            }
+            Err(e) => Err(self.io("cannot replace session record")(e.into())),
+        }
     }
 
     fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
-        for path in [self.record_path(id), self.lock_path(id)] {
+        for path in [self.record_path(id), self.spare_path(id)] {
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(StoreError::Io {
-                        what: format!("cannot delete session record in {}", self.root.display()),
-                        source,
-                    })
-                }
+                Err(e) => return Err(self.io("cannot delete session record")(e)),
             }
         }
         Ok(())
@@ -175,34 +317,56 @@ impl SessionStore for FileStore {
         id: &SessionId,
         _ttl: Duration,
     ) -> Result<Option<Box<dyn HeldLock>>, StoreError> {
-        self.try_lock_file(&self.lock_path(id))
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(self.lock_path(id))
+            .map_err(self.io("cannot open the lock file"))?;
+        let range = libc::flock {
+            l_type: libc::F_WRLCK as libc::c_short,
+            l_whence: libc::SEEK_SET as libc::c_short,
+            l_start: id.lock_offset() as libc::off_t,
+            l_len: 1,
+            l_pid: 0,
+        };
+        match fcntl(&file, FcntlArg::F_OFD_SETLK(&range)) {
+            Ok(_) => Ok(Some(Box::new(RangeLock { _file: file }))),
+            Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EACCES) => Ok(None),
+            Err(e) => Err(self.io("cannot lock session")(e.into())),
+        }
     }
 
     fn count(&self) -> Result<u64, StoreError> {
-        let entries = fs::read_dir(&self.root)
-            .map_err(io_error(format!("cannot list {}", self.root.display())))?;
-        Ok(entries
-            .filter_map(Result::ok)
-            .filter(|e| {
-                e.file_name()
-                    .to_str()
-                    .is_some_and(|n| n.parse::<SessionId>().is_ok())
-            })
-            .count() as u64)
+        let mut total = 0;
+        for shard in 0..=255u8 {
+            let dir = self.root.join(shard_name(shard));
+            let entries = fs::read_dir(&dir).map_err(self.io("cannot list the store"))?;
+            total += entries
+                .filter_map(Result::ok)
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.parse::<SessionId>().is_ok())
+                })
+                .count() as u64;
+        }
+        Ok(total)
     }
 
     fn local_dirs(&self) -> Vec<PathBuf> {
-        vec![self.root.clone(), self.locks.clone()]
+        let mut dirs = vec![self.root.clone()];
+        dirs.extend((0..=255u8).map(|s| self.root.join(shard_name(s))));
+        dirs
     }
 
     fn exists(&self, id: &SessionId) -> Result<bool, StoreError> {
         match fs::symlink_metadata(self.record_path(id)) {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-            Err(source) => Err(StoreError::Io {
-                what: format!("cannot stat session record in {}", self.root.display()),
-                source,
-            }),
+            Err(e) => Err(self.io("cannot stat session record")(e)),
         }
     }
 
@@ -212,8 +376,8 @@ impl SessionStore for FileStore {
         interval: Duration,
         _scope: &Path,
     ) -> Result<Option<Box<dyn HeldLock>>, StoreError> {
-        let path = self.locks.join(SWEEPER_LOCK);
-        let Some(guard) = self.try_lock_file(&path)? else {
+        let path = self.root.join(SWEEPER_LOCK);
+        let Some(guard) = self.try_flock(&path)? else {
             return Ok(None);
         };
         // The lock file's mtime records when the last pass began.
@@ -224,7 +388,7 @@ impl SessionStore for FileStore {
         if recent {
             return Ok(None);
         }
-        let _ = fs::File::options()
+        let _ = File::options()
             .write(true)
             .open(&path)
             .and_then(|f| f.set_modified(SystemTime::now()));
@@ -239,8 +403,6 @@ impl SessionStore for FileStore {
         removed: &mut dyn FnMut(&SessionId),
     ) -> Result<SweepCounts, StoreError> {
         let mut counts = SweepCounts::default();
-        let entries = fs::read_dir(&self.root)
-            .map_err(io_error(format!("cannot list {}", self.root.display())))?;
         let now_time = UNIX_EPOCH + Duration::from_secs(now);
         let age = |m: &fs::Metadata| {
             m.modified()
@@ -249,59 +411,93 @@ impl SessionStore for FileStore {
                 .unwrap_or_default()
         };
         let mut position = 0usize;
-        let mut wrapped = true;
-        for entry in entries {
-            let Ok(entry) = entry else { continue };
-            position += 1;
-            if position <= *cursor {
+        for shard in 0..=255u8 {
+            let dir = self.root.join(shard_name(shard));
+            // A shard replaced by a symbolic link is not followed.
+            if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
                 continue;
             }
-            if counts.scanned as usize >= budget {
-                wrapped = false;
-                position -= 1;
-                break;
-            }
-            counts.scanned += 1;
-            let file_name = entry.file_name();
-            let Some(name) = file_name.to_str() else {
+            let Ok(entries) = fs::read_dir(&dir) else {
                 continue;
             };
-            let Ok(meta) = entry.metadata() else { continue };
-            if name.starts_with(TEMP_PREFIX) {
-                if age(&meta) >= DEBRIS_AGE && !writer_alive(name) {
-                    let _ = fs::remove_file(entry.path());
-                    counts.debris += 1;
+            for entry in entries.flatten() {
+                position += 1;
+                if position <= *cursor {
+                    continue;
                 }
-                continue;
+                if counts.scanned as usize >= budget {
+                    *cursor = position - 1;
+                    return Ok(counts);
+                }
+                counts.scanned += 1;
+                let file_name = entry.file_name();
+                let Some(name) = file_name.to_str() else {
+                    continue;
+                };
+                let Ok(meta) = entry.metadata() else { continue };
+                if name.starts_with(TEMP_PREFIX) {
+                    if age(&meta) >= DEBRIS_AGE && !writer_alive(name) {
+                        let _ = fs::remove_file(entry.path());
+                        counts.debris += 1;
+                    }
+                    continue;
+                }
+                if let Some(owner) = name
+                    .strip_suffix(SPARE_SUFFIX)
+                    .and_then(|n| n.parse::<SessionId>().ok())
+                {
+                    // A spare whose record is gone (a crash between the two
+                    // unlinks of `delete`) is debris.
+                    if !self.exists(&owner)? && age(&meta) >= DEBRIS_AGE {
+                        let _ = fs::remove_file(entry.path());
+                        counts.debris += 1;
+                    }
+                    continue;
+                }
+                let Ok(id) = name.parse::<SessionId>() else {
+                    continue;
+                };
+                // mtime is the expiry moment: unexpired records cost no read.
+                if meta.modified().map_or(true, |t| t > now_time) {
+                    continue;
+                }
+                let Some(lock) = self.try_lock(&id, Duration::ZERO)? else {
+                    counts.skipped_locked += 1;
+                    continue;
+                };
+                // Re-read under the lock: a request may have renewed it.
+                let expired = match self.load(&id) {
+                    Ok(Some(record)) => record.is_expired(now),
+                    Ok(None) => false,
+                    Err(StoreError::Corrupt(_)) => true,
+                    Err(_) => false,
+                };
+                if expired {
+                    self.delete(&id)?;
+                    removed(&id);
+                    counts.expired += 1;
+                }
+                drop(lock);
             }
-            let Ok(id) = name.parse::<SessionId>() else {
-                continue;
-            };
-            // mtime is the expiry moment: unexpired records cost no read.
-            if meta.modified().map_or(true, |t| t > now_time) {
-                continue;
-            }
-            let Some(lock) = self.try_lock(&id, Duration::ZERO)? else {
-                counts.skipped_locked += 1;
-                continue;
-            };
-            // Re-read under the lock: a request may have renewed it.
-            let expired = match self.load(&id) {
-                Ok(Some(record)) => record.is_expired(now),
-                Ok(None) => false,
-                Err(StoreError::Corrupt(_)) => true,
-                Err(_) => false,
-            };
-            if expired {
-                self.delete(&id)?;
-                removed(&id);
-                counts.expired += 1;
-            }
-            drop(lock);
         }
-        *cursor = if wrapped { 0 } else { position };
+        *cursor = 0;
         Ok(counts)
     }
+}
+
+/// Reads a file that is usually small with one `read` (no `stat` for a
+/// size hint, no second read to see the end): a short read of a regular
+/// file means its end.
+fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = File::open(path)?;
+    let mut first = [0u8; 2048];
+    let n = file.read(&mut first)?;
+    let mut buf = first[..n].to_vec();
+    if n == first.len() {
+        file.read_to_end(&mut buf)?;
+    }
+    Ok(buf)
 }
 
 /// True while the process that wrote a temporary file may still be
@@ -315,38 +511,6 @@ fn writer_alive(temp_name: &str) -> bool {
         Some(pid) if pid == std::process::id() => true,
         Some(pid) => Path::new(&format!("/proc/{pid}")).exists(),
         None => false,
-    }
-}
-
-impl FileStore {
-    /// flock on a lock file, guarding against a file unlinked meanwhile.
-    fn try_lock_file(&self, path: &Path) -> Result<Option<Box<dyn HeldLock>>, StoreError> {
-        let err = || io_error(format!("cannot lock session in {}", self.locks.display()));
-        // A lock file unlinked by `delete` while we waited on it no longer
-        // guards anything: retry on the file that the path names now.
-        for _ in 0..8 {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(path)
-                .map_err(err())?;
-            match file.try_lock() {
-                Ok(()) => {}
-                Err(fs::TryLockError::WouldBlock) => return Ok(None),
-                Err(fs::TryLockError::Error(e)) => return Err(err()(e)),
-            }
-            let held = file.metadata().map_err(err())?.ino();
-            match fs::metadata(path) {
-                Ok(m) if m.ino() == held => return Ok(Some(Box::new(FileLock { _file: file }))),
-                Ok(_) => continue,
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(err()(e)),
-            }
-        }
-        Ok(None)
     }
 }
 
@@ -370,12 +534,19 @@ mod tests {
         assert_eq!(s.create(&id, &r).unwrap(), Created::Yes);
         assert_eq!(s.create(&id, &r).unwrap(), Created::Collision);
         assert_eq!(s.load(&id).unwrap(), Some(r.clone()));
-        let mode = fs::metadata(s.record_path(&id))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
-        r.data.insert("k".into(), "v".into());
+        let meta = fs::metadata(s.record_path(&id)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            meta.modified().unwrap(),
+            UNIX_EPOCH + Duration::from_secs(70),
+            "mtime is the expiry"
+        );
+        r.data.insert("k".into(), "a long value".into());
+        s.save(&id, &r).unwrap();
+        assert_eq!(s.load(&id).unwrap(), Some(r.clone()));
+        // Shorter data after longer: the padding must not show.
+        r.data.clear();
+        s.save(&id, &r).unwrap();
         s.save(&id, &r).unwrap();
         assert_eq!(s.load(&id).unwrap(), Some(r));
         assert_eq!(s.count().unwrap(), 1);
@@ -383,11 +554,30 @@ mod tests {
         s.delete(&id).unwrap();
         assert_eq!(s.load(&id).unwrap(), None);
         assert_eq!(s.count().unwrap(), 0);
-        let leftovers: Vec<_> = fs::read_dir(s.root())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(leftovers, vec![std::ffi::OsString::from(LOCK_DIR)]);
+        assert!(!s.spare_path(&id).exists());
+    }
+
+    #[test]
+    fn saving_a_vanished_record_does_not_resurrect_it() {
+        let (_d, s) = store();
+        let id = SessionId::generate().unwrap();
+        let r = Record::new(10, 60, 0);
+        s.create(&id, &r).unwrap();
+        s.delete(&id).unwrap();
+        assert!(matches!(s.save(&id, &r), Err(StoreError::Vanished)));
+        assert!(!s.exists(&id).unwrap());
+    }
+
+    #[test]
+    fn the_rename_fallback_keeps_records_whole() {
+        let (_d, s) = store();
+        s.can_exchange.store(false, Ordering::Relaxed);
+        let id = SessionId::generate().unwrap();
+        let mut r = Record::new(10, 60, 0);
+        s.create(&id, &r).unwrap();
+        r.data.insert("k".into(), "v".into());
+        s.save(&id, &r).unwrap();
+        assert_eq!(s.load(&id).unwrap(), Some(r));
     }
 
     #[test]
@@ -421,15 +611,22 @@ mod tests {
     }
 
     #[test]
-    fn a_deleted_lock_file_is_not_trusted() {
+    fn concurrent_saves_never_tear_a_record() {
         let (_d, s) = store();
         let id = SessionId::generate().unwrap();
-        let ttl = Duration::from_secs(1);
-        let first = s.try_lock(&id, ttl).unwrap().unwrap();
-        s.delete(&id).unwrap();
-        // The path now names no file: a new holder gets a fresh lock file.
-        let second = s.try_lock(&id, ttl).unwrap();
-        assert!(second.is_some());
-        drop(first);
+        s.create(&id, &Record::new(10, 60, 0)).unwrap();
+        std::thread::scope(|t| {
+            for n in 0..4 {
+                let s = &s;
+                t.spawn(move || {
+                    for i in 0..50 {
+                        let mut r = Record::new(10, 60, 0);
+                        r.data.insert("w".into(), "x".repeat((n * 50 + i) % 97));
+                        s.save(&id, &r).unwrap();
+                        assert!(s.load(&id).unwrap().is_some(), "always a whole record");
+                    }
+                });
+            }
+        });
     }
 }

@@ -142,6 +142,12 @@ impl Httpd {
         self.root.path().join(rel)
     }
 
+    /// Where the default file store keeps the record of `id` (sharded by
+    /// the id's first byte).
+    pub fn record(&self, id: &str) -> PathBuf {
+        self.path("logs/rsession").join(&id[..2]).join(id)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }

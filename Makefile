@@ -9,9 +9,9 @@ DEMO_PORT   ?= 8080
 TEST_THREADS ?= 2
 # Debian packages needed to build, test and run (checked one by one, so a
 # machine that has them all runs no apt-get at all).
-DEB_PACKAGES := apache2 apache2-dev libclang-dev clang curl openssl python3 redis-server wrk
+DEB_PACKAGES := apache2 apache2-dev libclang-dev clang curl openssl python3 redis-server wrk libapache2-mod-php
 # The peers `make bench` compares against, and callgrind.
-BENCH_PACKAGES := libapache2-mod-php libapache2-mod-python valgrind
+BENCH_PACKAGES := libapache2-mod-python valgrind
 
 .PHONY: build deps bench-deps demo test bench install clean lint
 

@@ -325,16 +325,35 @@ impl Drop for Httpd {
 
 /// `apache2 -t` on a config made from `fragment`: Ok(output) or Err(output).
 pub fn check_config(fragment: &str) -> Result<String, String> {
+    check(fragment, true)
+}
+
+/// Like `check_config`, for a fragment that loads the module itself.
+pub fn check_config_without_module(fragment: &str) -> Result<String, String> {
+    check(fragment, false)
+}
+
+fn check(fragment: &str, load_module: bool) -> Result<String, String> {
     let root = tempfile::tempdir().unwrap();
     fs::create_dir(root.path().join("logs")).unwrap();
     fs::create_dir(root.path().join("htdocs")).unwrap();
     fs::create_dir(root.path().join("cgi-bin")).unwrap();
     let options = Options {
         fragment: fragment.to_string(),
+        // Without our LoadModule line, the secret directive would be unknown.
+        secret: load_module,
         ..Options::default()
     };
     let conf = root.path().join("httpd.conf");
-    fs::write(&conf, config_text(root.path(), free_port(), &options)).unwrap();
+    let mut text = config_text(root.path(), free_port(), &options);
+    if !load_module {
+        text = text
+            .lines()
+            .filter(|l| !l.starts_with("LoadModule rsession_module"))
+            .collect::<Vec<_>>()
+            .join("\n");
+    }
+    fs::write(&conf, text).unwrap();
     let out = Command::new("apache2")
         .args(["-t", "-f", conf.to_str().unwrap()])
         .output()

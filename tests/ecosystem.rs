@@ -1,0 +1,168 @@
+//! Issue 8: mod_rsession as administrators meet it — `make install` and the
+//! a2enmod files, and real PHP, mod_lua and proxied handlers sharing one
+//! session.
+
+mod harness;
+
+use harness::http::{get, get_with_cookie, Response};
+use harness::{Httpd, Mpm, Options, MODULES};
+use std::path::Path;
+use std::process::Command;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn line(r: &Response, key: &str) -> Option<String> {
+    r.body
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_string))
+}
+
+#[test]
+fn make_install_lays_out_files_that_apachectl_accepts() {
+    let dest = tempfile::tempdir().unwrap();
+    let out = Command::new("make")
+        .args(["-C", repo().to_str().unwrap(), "install"])
+        .arg(format!("DESTDIR={}", dest.path().display()))
+        .output()
+        .expect("make runs");
+    assert!(
+        out.status.success(),
+        "make install: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let libexec = String::from_utf8(
+        Command::new("apxs")
+            .args(["-q", "LIBEXECDIR"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let sysconf = String::from_utf8(
+        Command::new("apxs")
+            .args(["-q", "SYSCONFDIR"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let installed = dest
+        .path()
+        .join(libexec.trim().trim_start_matches('/'))
+        .join("mod_rsession.so");
+    let mods = dest
+        .path()
+        .join(sysconf.trim().trim_start_matches('/'))
+        .join("mods-available");
+    assert!(installed.exists(), "{}", installed.display());
+    let load = std::fs::read_to_string(mods.join("rsession.load")).unwrap();
+    assert!(load.contains("LoadModule rsession_module /usr/lib/apache2/modules/mod_rsession.so"));
+    assert!(mods.join("rsession.conf").exists());
+    // The shipped pair, pointed at the staged module, passes `apache2 -t`.
+    let load = load.replace(
+        "/usr/lib/apache2/modules/mod_rsession.so",
+        installed.to_str().unwrap(),
+    );
+    std::fs::write(dest.path().join("rsession.load"), load).unwrap();
+    let fragment = format!(
+        "Include {}\nInclude {}\n<Location /app/>\n  RSession On\n</Location>",
+        dest.path().join("rsession.load").display(),
+        mods.join("rsession.conf").display()
+    );
+    let checked = harness::check_config_without_module(&fragment);
+    assert!(checked.is_ok(), "{checked:?}");
+}
+
+#[test]
+fn php_mod_lua_and_a_proxied_app_share_one_session() {
+    if !Path::new(MODULES).join("libphp8.2.so").exists() && !has_php() {
+        panic!("mod_php is missing: make deps installs libapache2-mod-php");
+    }
+    let php = std::fs::read_dir(MODULES)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libphp") && n.ends_with(".so"))
+        .unwrap();
+    let backend_port = harness::free_port();
+    let mut backend = Command::new("python3")
+        .arg(repo().join("tests/support/echo_backend.py"))
+        .arg(backend_port.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(backend.stdout.as_mut().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    let h = Httpd::start(Options {
+        mpm: Mpm::Prefork,
+        modules: vec!["lua", "proxy", "proxy_http"],
+        fragment: format!(
+            r#"LoadModule php_module {MODULES}/{php}
+Alias /php/ {root}/tests/support/
+<Directory {root}/tests/support>
+  Require all granted
+  <FilesMatch "\.php$">
+    SetHandler application/x-httpd-php
+  </FilesMatch>
+</Directory>
+LuaMapHandler ^/lua$ {root}/tests/support/session.lua handle
+<Location /app/>
+  RSessionForwardHeaders On
+  ProxyPass http://127.0.0.1:{backend_port}/
+</Location>
+<LocationMatch "^/(php|lua|app)">
+  RSession On
+</LocationMatch>
+"#,
+            root = repo().display()
+        ),
+        ..Options::default()
+    });
+    let first = get(&h.url("/php/session.php?user=Zo%C3%AB"), &[]);
+    assert_eq!(first.status, 200, "{first:?}");
+    let cookie = first.cookie_pair();
+    let id = line(&first, "id").unwrap();
+    assert_eq!(id.len(), 32);
+    assert!(cookie.contains(&id));
+    assert!(line(&first, "dir").unwrap().ends_with(&id));
+    let lua = get_with_cookie(&h.url("/lua"), &cookie);
+    assert_eq!(
+        line(&lua, "id"),
+        Some(id.clone()),
+        "mod_lua reads r.notes['rsession-id']"
+    );
+    let app = get_with_cookie(&h.url("/app/"), &cookie);
+    assert!(
+        app.body.contains(&format!("\"X-RSession-Id\": \"{id}\"")),
+        "{}",
+        app.body
+    );
+    let again = get_with_cookie(&h.url("/php/session.php"), &cookie);
+    assert_eq!(line(&again, "php_visits").as_deref(), Some("2"));
+    assert_eq!(line(&again, "user").as_deref(), Some("Zoë"));
+    let all = get_with_cookie(&h.url("/app/"), &cookie);
+    assert!(all.body.contains("\"lua_visits\": \"1\""), "{}", all.body);
+    assert!(all.body.contains("\"php_visits\": \"2\""), "{}", all.body);
+    assert!(
+        all.body.contains("\"visits\": \"1\""),
+        "the backend's own update: {}",
+        all.body
+    );
+    let _ = backend.kill();
+    let _ = backend.wait();
+}
+
+fn has_php() -> bool {
+    std::fs::read_dir(MODULES)
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("libphp"))
+        })
+        .unwrap_or(false)
+}

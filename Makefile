@@ -41,7 +41,7 @@ demo: deps build
 # servers, at most $(TEST_THREADS) at a time.
 test: deps build
 	$(CARGO) test --release --lib
-	RSESSION_MODULE=$(abspath $(MODULE)) $(CARGO) test --release --tests -- --test-threads=$(TEST_THREADS)
+	RSESSION_MODULE=$(abspath $(MODULE)) $(CARGO) test --release --test '*' -- --test-threads=$(TEST_THREADS)
 
 # Side-by-side throughput, a sweep of 1,000,000 expired sessions and
 # instructions per request; prints Markdown (see BENCHMARKS.md).

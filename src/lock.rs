@@ -4,7 +4,7 @@
 //! polls the store's cross-process lock.
 
 use crate::id::SessionId;
-use crate::store::{HeldLock, SessionStore, StoreError};
+use crate::store::{HeldLock, Loaded, SessionStore, StoreError};
 use parking_lot::{Mutex, RawMutex};
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
@@ -59,6 +59,30 @@ pub fn acquire(
     timeout: Duration,
     ttl: Duration,
 ) -> Result<SessionLock, LockError> {
+    acquire_with(id, timeout, || {
+        store.try_lock(id, ttl).map(|l| l.map(|l| (l, ())))
+    })
+    .map(|(lock, ())| lock)
+}
+
+/// Takes the lock of `id` and reads its record in the same step (one round
+/// trip for stores that can), waiting at most `timeout`.
+pub fn acquire_and_load(
+    store: &dyn SessionStore,
+    id: &SessionId,
+    timeout: Duration,
+    ttl: Duration,
+) -> Result<(SessionLock, Loaded), LockError> {
+    acquire_with(id, timeout, || store.try_lock_and_load(id, ttl))
+}
+
+/// The bounded wait around a store's try-lock step, which may return
+/// something besides the lock (`T`).
+fn acquire_with<T>(
+    id: &SessionId,
+    timeout: Duration,
+    mut try_once: impl FnMut() -> Result<Option<(Box<dyn HeldLock>, T)>, StoreError>,
+) -> Result<(SessionLock, T), LockError> {
     let deadline = Instant::now() + timeout;
     let gate = gate_for(id);
     let (gate_guard, mut waited) = match gate.try_lock_arc() {
@@ -82,11 +106,11 @@ pub fn acquire(
     // Another process holds it: poll with a short, growing pause.
     let mut pause = Duration::from_micros(50);
     loop {
-        match store.try_lock(id, ttl) {
-            Ok(Some(held)) => {
+        match try_once() {
+            Ok(Some((held, extra))) => {
                 lock.store_lock = Some(held);
                 lock.waited = waited;
-                return Ok(lock);
+                return Ok((lock, extra));
             }
             Ok(None) => {}
             Err(e) => return Err(LockError::Store(e)),

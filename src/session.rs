@@ -9,7 +9,7 @@ use crate::id::SessionId;
 use crate::lock::{self, LockError, SessionLock};
 use crate::record::{encode_data, Data, Record};
 use crate::status::Counter;
-use crate::store::{Created, StoreError};
+use crate::store::{Created, Loaded, StoreError};
 use crate::update::Command;
 use std::path::PathBuf;
 
@@ -105,6 +105,30 @@ fn lock_session(
     }
 }
 
+/// Locks (when locking is on) and loads, in one step where the store can.
+fn lock_and_load(
+    rt: &Runtime,
+    dir: &DirConfig,
+    id: &SessionId,
+) -> Result<(Option<SessionLock>, Loaded), SessionError> {
+    if !dir.lock() {
+        return Ok((None, rt.store.load(id)));
+    }
+    match lock::acquire_and_load(rt.store.as_ref(), id, dir.lock_timeout(), rt.lock_ttl) {
+        Ok((l, loaded)) => {
+            if l.waited {
+                rt.stats.bump(Counter::LockWaits);
+            }
+            Ok((Some(l), loaded))
+        }
+        Err(LockError::Timeout) => {
+            rt.stats.bump(Counter::LockTimeouts);
+            Err(SessionError::LockTimeout)
+        }
+        Err(LockError::Store(e)) => Err(e.into()),
+    }
+}
+
 /// Creates a record under a fresh id, never reusing one that exists.
 fn create_record(rt: &Runtime, record: &Record) -> Result<SessionId, SessionError> {
     for _ in 0..4 {
@@ -130,8 +154,8 @@ impl ActiveSession {
     ) -> Result<ActiveSession, SessionError> {
         let mut rejected = found.rejected as u64;
         for id in &found.signed {
-            let lock = lock_session(rt, dir, id)?;
-            let record = match rt.store.load(id) {
+            let (lock, loaded) = lock_and_load(rt, dir, id)?;
+            let record = match loaded {
                 Ok(Some(r)) => r,
                 Ok(None) => {
                     rejected += 1;

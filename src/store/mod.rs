@@ -17,6 +17,10 @@ use std::time::Duration;
 /// `Drop`, so errors, panics and aborted requests all unlock.
 pub trait HeldLock: Send {}
 
+/// What a load found: a record, none, or an error (a corrupt record
+/// included), kept apart from the lock it came with.
+pub type Loaded = Result<Option<Record>, StoreError>;
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Created {
     Yes,
@@ -44,6 +48,15 @@ pub trait SessionStore: Send + Sync {
         id: &SessionId,
         ttl: Duration,
     ) -> Result<Option<Box<dyn HeldLock>>, StoreError>;
+    /// Takes the lock if it is free and, in the same step, reads the
+    /// record. Stores that can do both in one round trip override this.
+    fn try_lock_and_load(
+        &self,
+        id: &SessionId,
+        ttl: Duration,
+    ) -> Result<Option<(Box<dyn HeldLock>, Loaded)>, StoreError> {
+        Ok(self.try_lock(id, ttl)?.map(|lock| (lock, self.load(id))))
+    }
     /// How many records the store holds (expired ones not yet swept count).
     fn count(&self) -> Result<u64, StoreError>;
     /// Local directories the server's `User` must own (created by the

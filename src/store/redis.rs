@@ -5,7 +5,7 @@
 //! (never in the parent, so none is shared across fork) and reused; a
 //! connection that failed is dropped and the next call reconnects.
 
-use super::{Created, HeldLock, RedisUrl, SessionStore, StoreError, SweepCounts};
+use super::{Created, HeldLock, Loaded, RedisUrl, SessionStore, StoreError, SweepCounts};
 use crate::id::SessionId;
 use crate::record::Record;
 use parking_lot::Mutex;
@@ -17,6 +17,16 @@ use std::time::Duration;
 /// Deletes the lock only if we still own it (our token), atomically.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end")
+});
+
+/// Takes the lock and reads the record in one round trip.
+static LOCK_AND_GET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then \
+           return {1, redis.call('GET', KEYS[2])} \
+         end \
+         return {0, false}",
+    )
 });
 
 /// Idle connections kept per process.
@@ -224,6 +234,39 @@ impl SessionStore for RedisStore {
                 token,
             }) as Box<dyn HeldLock>
         }))
+    }
+
+    fn try_lock_and_load(
+        &self,
+        id: &SessionId,
+        ttl: Duration,
+    ) -> Result<Option<(Box<dyn HeldLock>, Loaded)>, StoreError> {
+        let key = self.lock_key(id);
+        let token = random_token()?;
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        let (locked, bytes): (i64, Option<Vec<u8>>) = self.pool.with(|c| {
+            LOCK_AND_GET
+                .key(&key)
+                .key(self.key(id))
+                .arg(&token)
+                .arg(ttl_ms)
+                .invoke::<(i64, Option<Vec<u8>>)>(c)
+        })?;
+        if locked != 1 {
+            return Ok(None);
+        }
+        let lock: Box<dyn HeldLock> = Box::new(RedisLock {
+            pool: self.pool.clone(),
+            key,
+            token,
+        });
+        let loaded = match bytes {
+            None => Ok(None),
+            Some(b) => Record::decode(&b).map(Some).ok_or_else(|| {
+                StoreError::Corrupt(format!("{}... in {}", id.short(), self.describe()))
+            }),
+        };
+        Ok(Some((lock, loaded)))
     }
 
     fn count(&self) -> Result<u64, StoreError> {

@@ -21,6 +21,9 @@ pub trait HeldLock: Send {}
 /// included), kept apart from the lock it came with.
 pub type Loaded = Result<Option<Record>, StoreError>;
 
+/// A lock just taken, with the record read under it.
+pub type LockedLoad = (Box<dyn HeldLock>, Loaded);
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Created {
     Yes,
@@ -54,7 +57,7 @@ pub trait SessionStore: Send + Sync {
         &self,
         id: &SessionId,
         ttl: Duration,
-    ) -> Result<Option<(Box<dyn HeldLock>, Loaded)>, StoreError> {
+    ) -> Result<Option<LockedLoad>, StoreError> {
         Ok(self.try_lock(id, ttl)?.map(|lock| (lock, self.load(id))))
     }
     /// How many records the store holds (expired ones not yet swept count).

@@ -5,7 +5,7 @@
 //! (never in the parent, so none is shared across fork) and reused; a
 //! connection that failed is dropped and the next call reconnects.
 
-use super::{Created, HeldLock, Loaded, RedisUrl, SessionStore, StoreError, SweepCounts};
+use super::{Created, HeldLock, LockedLoad, RedisUrl, SessionStore, StoreError, SweepCounts};
 use crate::id::SessionId;
 use crate::record::Record;
 use parking_lot::Mutex;
@@ -240,7 +240,7 @@ impl SessionStore for RedisStore {
         &self,
         id: &SessionId,
         ttl: Duration,
-    ) -> Result<Option<(Box<dyn HeldLock>, Loaded)>, StoreError> {
+    ) -> Result<Option<LockedLoad>, StoreError> {
         let key = self.lock_key(id);
         let token = random_token()?;
         let ttl_ms = ttl.as_millis().max(1) as u64;

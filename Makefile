@@ -13,7 +13,7 @@ DEB_PACKAGES := apache2 apache2-dev libclang-dev clang curl openssl python3 redi
 # The peers `make bench` compares against, and callgrind.
 BENCH_PACKAGES := libapache2-mod-python valgrind
 
-.PHONY: build deps bench-deps demo test bench install clean lint
+.PHONY: build deps bench-deps demo test bench fuzz install clean lint
 
 build: $(MODULE)
 
@@ -47,6 +47,21 @@ test: deps build
 # instructions per request; prints Markdown (see BENCHMARKS.md).
 bench: bench-deps build
 	python3 bench/bench.py $(BENCH_ARGS)
+
+# Each fuzz target for FUZZ_SECONDS (default 60), from the committed seed
+# corpus; new inputs go to target/fuzz-corpus, crashes to fuzz/artifacts.
+# A crash found is minimised into fuzz/corpus/<target>/ by hand, where
+# `cargo test` replays it from then on (src/fuzzing.rs).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := cookie update record directive
+fuzz: deps
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p target/fuzz-corpus/$$t; \
+	  echo "== fuzz $$t for $(FUZZ_SECONDS)s"; \
+	  (cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --sanitizer none $$t \
+	     ../target/fuzz-corpus/$$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS)) || exit 1; \
+	done
 
 lint:
 	$(CARGO) fmt --check

@@ -321,7 +321,12 @@ mod tests {
             "swept moments ago"
         );
         let mut total = first.counts.expired;
-        for _ in 0..10 {
+        // Removals shift later entries, so a pass may skip one until the
+        // cursor wraps; bounded passes still reach every session.
+        for _ in 0..100 {
+            if t.store.count().unwrap() == 0 {
+                break;
+            }
             total += pass(&t, &mut cursor, Duration::ZERO, 2)
                 .unwrap()
                 .unwrap()

@@ -125,6 +125,8 @@ pub fn post_config(
 /// Starts this child's sweeper (stopped and joined when the child's pool
 /// goes), for every distinct store of every server.
 pub fn child_init(pchild: Pool<'_>, main: Server<'_>) {
+    // A child that is shutting down lets its lock waits end at once.
+    let _ = crate::lock::STOPPING.set(crate::ffi::server::process_stopping);
     let Some(main_rt) = main.state().runtime.get() else {
         return;
     };

@@ -7,8 +7,9 @@
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
-// Unit-test builds leave out the host glue, which is what uses much of the rest.
-#![cfg_attr(test, allow(dead_code))]
+// Unit-test and fuzzing builds leave out the host glue, which is what uses
+// much of the rest.
+#![cfg_attr(any(test, not(feature = "host")), allow(dead_code))]
 
 mod config;
 mod cookie;
@@ -25,8 +26,11 @@ mod status;
 mod store;
 mod update;
 
-#[cfg(not(test))]
+#[cfg(all(feature = "host", not(test)))]
 #[allow(unsafe_code)]
 mod ffi;
-#[cfg(not(test))]
+#[cfg(all(feature = "host", not(test)))]
 mod hooks;
+
+#[doc(hidden)]
+pub mod fuzzing;

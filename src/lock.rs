@@ -7,11 +7,22 @@ use crate::id::SessionId;
 use crate::store::{HeldLock, Loaded, SessionStore, StoreError};
 use parking_lot::{Mutex, RawMutex};
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::{Duration, Instant};
 
 type Gate = Arc<Mutex<()>>;
 type GateGuard = parking_lot::lock_api::ArcMutexGuard<RawMutex, ()>;
+
+/// Tells a waiting request that its process is shutting down (the host
+/// sets it in each child); waits then end at once with `Timeout`.
+pub static STOPPING: OnceLock<fn() -> bool> = OnceLock::new();
+
+fn stopping() -> bool {
+    STOPPING.get().is_some_and(|f| f())
+}
+
+/// Waits are sliced so that a shutting-down process notices within this.
+const WAIT_SLICE: Duration = Duration::from_millis(100);
 
 /// Per-process gates of the sessions that some thread holds or awaits.
 static GATES: LazyLock<Mutex<HashMap<SessionId, Gate>>> = LazyLock::new(Default::default);
@@ -85,16 +96,17 @@ fn acquire_with<T>(
 ) -> Result<(SessionLock, T), LockError> {
     let deadline = Instant::now() + timeout;
     let gate = gate_for(id);
-    let (gate_guard, mut waited) = match gate.try_lock_arc() {
-        Some(g) => (g, false),
-        None => match gate.try_lock_arc_until(deadline) {
-            Some(g) => (g, true),
-            None => {
-                drop(gate);
-                release_gate(id);
-                return Err(LockError::Timeout);
-            }
-        },
+    let mut waited = false;
+    let gate_guard = loop {
+        if let Some(g) = gate.try_lock_arc_until(deadline.min(Instant::now() + WAIT_SLICE)) {
+            break g;
+        }
+        waited = true;
+        if Instant::now() >= deadline || stopping() {
+            drop(gate);
+            release_gate(id);
+            return Err(LockError::Timeout);
+        }
     };
     drop(gate);
     let mut lock = SessionLock {
@@ -116,7 +128,7 @@ fn acquire_with<T>(
             Err(e) => return Err(LockError::Store(e)),
         }
         let now = Instant::now();
-        if now >= deadline {
+        if now >= deadline || stopping() {
             return Err(LockError::Timeout);
         }
         waited = true;

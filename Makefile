@@ -10,10 +10,13 @@ TEST_THREADS ?= 2
 # Debian packages needed to build, test and run (checked one by one, so a
 # machine that has them all runs no apt-get at all).
 DEB_PACKAGES := apache2 apache2-dev libclang-dev clang curl openssl python3 redis-server wrk libapache2-mod-php
+# For the browser test of the demo; where they cannot be installed, that
+# one test says it was skipped.
+BROWSER_PACKAGES := chromium chromium-driver
 # The peers `make bench` compares against, and callgrind.
 BENCH_PACKAGES := libapache2-mod-python valgrind
 
-.PHONY: build deps bench-deps demo test bench fuzz install clean lint
+.PHONY: build deps bench-deps browser-deps demo test bench fuzz install clean lint
 
 build: $(MODULE)
 
@@ -34,12 +37,22 @@ deps bench-deps:
 	fi
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust (rustup) first"; exit 1; }
 
+browser-deps:
+	@missing=""; for p in $(BROWSER_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" -eq 0 ]; then \
+	  echo "installing (optional):$$missing"; \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing) \
+	    || echo "note: could not install$$missing; the browser test will be skipped"; \
+	fi
+
 demo: deps build
 	bash apache/demo.sh $(DEMO_PORT)
 
 # Unit tests (host-free code), then integration tests against real httpd
 # servers, at most $(TEST_THREADS) at a time.
-test: deps build
+test: deps browser-deps build
 	$(CARGO) test --release --lib
 	RSESSION_MODULE=$(abspath $(MODULE)) $(CARGO) test --release --test '*' -- --test-threads=$(TEST_THREADS)
 

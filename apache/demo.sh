@@ -4,7 +4,7 @@ set -euo pipefail
 port=${1:-8080}
 here=$(cd "$(dirname "$0")/.." && pwd)
 root=${RSESSION_DEMO_ROOT:-/tmp/rsession-demo}
-module="$here/target/release/mod_rsession.so"
+module=${RSESSION_MODULE:-$here/target/release/mod_rsession.so}
 
 mkdir -p "$root"/{logs,run,app,htdocs}
 # Children run as www-data: the app must be reachable by them.

@@ -179,9 +179,14 @@ impl ActiveSession {
             }
             rt.stats.add(Counter::RejectedCookies, rejected);
             rt.stats.bump(Counter::Resumed);
-            let scratch_dir = match dir.scratch() {
-                true => Some(rt.scratch.ensure(id).map_err(SessionError::Scratch)?),
-                false => None,
+            // The directory was made with the session and goes with it; it
+            // is checked (and remade if someone removed it) only when the
+            // access time is due for a write, not on every request.
+            let touch_due = now.saturating_sub(record.accessed) >= dir.touch_interval();
+            let scratch_dir = match (dir.scratch(), touch_due) {
+                (true, true) => Some(rt.scratch.ensure(id).map_err(SessionError::Scratch)?),
+                (true, false) => Some(rt.scratch.path(id)),
+                (false, _) => None,
             };
             return Ok(ActiveSession {
                 id: *id,

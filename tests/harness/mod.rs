@@ -88,7 +88,9 @@ impl Default for Options {
             fragment: String::new(),
             modules: Vec::new(),
             secret: true,
-            log_level: "info rsession:debug",
+            // Our module at its most verbose in every test: the Drop check
+            // below then proves no secret or whole id is ever logged.
+            log_level: "info rsession:trace8",
         }
     }
 }
@@ -294,6 +296,16 @@ impl Httpd {
         self.launch();
     }
 
+    /// Lines of the error log that leak a secret or a whole session id
+    /// (our lines may show at most 8 characters of an id).
+    pub fn leak_lines(&self) -> Vec<String> {
+        self.error_log()
+            .lines()
+            .filter(|l| l.contains(SECRET) || (l.contains("[rsession:") && has_hex_run(l, 32)))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Lines of the error log that mean a crash or a panic.
     pub fn crash_lines(&self) -> Vec<String> {
         self.error_log()
@@ -319,8 +331,29 @@ impl Drop for Httpd {
                 crashes.join("\n"),
                 self.error_log()
             );
+        } else if !self.leak_lines().is_empty() {
+            panic!(
+                "a secret or a whole session id in the error log:\n{}",
+                self.leak_lines().join("\n")
+            );
         }
     }
+}
+
+/// True when `line` holds `n` or more lowercase hex digits in a row.
+fn has_hex_run(line: &str, n: usize) -> bool {
+    let mut run = 0;
+    for c in line.bytes() {
+        run = if c.is_ascii_digit() || (b'a'..=b'f').contains(&c) {
+            run + 1
+        } else {
+            0
+        };
+        if run >= n {
+            return true;
+        }
+    }
+    false
 }
 
 /// `apache2 -t` on a config made from `fragment`: Ok(output) or Err(output).

@@ -5,6 +5,7 @@
 mod harness;
 
 use harness::http::{get, get_with_cookie, Response};
+use harness::scripts::Backend;
 use harness::{Httpd, Mpm, Options, MODULES};
 use std::path::Path;
 use std::process::Command;
@@ -87,18 +88,7 @@ fn php_mod_lua_and_a_proxied_app_share_one_session() {
         .find(|n| n.starts_with("libphp") && n.ends_with(".so"))
         .unwrap();
     let backend_port = harness::free_port();
-    let mut backend = Command::new("python3")
-        .arg(repo().join("tests/support/echo_backend.py"))
-        .arg(backend_port.to_string())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(backend.stdout.as_mut().unwrap()),
-        &mut ready,
-    )
-    .unwrap();
+    let _backend = Backend::start(backend_port);
     let h = Httpd::start(Options {
         mpm: Mpm::Prefork,
         modules: vec!["lua", "proxy", "proxy_http"],
@@ -154,8 +144,6 @@ LuaMapHandler ^/lua$ {root}/tests/support/session.lua handle
         "the backend's own update: {}",
         all.body
     );
-    let _ = backend.kill();
-    let _ = backend.wait();
 }
 
 fn has_php() -> bool {

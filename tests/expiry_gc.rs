@@ -4,16 +4,12 @@
 mod harness;
 
 use harness::http::{get, get_with_cookie, try_send};
+use harness::scripts::{ENV_CGI, HOLD_CGI};
 use harness::{wait_for, Httpd, Mpm, Options};
 use std::os::unix::fs::chown;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-const ENV_CGI: &str = r#"#!/bin/sh
-printf 'Content-Type: text/plain\n\n'
-env | grep -E '^RSESSION_' | sort
-"#;
 
 /// Plants symbolic links to $OUTSIDE: one inside its scratch directory,
 /// one beside it in the scratch root under an id-like name.
@@ -21,12 +17,6 @@ const PLANT_CGI: &str = r#"#!/bin/sh
 ln -s "$HTTP_X_OUTSIDE" "$RSESSION_DIR/escape"
 ln -s "$HTTP_X_OUTSIDE" "$(dirname "$RSESSION_DIR")/$HTTP_X_FAKE_ID"
 printf 'Content-Type: text/plain\n\nplanted\n'
-"#;
-
-const HOLD_CGI: &str = r#"#!/bin/sh
-touch "$RSESSION_DIR/holding"
-while [ ! -e "$RSESSION_DIR/release" ]; do sleep 0.05; done
-printf 'Content-Type: text/plain\n\nreleased\n'
 "#;
 
 fn server(mpm: Mpm, settings: &str) -> Httpd {
@@ -124,7 +114,7 @@ fn a_locked_session_is_never_swept() {
     std::thread::scope(|s| {
         let holder = s.spawn(|| get_with_cookie(&h.url("/cgi-bin/hold.cgi"), &cookie));
         wait_for("the holder", Duration::from_secs(10), || {
-            dir.join("holding").exists().then_some(())
+            dir.join("holder.pid").exists().then_some(())
         });
         // The record expires while the request holds it; passes skip it.
         wait_for(

@@ -6,23 +6,12 @@
 mod harness;
 
 use harness::http::{get, get_with_cookie, Response};
+use harness::scripts::{Backend, COUNTER_CGI, ENV_CGI, HOLD_CGI};
 use harness::{wait_for, Httpd, Mpm, Options};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-
-const ENV_CGI: &str = r#"#!/bin/sh
-printf 'Content-Type: text/plain\n\n'
-env | grep -E '^(RSESSION_|HTTP_X_RSESSION)' | sort
-"#;
-
-/// Reads n from the session, writes n+1 back.
-const COUNTER_CGI: &str = r#"#!/bin/sh
-n=$(printf '%s' "$RSESSION_DATA" | tr '&' '\n' | sed -n 's/^n=//p')
-n=$(( ${n:-0} + 1 ))
-printf 'Content-Type: text/plain\nX-RSession: set n=%s\n\n%s\n' "$n" "$n"
-"#;
 
 /// Sends the commands given in request headers X-Cmd-1..3 (and a status).
 const CMD_CGI: &str = r#"#!/bin/sh
@@ -34,14 +23,6 @@ printf 'Content-Type: text/plain\n'
 [ -n "$HTTP_X_FILE" ] && printf 'kept' > "$RSESSION_DIR/$HTTP_X_FILE"
 printf '\n'
 env | grep -E '^RSESSION_' | sort
-"#;
-
-/// Holds its request (and so the session lock) until the test creates
-/// `release` in the scratch directory; reports its parent pid first.
-const HOLD_CGI: &str = r#"#!/bin/sh
-echo $PPID > "$RSESSION_DIR/holder.pid"
-while [ ! -e "$RSESSION_DIR/release" ]; do sleep 0.05; done
-printf 'Content-Type: text/plain\nX-RSession: set held=done\n\nreleased\n'
 "#;
 
 fn server(mpm: Mpm, extra: &str) -> Httpd {
@@ -374,7 +355,7 @@ mod serde_json_lite {
 #[test]
 fn proxied_backends_get_the_session_and_update_it() {
     let backend_port = harness::free_port();
-    let mut backend = Backend::start(backend_port);
+    let _backend = Backend::start(backend_port);
     let h = server(
         Mpm::Event,
         &format!(
@@ -421,39 +402,6 @@ fn proxied_backends_get_the_session_and_update_it() {
         "{}",
         second.body
     );
-    backend.stop();
-}
-
-struct Backend(Child);
-
-impl Backend {
-    fn start(port: u16) -> Backend {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/echo_backend.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg(port.to_string())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 runs");
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        assert_eq!(line.trim(), "ready");
-        Backend(child)
-    }
-    fn stop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 /// Builds tests/support/mod_rsession_test.c with apxs into `dir`.

@@ -4,6 +4,7 @@
 mod harness;
 
 use harness::http::{get, get_with_cookie, raw, raw_status};
+use harness::scripts::{Backend, COUNTER_CGI, ENV_CGI};
 use harness::{wait_for, Httpd, Mpm, Options, SECRET};
 use std::collections::HashSet;
 use std::process::Command;
@@ -11,20 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-const ENV_CGI: &str = r#"#!/bin/sh
-printf 'Content-Type: text/plain\n\n'
-env | grep -E '^RSESSION_' | sort
-"#;
-
 /// Echoes the request header X-Cmd as the update header, verbatim.
 const ECHO_CGI: &str = r#"#!/bin/sh
 printf 'Content-Type: text/plain\nX-RSession: %s\n\nok\n' "$HTTP_X_CMD"
-"#;
-
-const COUNTER_CGI: &str = r#"#!/bin/sh
-n=$(printf '%s' "$RSESSION_DATA" | tr '&' '\n' | sed -n 's/^n=//p')
-n=$(( ${n:-0} + 1 ))
-printf 'Content-Type: text/plain\nX-RSession: set n=%s\n\n%s\n' "$n" "$n"
 "#;
 
 fn server(options: Options) -> Httpd {
@@ -160,21 +150,7 @@ fn hostile_update_headers_never_break_the_response_or_the_session() {
 #[test]
 fn control_characters_stay_encoded_everywhere_they_surface() {
     let backend_port = harness::free_port();
-    let mut backend = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/support/echo_backend.py"
-        ))
-        .arg(backend_port.to_string())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(backend.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let _backend = Backend::start(backend_port);
     let h = server(Options {
         fragment: format!(
             "LoadModule proxy_module {m}/mod_proxy.so\nLoadModule proxy_http_module {m}/mod_proxy_http.so\n\
@@ -212,8 +188,6 @@ fn control_characters_stay_encoded_everywhere_they_surface() {
         "{}",
         proxied.body
     );
-    let _ = backend.kill();
-    let _ = backend.wait();
 }
 
 #[test]

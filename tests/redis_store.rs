@@ -6,27 +6,11 @@ mod harness;
 
 use harness::http::{get, get_with_cookie, try_send};
 use harness::redis::Redis;
+use harness::scripts::{COUNTER_CGI, ENV_CGI, HOLD_CGI};
 use harness::{wait_for, Httpd, Mpm, Options};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-
-const ENV_CGI: &str = r#"#!/bin/sh
-printf 'Content-Type: text/plain\n\n'
-env | grep -E '^RSESSION_' | sort
-"#;
-
-const COUNTER_CGI: &str = r#"#!/bin/sh
-n=$(printf '%s' "$RSESSION_DATA" | tr '&' '\n' | sed -n 's/^n=//p')
-n=$(( ${n:-0} + 1 ))
-printf 'Content-Type: text/plain\nX-RSession: set n=%s\n\n%s\n' "$n" "$n"
-"#;
-
-const HOLD_CGI: &str = r#"#!/bin/sh
-echo $PPID > "$RSESSION_DIR/holder.pid"
-while [ ! -e "$RSESSION_DIR/release" ]; do sleep 0.05; done
-printf 'Content-Type: text/plain\n\nreleased\n'
-"#;
 
 fn node(redis: &Redis, mpm: Mpm, settings: &str) -> Httpd {
     let h = Httpd::start(Options {

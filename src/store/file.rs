@@ -260,9 +260,7 @@ impl SessionStore for FileStore {
 
     fn load(&self, id: &SessionId) -> Result<Option<Record>, StoreError> {
         match read_small(&self.record_path(id)) {
-            Ok(bytes) => Record::decode(&bytes).map(Some).ok_or_else(|| {
-                StoreError::Corrupt(format!("{}... in {}", id.short(), self.root.display()))
-            }),
+            Ok(bytes) => super::decode_stored(Some(&bytes), id, &self.root.display()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.io("cannot read session record")(e)),
         }

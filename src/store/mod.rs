@@ -91,6 +91,17 @@ pub trait SessionStore: Send + Sync {
     ) -> Result<SweepCounts, StoreError>;
 }
 
+/// Decodes stored bytes (`None`: no record), naming the session and the
+/// store in the error when they are not a record.
+pub fn decode_stored(bytes: Option<&[u8]>, id: &SessionId, store: &dyn fmt::Display) -> Loaded {
+    match bytes {
+        None => Ok(None),
+        Some(b) => Record::decode(b)
+            .map(Some)
+            .ok_or_else(|| StoreError::Corrupt(format!("{}... in {store}", id.short()))),
+    }
+}
+
 /// What one sweep of a store did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SweepCounts {

@@ -186,12 +186,7 @@ impl SessionStore for RedisStore {
     fn load(&self, id: &SessionId) -> Result<Option<Record>, StoreError> {
         let key = self.key(id);
         let bytes: Option<Vec<u8>> = self.pool.with(|c| redis::cmd("GET").arg(&key).query(c))?;
-        match bytes {
-            None => Ok(None),
-            Some(b) => Record::decode(&b).map(Some).ok_or_else(|| {
-                StoreError::Corrupt(format!("{}... in {}", id.short(), self.describe()))
-            }),
-        }
+        super::decode_stored(bytes.as_deref(), id, &self.describe())
     }
 
     fn save(&self, id: &SessionId, record: &Record) -> Result<(), StoreError> {
@@ -260,12 +255,7 @@ impl SessionStore for RedisStore {
             key,
             token,
         });
-        let loaded = match bytes {
-            None => Ok(None),
-            Some(b) => Record::decode(&b).map(Some).ok_or_else(|| {
-                StoreError::Corrupt(format!("{}... in {}", id.short(), self.describe()))
-            }),
-        };
+        let loaded = super::decode_stored(bytes.as_deref(), id, &self.describe());
         Ok(Some((lock, loaded)))
     }
 

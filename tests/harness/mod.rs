@@ -6,6 +6,7 @@
 
 pub mod http;
 pub mod redis;
+pub mod scripts;
 pub mod sign;
 
 use std::fs;

@@ -62,7 +62,13 @@ impl Browser {
             .as_str()
             .unwrap_or_else(|| panic!("no session: {reply}"))
             .to_string();
-        Browser { base, session }
+        let b = Browser { base, session };
+        // Element look-ups wait for pages that are still loading.
+        post(
+            &b.url("/timeouts"),
+            &json!({"implicit": 10_000, "pageLoad": 30_000}),
+        );
+        b
     }
 
     fn url(&self, path: &str) -> String {
@@ -73,17 +79,24 @@ impl Browser {
         post(&self.url("/url"), &json!({ "url": url }));
     }
 
+    /// The element's WebDriver id, or None when there is none (after the
+    /// implicit wait).
     fn element(&self, css: &str) -> Option<String> {
         let v = post(
             &self.url("/element"),
             &json!({"using": "css selector", "value": css}),
         );
-        v["value"]
-            .as_object()?
-            .values()
-            .next()?
+        v["value"]["element-6066-11e4-a52e-4f735466cecf"]
             .as_str()
             .map(str::to_string)
+    }
+
+    /// Waits until the element's text satisfies `ok` (pages load after a
+    /// click on their own schedule).
+    fn text_when(&self, css: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        harness::wait_for(what, Duration::from_secs(20), || {
+            self.element(css).map(|_| self.text(css)).filter(|t| ok(t))
+        })
     }
 
     fn text(&self, css: &str) -> String {
@@ -217,7 +230,7 @@ fn the_demo_works_in_a_real_browser() {
     std::fs::write(upload.path(), "one two three\nfour five\n").unwrap();
     b.type_into("input[type=file]", upload.path().to_str().unwrap());
     b.click("form[action='/upload'] button");
-    let stats = b.text(".stats");
+    let stats = b.text_when(".stats", "the analysed upload", |t| t.contains("lines:"));
     assert!(
         stats.contains("lines: 2") && stats.contains("words: 5"),
         "{stats}"
@@ -227,7 +240,10 @@ fn the_demo_works_in_a_real_browser() {
     // Sign in: a new id, same data and files.
     b.type_into("input[name=user]", "Ann");
     b.click("#login");
-    assert_eq!(b.text("#user"), "Ann");
+    assert_eq!(
+        b.text_when("#user", "the signed-in page", |t| !t.is_empty()),
+        "Ann"
+    );
     let signed_in = b.text("#sid");
     assert_ne!(signed_in, sid, "sign-in regenerates the id");
     assert!(
@@ -237,7 +253,9 @@ fn the_demo_works_in_a_real_browser() {
 
     // Sign out: the session and its files are gone.
     b.click("#logout");
-    assert!(b.element("#user-none").is_some(), "signed out");
+    b.text_when("#user-none", "the signed-out page", |t| {
+        t.contains("Not signed in")
+    });
     assert_ne!(b.text("#sid"), signed_in);
     assert!(!demo_root.path().join("scratch").join(&signed_in).exists());
     drop(demo);

@@ -61,6 +61,28 @@ fn make_install_lays_out_files_that_apachectl_accepts() {
     let load = std::fs::read_to_string(mods.join("rsession.load")).unwrap();
     assert!(load.contains("LoadModule rsession_module /usr/lib/apache2/modules/mod_rsession.so"));
     assert!(mods.join("rsession.conf").exists());
+    // `a2enmod rsession` works on the installed files (it reads their
+    // "# Depends:" lines, among other things).
+    let confdir = dest.path().join("a2enmod-confdir");
+    std::fs::create_dir_all(confdir.join("mods-enabled")).unwrap();
+    std::fs::create_dir_all(confdir.join("mods-available")).unwrap();
+    for f in ["rsession.load", "rsession.conf"] {
+        std::fs::copy(mods.join(f), confdir.join("mods-available").join(f)).unwrap();
+    }
+    let enabled = Command::new("a2enmod")
+        .arg("-q")
+        .arg("rsession")
+        .env("APACHE_CONFDIR", &confdir)
+        .output()
+        .expect("a2enmod runs");
+    assert!(
+        enabled.status.success(),
+        "a2enmod: {}{}",
+        String::from_utf8_lossy(&enabled.stdout),
+        String::from_utf8_lossy(&enabled.stderr)
+    );
+    assert!(confdir.join("mods-enabled/rsession.load").exists());
+    assert!(confdir.join("mods-enabled/rsession.conf").exists());
     // The shipped pair, pointed at the staged module, passes `apache2 -t`.
     let load = load.replace(
         "/usr/lib/apache2/modules/mod_rsession.so",

@@ -142,6 +142,31 @@ mod tests {
     use super::*;
     use crate::store::file::FileStore;
 
+    /// A second thread waits for `id` and must get it, but only after
+    /// `release` ran.
+    fn assert_waiter_gets_it_after_release(
+        store: &FileStore,
+        id: &SessionId,
+        release: impl FnOnce(),
+    ) {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let released = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                let got = acquire(store, id, Duration::from_secs(5), Duration::from_secs(10));
+                (got.is_ok(), released.load(Ordering::SeqCst))
+            });
+            std::thread::sleep(Duration::from_millis(20));
+            released.store(true, Ordering::SeqCst);
+            release();
+            assert_eq!(
+                waiter.join().unwrap(),
+                (true, true),
+                "got the lock only after release"
+            );
+        });
+    }
+
     #[test]
     fn waits_then_times_out_then_succeeds() {
         let dir = tempfile::tempdir().unwrap();
@@ -154,24 +179,7 @@ mod tests {
         let second = acquire(&store, &id, Duration::from_millis(50), ttl);
         assert!(matches!(second, Err(LockError::Timeout)));
         assert!(started.elapsed() >= Duration::from_millis(50));
-        let released = std::sync::atomic::AtomicBool::new(false);
-        std::thread::scope(|s| {
-            let waiter = s.spawn(|| {
-                let got = acquire(&store, &id, Duration::from_secs(5), ttl);
-                (
-                    got.is_ok(),
-                    released.load(std::sync::atomic::Ordering::SeqCst),
-                )
-            });
-            std::thread::sleep(Duration::from_millis(20));
-            released.store(true, std::sync::atomic::Ordering::SeqCst);
-            drop(first);
-            assert_eq!(
-                waiter.join().unwrap(),
-                (true, true),
-                "got the lock only after release"
-            );
-        });
+        assert_waiter_gets_it_after_release(&store, &id, || drop(first));
         assert!(
             GATES.lock().get(&id).is_none(),
             "gates are forgotten when free"
@@ -187,23 +195,6 @@ mod tests {
         let id = SessionId::generate().unwrap();
         let ttl = Duration::from_secs(10);
         let foreign = store.try_lock(&id, ttl).unwrap().unwrap();
-        let released = std::sync::atomic::AtomicBool::new(false);
-        std::thread::scope(|s| {
-            let waiter = s.spawn(|| {
-                let got = acquire(&store, &id, Duration::from_secs(5), ttl);
-                (
-                    got.is_ok(),
-                    released.load(std::sync::atomic::Ordering::SeqCst),
-                )
-            });
-            std::thread::sleep(Duration::from_millis(20));
-            released.store(true, std::sync::atomic::Ordering::SeqCst);
-            drop(foreign);
-            assert_eq!(
-                waiter.join().unwrap(),
-                (true, true),
-                "got the lock only after release"
-            );
-        });
+        assert_waiter_gets_it_after_release(&store, &id, || drop(foreign));
     }
 }

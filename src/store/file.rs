@@ -196,13 +196,7 @@ impl FileStore {
     fn lock_spare(&self, id: &SessionId) -> std::io::Result<File> {
         let path = self.spare_path(id);
         for _ in 0..8 {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(&path)?;
+            let file = open_shared(&path)?;
             file.lock()?;
             // Another saver may have swapped it in as the record meanwhile.
             if fs::metadata(&path).map(|m| m.ino()).ok() == Some(file.metadata()?.ino()) {
@@ -213,14 +207,7 @@ impl FileStore {
     }
 
     fn try_flock(&self, path: &Path) -> Result<Option<Box<dyn HeldLock>>, StoreError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(self.io("cannot open a lock file"))?;
+        let file = open_shared(path).map_err(self.io("cannot open a lock file"))?;
         match file.try_lock() {
             Ok(()) => Ok(Some(Box::new(FileLock { _file: file }))),
             Err(fs::TryLockError::WouldBlock) => Ok(None),
@@ -315,14 +302,7 @@ impl SessionStore for FileStore {
         id: &SessionId,
         _ttl: Duration,
     ) -> Result<Option<Box<dyn HeldLock>>, StoreError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(self.lock_path(id))
-            .map_err(self.io("cannot open the lock file"))?;
+        let file = open_shared(self.lock_path(id)).map_err(self.io("cannot open the lock file"))?;
         let range = libc::flock {
             l_type: libc::F_WRLCK as libc::c_short,
             l_whence: libc::SEEK_SET as libc::c_short,
@@ -481,6 +461,18 @@ impl SessionStore for FileStore {
         *cursor = 0;
         Ok(counts)
     }
+}
+
+/// Opens (creating, 0600) a file that several holders share: lock files
+/// and spare records. Never truncates: others may be using its content.
+fn open_shared(path: impl AsRef<Path>) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
 }
 
 /// Reads a file that is usually small with one `read` (no `stat` for a

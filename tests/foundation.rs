@@ -19,6 +19,7 @@ const SESSION_LOCATION: &str = r#"
 <Location /cgi-bin/>
   RSession On
   RequestHeader set X-Seen "expr=%{note:rsession-id}"
+  Header always set X-Session-New "expr=%{note:rsession-new}"
 </Location>
 "#;
 
@@ -73,6 +74,11 @@ fn a_new_visitor_gets_a_signed_cookie_and_a_private_scratch_directory() {
         r.env("HTTP_X_SEEN").as_deref(),
         Some(id),
         "mod_headers sees the note"
+    );
+    assert_eq!(
+        r.header("X-Session-New"),
+        Some("1"),
+        "Header expressions see the notes"
     );
     let dir = r.env("RSESSION_DIR").expect("scratch dir exported");
     assert_eq!(

@@ -25,11 +25,13 @@ use super::{Created, HeldLock, SessionStore, StoreError, SweepCounts};
 use crate::id::SessionId;
 use crate::record::Record;
 use nix::fcntl::{fcntl, renameat2, FcntlArg, RenameFlags, AT_FDCWD};
+use parking_lot::Mutex;
 use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Prefix of temporary files; a sweeper removes stale ones.
@@ -48,7 +50,14 @@ pub struct FileStore {
     /// False once the file system refused RENAME_EXCHANGE: then saves use
     /// a temporary file and rename.
     can_exchange: AtomicBool,
+    /// Open descriptions of each shard's lock file, kept between requests
+    /// (an OFD lock is released with F_UNLCK, so a description can serve
+    /// again): saves an open and a close per request.
+    lock_files: Arc<Vec<Mutex<Vec<File>>>>,
 }
+
+/// Idle lock-file descriptions kept per shard and process.
+const IDLE_LOCK_FILES: usize = 8;
 
 fn io_error(what: String) -> impl FnOnce(std::io::Error) -> StoreError {
     move |source| StoreError::Io { what, source }
@@ -72,10 +81,41 @@ static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// A held OFD lock: closing the descriptor releases it.
 struct RangeLock {
-    _file: File,
+    file: Option<File>,
+    range: libc::flock,
+    shard: usize,
+    pool: Arc<Vec<Mutex<Vec<File>>>>,
 }
 
 impl HeldLock for RangeLock {}
+
+fn byte_lock(id: &SessionId, kind: libc::c_int) -> libc::flock {
+    libc::flock {
+        l_type: kind as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: id.lock_offset() as libc::off_t,
+        l_len: 1,
+        l_pid: 0,
+    }
+}
+
+impl Drop for RangeLock {
+    /// Unlocks and returns the description to the pool; if unlocking fails,
+    /// closing the description releases the lock instead.
+    fn drop(&mut self) {
+        let Some(file) = self.file.take() else { return };
+        let unlock = libc::flock {
+            l_type: libc::F_UNLCK as libc::c_short,
+            ..self.range
+        };
+        if fcntl(&file, FcntlArg::F_OFD_SETLK(&unlock)).is_ok() {
+            let mut idle = self.pool[self.shard].lock();
+            if idle.len() < IDLE_LOCK_FILES {
+                idle.push(file);
+            }
+        }
+    }
+}
 
 /// A flock on a whole file (the sweeper's).
 struct FileLock {
@@ -101,6 +141,7 @@ impl FileStore {
         Ok(FileStore {
             root,
             can_exchange: AtomicBool::new(true),
+            lock_files: Arc::new((0..=255u8).map(|_| Mutex::new(Vec::new())).collect()),
         })
     }
 
@@ -302,17 +343,30 @@ impl SessionStore for FileStore {
         id: &SessionId,
         _ttl: Duration,
     ) -> Result<Option<Box<dyn HeldLock>>, StoreError> {
-        let file = open_shared(self.lock_path(id)).map_err(self.io("cannot open the lock file"))?;
-        let range = libc::flock {
-            l_type: libc::F_WRLCK as libc::c_short,
-            l_whence: libc::SEEK_SET as libc::c_short,
-            l_start: id.lock_offset() as libc::off_t,
-            l_len: 1,
-            l_pid: 0,
+        let shard = id.shard() as usize;
+        let pooled = self.lock_files[shard].lock().pop();
+        let file = match pooled {
+            Some(f) => f,
+            None => {
+                open_shared(self.lock_path(id)).map_err(self.io("cannot open the lock file"))?
+            }
         };
+        let range = byte_lock(id, libc::F_WRLCK);
         match fcntl(&file, FcntlArg::F_OFD_SETLK(&range)) {
-            Ok(_) => Ok(Some(Box::new(RangeLock { _file: file }))),
-            Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EACCES) => Ok(None),
+            Ok(_) => Ok(Some(Box::new(RangeLock {
+                file: Some(file),
+                range,
+                shard,
+                pool: self.lock_files.clone(),
+            }))),
+            Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EACCES) => {
+                // This description holds nothing: it can serve again.
+                let mut idle = self.lock_files[shard].lock();
+                if idle.len() < IDLE_LOCK_FILES {
+                    idle.push(file);
+                }
+                Ok(None)
+            }
             Err(e) => Err(self.io("cannot lock session")(e.into())),
         }
     }

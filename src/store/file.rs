@@ -17,9 +17,10 @@
 //! `find -mmin`).
 //!
 //! Locks are open-file-description (OFD) locks on one byte of the shard's
-//! `.locks` file: each acquisition opens its own descriptor, so threads of one
-//! process exclude each other, the kernel drops the lock when a process dies,
-//! and descriptors are `O_CLOEXEC`, so CGI children never inherit a lock.
+//! `.locks` file: each holder uses a description of its own (taken from a
+//! per-process pool and returned after `F_UNLCK`), so threads of one process
+//! exclude each other, the kernel drops the lock when a process dies, and
+//! descriptors are `O_CLOEXEC`, so CGI children never inherit a lock.
 
 use super::{Created, HeldLock, SessionStore, StoreError, SweepCounts};
 use crate::id::SessionId;

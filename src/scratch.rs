@@ -51,6 +51,17 @@ impl ScratchRoot {
         }
     }
 
+    /// For a session created just now: `mkdir` straight away (one system
+    /// call), falling back to `ensure`'s checks if the name is taken.
+    pub fn create(&self, id: &SessionId) -> io::Result<PathBuf> {
+        let path = self.path(id);
+        match fs::DirBuilder::new().mode(0o700).create(&path) {
+            Ok(()) => Ok(path),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => self.ensure(id),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Removes the directory and everything in it. Symbolic links inside are
     /// removed as links; their targets are never touched (std's
     /// `remove_dir_all` works with `openat`/`unlinkat` and never follows them).
@@ -88,10 +99,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let scratch = ScratchRoot::new(dir.path().to_path_buf());
         let id = SessionId::generate().unwrap();
-        let path = scratch.ensure(&id).unwrap();
+        let path = scratch.create(&id).unwrap();
         assert_eq!(
             fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o700
+        );
+        assert_eq!(
+            scratch.create(&id).unwrap(),
+            path,
+            "an existing directory is accepted"
         );
         assert_eq!(scratch.ensure(&id).unwrap(), path);
         fs::write(path.join("upload.txt"), "x").unwrap();

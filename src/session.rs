@@ -211,7 +211,7 @@ impl ActiveSession {
         // sweeper away for the rest of the request.
         let lock = lock_session(rt, dir, &id)?;
         let scratch_dir = match dir.scratch() {
-            true => match rt.scratch.ensure(&id) {
+            true => match rt.scratch.create(&id) {
                 Ok(p) => Some(p),
                 Err(e) => {
                     let _ = rt.store.delete(&id);

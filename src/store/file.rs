@@ -5,7 +5,8 @@
 //!                       kernel's per-directory locking across directories)
 //!   <id>                the record: JSON, mode 0600, mtime = its expiry
 //!   <id>.spare          the previous version, reused for the next write
-//!   .locks              byte-range locks, one byte per session
+//!   .locks              byte-range locks: per session, one byte for its lock
+//!                       and one that lets a single saver at a time use its spare
 //!   .tmp-<id>-<pid>-<n> temporaries (only where the kernel cannot swap)
 //! ```
 //!
@@ -29,7 +30,7 @@ use nix::fcntl::{fcntl, renameat2, FcntlArg, RenameFlags, AT_FDCWD};
 use parking_lot::Mutex;
 use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -90,13 +91,26 @@ struct RangeLock {
 
 impl HeldLock for RangeLock {}
 
-fn byte_lock(id: &SessionId, kind: libc::c_int) -> libc::flock {
+/// Offsets at or above this (session offsets are below 2^62) serialise the
+/// savers of a session, which may run without the session lock
+/// (RSessionLock Off) but must never write its spare file at once.
+const SAVER_BYTES: u64 = 1 << 62;
+
+fn write_lock_at(offset: u64) -> libc::flock {
     libc::flock {
-        l_type: kind as libc::c_short,
+        l_type: libc::F_WRLCK as libc::c_short,
         l_whence: libc::SEEK_SET as libc::c_short,
-        l_start: id.lock_offset() as libc::off_t,
+        l_start: offset as libc::off_t,
         l_len: 1,
         l_pid: 0,
+    }
+}
+
+/// Keeps an idle lock-file description for the next holder.
+fn return_to_pool(pool: &[Mutex<Vec<File>>], shard: usize, file: File) {
+    let mut idle = pool[shard].lock();
+    if idle.len() < IDLE_LOCK_FILES {
+        idle.push(file);
     }
 }
 
@@ -110,10 +124,7 @@ impl Drop for RangeLock {
             ..self.range
         };
         if fcntl(&file, FcntlArg::F_OFD_SETLK(&unlock)).is_ok() {
-            let mut idle = self.pool[self.shard].lock();
-            if idle.len() < IDLE_LOCK_FILES {
-                idle.push(file);
-            }
+            return_to_pool(&self.pool, self.shard, file);
         }
     }
 }
@@ -149,10 +160,6 @@ impl FileStore {
     #[cfg(test)]
     pub fn root(&self) -> &Path {
         &self.root
-    }
-
-    fn shard_dir(&self, id: &SessionId) -> PathBuf {
-        self.root.join(shard_name(id.shard()))
     }
 
     /// `root/<shard>/<name>`, built with one allocation (this runs on
@@ -214,9 +221,11 @@ impl FileStore {
         expires: SystemTime,
     ) -> Result<(), StoreError> {
         let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
-        let temp = self
-            .shard_dir(id)
-            .join(format!("{TEMP_PREFIX}{id}-{}-{seq}", std::process::id()));
+        let temp = self.in_shard(id, |text, p| {
+            p.push(TEMP_PREFIX);
+            p.push(text);
+            p.push(format!("-{}-{seq}", std::process::id()));
+        });
         let write = || -> std::io::Result<()> {
             let f = OpenOptions::new()
                 .write(true)
@@ -233,19 +242,45 @@ impl FileStore {
         })
     }
 
-    /// Opens the spare file under a flock, so that concurrent savers of one
-    /// session (possible with RSessionLock Off) never write it at once.
-    fn lock_spare(&self, id: &SessionId) -> std::io::Result<File> {
-        let path = self.spare_path(id);
-        for _ in 0..8 {
-            let file = open_shared(&path)?;
-            file.lock()?;
-            // Another saver may have swapped it in as the record meanwhile.
-            if fs::metadata(&path).map(|m| m.ino()).ok() == Some(file.metadata()?.ino()) {
-                return Ok(file);
+    /// Locks one byte of the shard's lock file through a pooled
+    /// description: `Ok(None)` when taken and `wait` is false.
+    fn lock_byte(
+        &self,
+        id: &SessionId,
+        offset: u64,
+        wait: bool,
+    ) -> std::io::Result<Option<RangeLock>> {
+        let shard = id.shard() as usize;
+        let pooled = self.lock_files[shard].lock().pop();
+        let file = match pooled {
+            Some(f) => f,
+            None => open_shared(self.lock_path(id))?,
+        };
+        let range = write_lock_at(offset);
+        let locked = loop {
+            let attempt = match wait {
+                true => fcntl(&file, FcntlArg::F_OFD_SETLKW(&range)),
+                false => fcntl(&file, FcntlArg::F_OFD_SETLK(&range)),
+            };
+            match attempt {
+                Err(nix::errno::Errno::EINTR) => continue,
+                other => break other,
             }
+        };
+        match locked {
+            Ok(_) => Ok(Some(RangeLock {
+                file: Some(file),
+                range,
+                shard,
+                pool: self.lock_files.clone(),
+            })),
+            Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EACCES) => {
+                // This description holds nothing: it can serve again.
+                return_to_pool(&self.lock_files, shard, file);
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
         }
-        Err(std::io::Error::other("spare file keeps changing"))
     }
 
     fn try_flock(&self, path: &Path) -> Result<Option<Box<dyn HeldLock>>, StoreError> {
@@ -303,9 +338,11 @@ impl SessionStore for FileStore {
         if !self.can_exchange.load(Ordering::Relaxed) {
             return self.save_by_rename(id, &bytes, expires);
         }
-        let spare = self
-            .lock_spare(id)
-            .map_err(self.io("cannot open the spare record"))?;
+        let _saving = self
+            .lock_byte(id, id.lock_offset() | SAVER_BYTES, true)
+            .map_err(self.io("cannot lock the session's spare record"))?;
+        let spare =
+            open_shared(self.spare_path(id)).map_err(self.io("cannot open the spare record"))?;
         Self::overwrite(&spare, &bytes, expires).map_err(self.io("cannot write session record"))?;
         match renameat2(
             AT_FDCWD,
@@ -344,31 +381,9 @@ impl SessionStore for FileStore {
         id: &SessionId,
         _ttl: Duration,
     ) -> Result<Option<Box<dyn HeldLock>>, StoreError> {
-        let shard = id.shard() as usize;
-        let pooled = self.lock_files[shard].lock().pop();
-        let file = match pooled {
-            Some(f) => f,
-            None => {
-                open_shared(self.lock_path(id)).map_err(self.io("cannot open the lock file"))?
-            }
-        };
-        let range = byte_lock(id, libc::F_WRLCK);
-        match fcntl(&file, FcntlArg::F_OFD_SETLK(&range)) {
-            Ok(_) => Ok(Some(Box::new(RangeLock {
-                file: Some(file),
-                range,
-                shard,
-                pool: self.lock_files.clone(),
-            }))),
-            Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EACCES) => {
-                // This description holds nothing: it can serve again.
-                let mut idle = self.lock_files[shard].lock();
-                if idle.len() < IDLE_LOCK_FILES {
-                    idle.push(file);
-                }
-                Ok(None)
-            }
-            Err(e) => Err(self.io("cannot lock session")(e.into())),
+        match self.lock_byte(id, id.lock_offset(), false) {
+            Ok(held) => Ok(held.map(|l| Box::new(l) as Box<dyn HeldLock>)),
+            Err(e) => Err(self.io("cannot lock session")(e)),
         }
     }
 

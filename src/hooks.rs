@@ -275,34 +275,25 @@ fn begin(r: Request<'_>, dir: &DirConfig, runtime: &Arc<Runtime>) -> RequestStat
     if status == 503 {
         r.err_headers_out().set("Retry-After", "1");
     }
-    match &e {
-        SessionError::Store(StoreError::Unavailable(_)) => {
-            runtime.stats.bump(Counter::StoreErrors);
-            // One line per outage and process, not one per request.
-            if runtime.outage_began() {
-                rlog!(
-                    r,
-                    Level::Err,
-                    "RS0012 session store {} unavailable ({e}); answering 503 until it is back",
-                    runtime.store.describe()
-                );
-            } else {
-                rlog!(r, Level::Debug, "session store still unavailable: {e}");
-            }
-        }
-        SessionError::Store(_) => {
-            runtime.stats.bump(Counter::StoreErrors);
-            rlog!(
-                r,
-                Level::Err,
-                "RS0011 no session for this request ({e}); answering {status}"
-            );
-        }
-        _ => rlog!(
+    if matches!(e, SessionError::Store(_)) {
+        runtime.stats.bump(Counter::StoreErrors);
+    }
+    if !matches!(e, SessionError::Store(StoreError::Unavailable(_))) {
+        rlog!(
             r,
             Level::Err,
             "RS0011 no session for this request ({e}); answering {status}"
-        ),
+        );
+    } else if runtime.outage_began() {
+        // One line per outage and process, not one per request.
+        rlog!(
+            r,
+            Level::Err,
+            "RS0012 session store {} unavailable ({e}); answering 503 until it is back",
+            runtime.store.describe()
+        );
+    } else {
+        rlog!(r, Level::Debug, "session store still unavailable: {e}");
     }
     RequestState::Failed(status as c_int)
 }

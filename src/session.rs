@@ -82,6 +82,8 @@ pub struct ActiveSession {
     lock: Option<SessionLock>,
 }
 
+/// Takes the lock of a session that nobody else knows yet (when locking is
+/// on).
 fn lock_session(
     rt: &Runtime,
     dir: &DirConfig,
@@ -90,19 +92,9 @@ fn lock_session(
     if !dir.lock() {
         return Ok(None);
     }
-    match lock::acquire(rt.store.as_ref(), id, dir.lock_timeout(), rt.lock_ttl) {
-        Ok(l) => {
-            if l.waited {
-                rt.stats.bump(Counter::LockWaits);
-            }
-            Ok(Some(l))
-        }
-        Err(LockError::Timeout) => {
-            rt.stats.bump(Counter::LockTimeouts);
-            Err(SessionError::LockTimeout)
-        }
-        Err(LockError::Store(e)) => Err(e.into()),
-    }
+    let acquired =
+        lock::acquire(rt.store.as_ref(), id, dir.lock_timeout(), rt.lock_ttl).map(|l| (l, ()));
+    counted(rt, acquired).map(|(l, ())| Some(l))
 }
 
 /// Locks (when locking is on) and loads, in one step where the store can.
@@ -114,12 +106,21 @@ fn lock_and_load(
     if !dir.lock() {
         return Ok((None, rt.store.load(id)));
     }
-    match lock::acquire_and_load(rt.store.as_ref(), id, dir.lock_timeout(), rt.lock_ttl) {
-        Ok((l, loaded)) => {
+    let acquired = lock::acquire_and_load(rt.store.as_ref(), id, dir.lock_timeout(), rt.lock_ttl);
+    counted(rt, acquired).map(|(l, loaded)| (Some(l), loaded))
+}
+
+/// Counts a lock attempt's waits and timeouts for the status page.
+fn counted<T>(
+    rt: &Runtime,
+    acquired: Result<(SessionLock, T), LockError>,
+) -> Result<(SessionLock, T), SessionError> {
+    match acquired {
+        Ok((l, extra)) => {
             if l.waited {
                 rt.stats.bump(Counter::LockWaits);
             }
-            Ok((Some(l), loaded))
+            Ok((l, extra))
         }
         Err(LockError::Timeout) => {
             rt.stats.bump(Counter::LockTimeouts);

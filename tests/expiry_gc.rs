@@ -361,14 +361,7 @@ fn graceful_restarts_under_load_fail_no_request_and_the_sweeper_goes_on() {
     );
     // The new generation's sweeper works: an abandoned session goes.
     let fresh = get(&h.url("/s/index.html"), &[]).cookie_pair();
-    let id = fresh
-        .split_once('=')
-        .unwrap()
-        .1
-        .split('.')
-        .next()
-        .unwrap()
-        .to_string();
+    let id = harness::id_of(&fresh);
     wait_for(
         "the new generation to sweep",
         Duration::from_secs(15),

@@ -5,7 +5,7 @@
 mod harness;
 
 use harness::http::{self, get, get_with_cookie};
-use harness::{check_config, sign, Httpd, Mpm, Options, SECRET};
+use harness::{check_config, id_of, sign, Httpd, Mpm, Options, SECRET};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 /// A CGI that prints what mod_rsession gave it.
@@ -31,11 +31,6 @@ fn server(mpm: Mpm, extra: &str) -> Httpd {
     });
     h.cgi("env.cgi", ENV_CGI);
     h
-}
-
-fn id_of(cookie_pair: &str) -> String {
-    let value = cookie_pair.split_once('=').unwrap().1;
-    value.split('.').next().unwrap().to_string()
 }
 
 #[test]

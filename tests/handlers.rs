@@ -374,14 +374,7 @@ fn proxied_backends_get_the_session_and_update_it() {
         "backend's update header is removed"
     );
     let cookie = first.cookie_pair();
-    let id = cookie
-        .split_once('=')
-        .unwrap()
-        .1
-        .split('.')
-        .next()
-        .unwrap()
-        .to_string();
+    let id = harness::id_of(&cookie);
     assert!(
         first.body.contains(&format!("\"X-RSession-Id\": \"{id}\"")),
         "{}",

@@ -48,6 +48,12 @@ impl Mpm {
     }
 }
 
+/// The session id in a `NAME=ID.MAC` cookie pair.
+pub fn id_of(cookie_pair: &str) -> String {
+    let value = cookie_pair.split_once('=').expect("NAME=VALUE").1;
+    value.split('.').next().unwrap_or_default().to_string()
+}
+
 /// Polls `check` until it returns `Some` or `deadline` passes.
 pub fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let end = Instant::now() + deadline;

@@ -340,28 +340,6 @@ fn over_https_auto_mode_marks_the_cookie_secure() {
     );
 }
 
-/// Pids of `parent`'s children, from /proc.
-fn children_of(parent: i32) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    s.rsplit(')')
-                        .next()?
-                        .split_whitespace()
-                        .nth(1)?
-                        .parse::<i32>()
-                        .ok()
-                })
-                == Some(parent)
-        })
-        .collect()
-}
-
 #[test]
 fn killing_children_mid_write_leaves_every_session_whole() {
     let h = server(Options {
@@ -392,7 +370,7 @@ fn killing_children_mid_write_leaves_every_session_whole() {
         }
         let mut killed = 0;
         while killed < 20 {
-            let children = children_of(h.pid());
+            let children = harness::children_of(h.pid());
             if let Some(&victim) = children.get(killed % children.len().max(1)) {
                 // SAFETY: SIGKILL to a child of the httpd we started.
                 unsafe { libc::kill(victim, libc::SIGKILL) };

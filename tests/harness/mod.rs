@@ -48,6 +48,29 @@ impl Mpm {
     }
 }
 
+/// Pids of `parent`'s children, from /proc.
+pub fn children_of(parent: i32) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| proc_stat_field(*pid, 1) == Some(parent as i64))
+        .collect()
+}
+
+/// Field `n` (0-based) after the command name in /proc/PID/stat.
+fn proc_stat_field(pid: i32, n: usize) -> Option<i64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(n)?
+        .parse()
+        .ok()
+}
+
 /// The session id in a `NAME=ID.MAC` cookie pair.
 pub fn id_of(cookie_pair: &str) -> String {
     let value = cookie_pair.split_once('=').expect("NAME=VALUE").1;
@@ -277,7 +300,37 @@ impl Httpd {
     }
 
     /// Stops the server (SIGTERM to our pid) and waits for it.
+    /// httpd 2.4.71's event and worker MPMs crash a child (SIGSEGV in
+    /// apr_os_sock_get) when SIGTERM arrives before it has started all its
+    /// threads; seen with and without this module. Before stopping, wait
+    /// (bounded) until the StartServers children (2) run their listener and
+    /// 25 workers and no child is half-way there. Single-threaded children
+    /// are the cgid daemon (or a child forked this instant).
+    fn wait_children_started(&self) {
+        if self.options.mpm == Mpm::Prefork {
+            return;
+        }
+        let Some(parent) = self.child.as_ref().map(|c| c.id() as i32) else {
+            return;
+        };
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            // Field 17 after the name is num_threads.
+            let threads: Vec<i64> = children_of(parent)
+                .iter()
+                .map(|&c| proc_stat_field(c, 17).unwrap_or(0))
+                .collect();
+            let started = threads.iter().filter(|&&t| t >= 27).count();
+            let starting = threads.iter().any(|&t| (2..27).contains(&t));
+            if started >= 2 && !starting {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn stop(&mut self) {
+        self.wait_children_started();
         if let Some(mut child) = self.child.take() {
             // SAFETY: signalling the pid of the child we started.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

@@ -18,6 +18,7 @@ use crate::store::file::ensure_private_dir;
 use crate::store::StoreError;
 use crate::update;
 use std::ffi::c_int;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -301,12 +302,10 @@ fn begin(r: Request<'_>, dir: &DirConfig, runtime: &Arc<Runtime>) -> RequestStat
 /// Notes, environment and (optionally) forwarded request headers.
 fn expose(r: Request<'_>, dir: &DirConfig, session: &ActiveSession) {
     let id = session.id().text();
-    let scratch = session
-        .scratch_dir()
-        .map(|p| p.to_string_lossy().into_owned());
+    let scratch = session.scratch_dir().map(|p| p.as_os_str().as_bytes());
     let new = if session.is_new() { "1" } else { "0" };
     let notes = r.notes();
-    notes.set("rsession-id", &id);
+    notes.set("rsession-id", &*id);
     notes.set("rsession-new", new);
     match &scratch {
         Some(path) => notes.set("rsession-dir", path),
@@ -314,9 +313,9 @@ fn expose(r: Request<'_>, dir: &DirConfig, session: &ActiveSession) {
     }
     if dir.env() {
         let env = r.subprocess_env();
-        env.set("RSESSION_ID", &id);
+        env.set("RSESSION_ID", &*id);
         env.set("RSESSION_NEW", new);
-        env.set("RSESSION_DATA", &session.encoded_data());
+        env.set("RSESSION_DATA", session.encoded_data());
         match &scratch {
             Some(path) => env.set("RSESSION_DIR", path),
             None => env.unset("RSESSION_DIR"),
@@ -324,8 +323,8 @@ fn expose(r: Request<'_>, dir: &DirConfig, session: &ActiveSession) {
     }
     if dir.forward_headers() {
         let headers = r.headers_in();
-        headers.set("X-RSession-Id", &id);
-        headers.set("X-RSession-Data", &session.encoded_data());
+        headers.set("X-RSession-Id", &*id);
+        headers.set("X-RSession-Data", session.encoded_data());
         if let Some(path) = &scratch {
             headers.set("X-RSession-Dir", path);
         }
@@ -426,7 +425,7 @@ fn set_cookie(r: Request<'_>, rs: &RequestSession, change: &CookieChange) {
     out.unset("Cache-Control");
     err.set(
         "Cache-Control",
-        &private_cache_control((!joined.is_empty()).then_some(joined.as_str())),
+        private_cache_control((!joined.is_empty()).then_some(joined.as_str())),
     );
 }
 

@@ -216,9 +216,8 @@ impl<'r> Table<'r> {
         unsafe { (*sys::apr_table_elts(self.raw)).pool }
     }
 
-    /// A NUL-terminated copy of `s` in the table's pool (cut at a NUL).
-    fn copy(&self, s: &str) -> *const c_char {
-        let b = s.as_bytes();
+    /// A NUL-terminated copy of `b` in the table's pool (cut at a NUL).
+    fn copy(&self, b: &[u8]) -> *const c_char {
         let len = b.iter().position(|&c| c == 0).unwrap_or(b.len());
         // SAFETY: the pool is live and `b[..len]` is readable.
         unsafe { sys::apr_pstrmemdup(self.pool(), b.as_ptr() as *const c_char, len) }
@@ -236,15 +235,16 @@ impl<'r> Table<'r> {
     }
 
     /// Replaces every value under `key`, copying both into the table's pool.
-    pub fn set(&self, key: &str, value: &str) {
-        let (k, v) = (self.copy(key), self.copy(value));
+    /// Values are bytes: paths need no UTF-8 check to get here.
+    pub fn set(&self, key: &str, value: impl AsRef<[u8]>) {
+        let (k, v) = (self.copy(key.as_bytes()), self.copy(value.as_ref()));
         // SAFETY: live table; both strings live in its pool, as setn needs.
         unsafe { sys::apr_table_setn(self.raw, k, v) };
     }
 
     /// Adds one more value under `key`.
     pub fn add(&self, key: &str, value: &str) {
-        let (k, v) = (self.copy(key), self.copy(value));
+        let (k, v) = (self.copy(key.as_bytes()), self.copy(value.as_bytes()));
         // SAFETY: as in `set`.
         unsafe { sys::apr_table_addn(self.raw, k, v) };
     }

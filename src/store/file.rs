@@ -194,8 +194,13 @@ impl FileStore {
         self.in_shard(id, |_, p| p.push(LOCKS))
     }
 
-    fn io(&self, what: &str) -> impl FnOnce(std::io::Error) -> StoreError {
-        io_error(format!("{what} in {}", self.root.display()))
+    /// The error for a failed `what`; the message is only formatted when
+    /// it is needed (`map_err(self.io(..))` runs on every save).
+    fn io(&self, what: &'static str) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+        move |source| StoreError::Io {
+            what: format!("{what} in {}", self.root.display()),
+            source,
+        }
     }
 
     /// Writes `bytes` over the start of `file`, padding with spaces (which
@@ -324,7 +329,7 @@ impl SessionStore for FileStore {
 
     fn load(&self, id: &SessionId) -> Result<Option<Record>, StoreError> {
         match read_small(&self.record_path(id)) {
-            Ok(bytes) => super::decode_stored(Some(&bytes), id, &self.root.display()),
+            Ok(bytes) => super::decode_stored(Some(&bytes), id, || self.root.display().to_string()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.io("cannot read session record")(e)),
         }

@@ -92,13 +92,18 @@ pub trait SessionStore: Send + Sync {
 }
 
 /// Decodes stored bytes (`None`: no record), naming the session and the
-/// store in the error when they are not a record.
-pub fn decode_stored(bytes: Option<&[u8]>, id: &SessionId, store: &dyn fmt::Display) -> Loaded {
+/// store in the error when they are not a record (`store` is only called
+/// then: describing a store allocates, and this runs on every request).
+pub fn decode_stored(
+    bytes: Option<&[u8]>,
+    id: &SessionId,
+    store: impl FnOnce() -> String,
+) -> Loaded {
     match bytes {
         None => Ok(None),
         Some(b) => Record::decode(b)
             .map(Some)
-            .ok_or_else(|| StoreError::Corrupt(format!("{}... in {store}", id.short()))),
+            .ok_or_else(|| StoreError::Corrupt(format!("{}... in {}", id.short(), store()))),
     }
 }
 

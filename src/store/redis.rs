@@ -186,7 +186,7 @@ impl SessionStore for RedisStore {
     fn load(&self, id: &SessionId) -> Result<Option<Record>, StoreError> {
         let key = self.key(id);
         let bytes: Option<Vec<u8>> = self.pool.with(|c| redis::cmd("GET").arg(&key).query(c))?;
-        super::decode_stored(bytes.as_deref(), id, &self.describe())
+        super::decode_stored(bytes.as_deref(), id, || self.describe())
     }
 
     fn save(&self, id: &SessionId, record: &Record) -> Result<(), StoreError> {
@@ -255,7 +255,7 @@ impl SessionStore for RedisStore {
             key,
             token,
         });
-        let loaded = super::decode_stored(bytes.as_deref(), id, &self.describe());
+        let loaded = super::decode_stored(bytes.as_deref(), id, || self.describe());
         Ok(Some((lock, loaded)))
     }
 

@@ -14,7 +14,7 @@ DEB_PACKAGES := apache2 apache2-dev libclang-dev clang curl openssl python3 redi
 # one test says it was skipped.
 BROWSER_PACKAGES := chromium chromium-driver
 # The peers `make bench` compares against, and callgrind.
-BENCH_PACKAGES := libapache2-mod-python valgrind
+BENCH_PACKAGES := libapache2-mod-python valgrind strace gcc
 
 .PHONY: build deps bench-deps browser-deps demo test bench fuzz install clean lint
 

@@ -111,6 +111,11 @@ MaxKeepAliveRequests 0
         except OSError:
             return ""
 
+    def cpu_seconds(self):
+        """User+system CPU of every process of this server so far (its
+        process group), for CPU time per request."""
+        return process_group_cpu(self.proc.pid)
+
     def url(self, path):
         return "http://127.0.0.1:%d%s" % (self.port, path)
 
@@ -151,6 +156,28 @@ MaxKeepAliveRequests 0
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_group_cpu(pgid):
+    """CPU seconds (user+system) used so far by the live processes of a
+    process group; children that exited are not counted, which is why the
+    servers here keep their children for the whole run."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # After the command: state ppid pgrp ... utime(12) stime(13).
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / TICKS
+
+
 ROUND_ROBIN_LUA = """
 local cookies = {%s}
 local next_id = 0
@@ -177,10 +204,11 @@ def wrk(url, seconds, cookie=None, cookies=None, conns=16):
     if script:
         os.unlink(script.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
     lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
-    return {"rps": rps, "p50": lat.get("50", "?"), "p99": lat.get("99", "?"),
+    return {"rps": rps, "requests": total, "p50": lat.get("50", "?"), "p99": lat.get("99", "?"),
             "errors": int(errors.group(1)) if errors else 0,
             "socket_errors": socket_errors.group(1) if socket_errors else ""}
 
@@ -188,19 +216,26 @@ def wrk(url, seconds, cookie=None, cookies=None, conns=16):
 CEILING_URL = None
 
 
-def measure(url, args, **kw):
+def measure(url, args, cpu=None, **kw):
     """Median of args.runs wrk runs, each right after a run against the
     static-file ceiling server, so that a machine whose speed drifts over
-    minutes still yields a fair ratio (the pairs are close in time)."""
+    minutes still yields a fair ratio (the pairs are close in time).
+    `cpu` (a function returning CPU seconds of the servers involved) adds
+    the median server CPU time per request, in microseconds."""
     runs, ceilings = [], []
     for _ in range(args.runs):
         if CEILING_URL:
             ceilings.append(wrk(CEILING_URL, args.seconds)["rps"])
-        runs.append(wrk(url, args.seconds, **kw))
-    runs.sort(key=lambda r: r["rps"])
-    med = dict(runs[len(runs) // 2])
+        before = cpu() if cpu else 0
+        run = wrk(url, args.seconds, **kw)
+        if cpu:
+            run["cpu_us"] = (cpu() - before) / run["requests"] * 1e6
+        runs.append(run)
+    med = dict(sorted(runs, key=lambda r: r["rps"])[len(runs) // 2])
     med["errors"] = sum(r["errors"] for r in runs)
     med["ceiling"] = statistics.median(ceilings) if ceilings else None
+    if cpu:
+        med["cpu_us"] = statistics.median(r["cpu_us"] for r in runs)
     return med
 
 
@@ -287,14 +322,20 @@ RSessionScratchRoot {ROOT}/scratch
 </Location>
 Alias /s/ {ROOT}/htdocs/
 Alias /one/ {ROOT}/htdocs/
+Alias /p/ {ROOT}/htdocs/
 """, modules=["alias"]).start()
     try:
-        add("static file, no session, same server", measure(h.url("/index.html"), args))
+        add("static file, no session, same server", measure(h.url("/index.html"), args, cpu=h.cpu_seconds))
         cookies = h.cookies("/s/index.html", 256)
-        add("rsession file store, resumed sessions, static file", measure(h.url("/s/index.html"), args, cookies=cookies), "ceiling")
-        add("rsession file store, new session per request", measure(h.url("/s/index.html"), args), "ceiling")
+        # The resumed rows' clients send one of 256 cookies, chosen by a wrk
+        # script that costs the client CPU too: the same requests without
+        # the module are their own baseline.
+        add("static file, no session, same cookies", measure(h.url("/p/index.html"), args, cpu=h.cpu_seconds, cookies=cookies))
+        add("rsession file store, resumed sessions, static file", measure(h.url("/s/index.html"), args, cpu=h.cpu_seconds, cookies=cookies),
+            "static file, no session, same cookies")
+        add("rsession file store, new session per request", measure(h.url("/s/index.html"), args, cpu=h.cpu_seconds), "ceiling")
         one = h.cookies("/one/index.html", 1)[0]
-        add("rsession one session, 16 clients, lock on, static file", measure(h.url("/one/index.html"), args, cookie=one), "ceiling")
+        add("rsession one session, 16 clients, lock on, static file", measure(h.url("/one/index.html"), args, cpu=h.cpu_seconds, cookie=one), "ceiling")
     finally:
         h.stop()
 
@@ -312,10 +353,10 @@ RSessionScratchRoot {ROOT}/scratch
     write(h.root, "handler.lua", LUA_HANDLER)
     h.start()
     try:
-        base = measure(h.url("/lua/plain"), args)
+        base = measure(h.url("/lua/plain"), args, cpu=h.cpu_seconds)
         add("mod_lua handler, no session", base)
         cookies = h.cookies("/lua/session", 256)
-        add("rsession read+write via X-RSession, mod_lua, many sessions", measure(h.url("/lua/session"), args, cookies=cookies), "mod_lua handler, no session")
+        add("rsession read+write via X-RSession, mod_lua, many sessions", measure(h.url("/lua/session"), args, cpu=h.cpu_seconds, cookies=cookies), "mod_lua handler, no session")
     finally:
         h.stop()
 
@@ -323,7 +364,7 @@ RSessionScratchRoot {ROOT}/scratch
     if shutil.which("redis-server"):
         rport = free_port()
         redis = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             wait_for("redis", 20, lambda: _redis_ping(rport))
             h = Httpd("""
@@ -336,7 +377,9 @@ Alias /s/ {ROOT}/htdocs/
 """ % rport, modules=["alias"]).start()
             try:
                 cookies = h.cookies("/s/index.html", 256)
-                add("rsession Redis store, resumed sessions, static file", measure(h.url("/s/index.html"), args, cookies=cookies), "ceiling")
+                add("rsession Redis store, resumed sessions, static file (CPU: httpd + Redis)",
+                    measure(h.url("/s/index.html"), args, cpu=lambda: h.cpu_seconds() + process_group_cpu(redis.pid), cookies=cookies),
+                    "static file, no session, same cookies")
             finally:
                 h.stop()
         finally:
@@ -352,7 +395,7 @@ Alias /s/ {ROOT}/htdocs/
 Alias /ms/ {ROOT}/htdocs/
 """, modules=["alias", "session", "session_cookie"], rsession=False).start()
     try:
-        add("peer: mod_session_cookie, static file", measure(h.url("/ms/index.html"), args, cookie="session=user=ann&n=1"), "ceiling")
+        add("peer: mod_session_cookie, static file", measure(h.url("/ms/index.html"), args, cpu=h.cpu_seconds, cookie="session=user=ann&n=1"), "ceiling")
     finally:
         h.stop()
 
@@ -370,10 +413,10 @@ Alias /ms/ {ROOT}/htdocs/
         shutil.chown(os.path.join(h.root, "pysessions"), "www-data", "www-data")
         h.start()
         try:
-            base = measure(h.url("/py/plain"), args)
+            base = measure(h.url("/py/plain"), args, cpu=h.cpu_seconds)
             add("peer: mod_python handler, no session", base)
             cookies = h.cookies("/py/session", 256)
-            add("peer: mod_python FileSession read+write, many sessions", measure(h.url("/py/session"), args, cookies=cookies), "peer: mod_python handler, no session")
+            add("peer: mod_python FileSession read+write, many sessions", measure(h.url("/py/session"), args, cpu=h.cpu_seconds, cookies=cookies), "peer: mod_python handler, no session")
         finally:
             h.stop()
     else:
@@ -393,12 +436,12 @@ php_admin_value session.gc_probability 0
         shutil.chown(os.path.join(h.root, "phpsessions"), "www-data", "www-data")
         h.start()
         try:
-            add("peer: PHP (prefork), no session", measure(h.url("/plain.php"), args))
+            add("peer: PHP (prefork), no session", measure(h.url("/plain.php"), args, cpu=h.cpu_seconds))
             cookies = h.cookies("/session.php", 256)
-            add("peer: PHP file sessions read+write, many sessions", measure(h.url("/session.php"), args, cookies=cookies), "peer: PHP (prefork), no session")
+            add("peer: PHP file sessions read+write, many sessions", measure(h.url("/session.php"), args, cpu=h.cpu_seconds, cookies=cookies), "peer: PHP (prefork), no session")
             one = h.cookies("/session.php", 1)[0]
-            add("peer: PHP file sessions, one session, 16 clients", measure(h.url("/session.php"), args, cookie=one), "peer: PHP (prefork), no session")
-            add("peer: PHP file sessions, new session per request", measure(h.url("/session.php"), args), "peer: PHP (prefork), no session")
+            add("peer: PHP file sessions, one session, 16 clients", measure(h.url("/session.php"), args, cpu=h.cpu_seconds, cookie=one), "peer: PHP (prefork), no session")
+            add("peer: PHP file sessions, new session per request", measure(h.url("/session.php"), args, cpu=h.cpu_seconds), "peer: PHP (prefork), no session")
         finally:
             h.stop()
     else:
@@ -417,15 +460,16 @@ def _redis_ping(port):
 
 def table(rows):
     by_name = {r["name"]: r for r in rows}
-    out = ["| scenario | req/s | p50 | p99 | static req/s (paired) | vs static | vs own baseline |",
-           "|---|---:|---:|---:|---:|---:|---:|"]
+    out = ["| scenario | req/s | p50 | p99 | static req/s (paired) | vs static | vs own baseline | server CPU µs/req |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         own = ""
         if r["baseline"] and r["baseline"] != "ceiling" and r["baseline"] in by_name:
             own = "%.2f" % (r["rps"] / by_name[r["baseline"]]["rps"])
         errors = " (%d non-2xx)" % r["errors"] if r["errors"] else ""
-        out.append("| %s%s | %.0f | %s | %s | %.0f | %.2f | %s |" % (
-            r["name"], errors, r["rps"], r["p50"], r["p99"], r["ceiling"], r["rps"] / r["ceiling"], own))
+        out.append("| %s%s | %.0f | %s | %s | %.0f | %.2f | %s | %s |" % (
+            r["name"], errors, r["rps"], r["p50"], r["p99"], r["ceiling"], r["rps"] / r["ceiling"], own,
+            "%.1f" % r["cpu_us"] if "cpu_us" in r else ""))
     return "\n".join(out)
 
 
@@ -533,6 +577,147 @@ Alias /s/ {ROOT}/htdocs/
     return {kind: (counted(kind, warmup + requests) - counted(kind, warmup)) / requests for kind in ("resumed", "new")}
 
 
+SESSION_SERVER = """
+RSessionStore file:{ROOT}/store
+RSessionScratchRoot {ROOT}/scratch
+<Location /s/>
+  RSession On
+</Location>
+Alias /s/ {ROOT}/htdocs/
+"""
+
+
+def _drive(h, kind, n):
+    """n requests of one kind: 'static' (no session), 'resumed', 'new'."""
+    path = "/index.html" if kind == "static" else "/s/index.html"
+    cookie = h.cookies("/s/index.html", 1)[0] if kind == "resumed" else None
+    for _ in range(n):
+        h.get(path, cookie)
+
+
+def whole_request_instructions(requests=200, warmup=20):
+    """Instructions of the whole httpd process per request (callgrind,
+    httpd -X) for a static file without a session, resumed and new: the
+    module's share is the difference, wherever it is spent (hooks, config
+    merging, filters, APR tables, allocator). Two runs per kind, of warmup
+    and warmup+requests requests, so one-time costs cancel."""
+    if not shutil.which("valgrind"):
+        return None
+
+    def counted(kind, n):
+        h = Httpd(SESSION_SERVER, modules=["alias"])
+        # httpd -X still switches to User: callgrind writes as www-data.
+        os.mkdir(os.path.join(h.root, "cg"))
+        shutil.chown(os.path.join(h.root, "cg"), "www-data", "www-data")
+        out = os.path.join(h.root, "cg", "callgrind.out")
+        open(out, "w").close()
+        shutil.chown(out, "www-data", "www-data")
+        h.proc = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out, "apache2", "-X", "-f", h.conf],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            wait_for("httpd under valgrind", 180, lambda: _port_open(h.port))
+            _drive(h, kind, n)
+        finally:
+            h.proc.send_signal(signal.SIGTERM)
+            h.proc.wait(120)
+        with open(out) as f:
+            m = re.search(r"^(?:totals|summary):\s+(\d+)", f.read(), re.M)
+        shutil.rmtree(h.root, ignore_errors=True)
+        return int(m.group(1)) if m else 0
+
+    return {kind: (counted(kind, warmup + requests) - counted(kind, warmup)) / requests
+            for kind in ("static", "resumed", "new")}
+
+
+def syscalls_per_request(requests=100):
+    """System calls per request by name (strace -c on httpd -X, attached
+    after a warm-up), for a static file, resumed and new sessions."""
+    if not shutil.which("strace"):
+        return None
+    counts = {}
+    for kind in ("static", "resumed", "new"):
+        h = Httpd(SESSION_SERVER, modules=["alias"])
+        h.proc = subprocess.Popen(["apache2", "-X", "-f", h.conf], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, start_new_session=True)
+        out = os.path.join(h.root, "strace.txt")
+        try:
+            wait_for("httpd -X", 60, lambda: _port_open(h.port))
+            _drive(h, kind, 20)
+            tracer = subprocess.Popen(["strace", "-f", "-c", "-o", out, "-p", str(h.proc.pid)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            # strace prints "attached" lines to stderr before it traces;
+            # a few probe requests, not counted, make sure it is on.
+            time.sleep(1)
+            _drive(h, kind, requests)
+            tracer.send_signal(signal.SIGINT)
+            tracer.wait(30)
+            calls = {}
+            with open(out) as f:
+                for line in f:
+                    m = re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)$", line)
+                    if m and m.group(2) != "total":
+                        calls[m.group(2)] = int(m.group(1)) / requests
+            counts[kind] = calls
+        finally:
+            h.proc.send_signal(signal.SIGTERM)
+            h.proc.wait(60)
+            shutil.rmtree(h.root, ignore_errors=True)
+    return counts
+
+
+def store_floor(n=20000):
+    """The file store's unavoidable system calls timed alone (bench/floor.c),
+    in microseconds per resumed and per new session."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        return None
+    work = tempfile.mkdtemp(prefix="rsession-floor-", dir=BENCH_DIR)
+    try:
+        exe = os.path.join(work, "floor")
+        subprocess.run([cc, "-O2", "-o", exe, os.path.join(REPO, "bench/floor.c")], check=True)
+        os.mkdir(os.path.join(work, "d"))
+        out = subprocess.run([exe, os.path.join(work, "d"), str(n)], capture_output=True, text=True, check=True).stdout
+        return {k: float(v) for k, v in re.findall(r"(\w+)_us ([\d.]+)", out)}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def where_the_time_goes(rows, ir, calls, floor):
+    """Markdown: what a resumed and a new session add to a static request,
+    and the best ratio the store's system calls alone allow."""
+    by = {r["name"]: r for r in rows}
+    static = by.get("static file, no session, same cookies")
+    plain = by.get("static file, no session, same server")
+    resumed = by.get("rsession file store, resumed sessions, static file")
+    new = by.get("rsession file store, new session per request")
+    out = ["| per request | static file | resumed session | new session |", "|---|---:|---:|---:|"]
+    if static and resumed and new and "cpu_us" in static:
+        out.append("| server CPU, µs (wrk runs above) | %.1f | %.1f (+%.1f) | %.1f (+%.1f) |" % (
+            plain["cpu_us"], resumed["cpu_us"], resumed["cpu_us"] - static["cpu_us"],
+            new["cpu_us"], new["cpu_us"] - plain["cpu_us"]))
+    if ir:
+        out.append("| user-space instructions, whole httpd (callgrind) | %.0f | %.0f (+%.0f) | %.0f (+%.0f) |" % (
+            ir["static"], ir["resumed"], ir["resumed"] - ir["static"], ir["new"], ir["new"] - ir["static"]))
+    if calls:
+        def added(kind):
+            extra = {k: v - calls["static"].get(k, 0) for k, v in calls[kind].items()}
+            return ", ".join("%s %+.0f" % (k, v) for k, v in sorted(extra.items(), key=lambda kv: -kv[1]) if abs(v) >= 0.5) or "none"
+        out.append("| system calls (strace) | %.0f | %.0f: %s | %.0f: %s |" % (
+            sum(calls["static"].values()), sum(calls["resumed"].values()), added("resumed"),
+            sum(calls["new"].values()), added("new")))
+    if floor:
+        out.append("| the store's system calls alone, µs (bench/floor.c) | | %.1f | %.1f |" % (
+            floor["resumed"], floor["new"]))
+        if plain:
+            # Machine CPU per static request (both cores, wrk included):
+            # a request that adds `extra` µs can reach at most this ratio.
+            machine = 2e6 / plain["ceiling"]
+            out.append("| best ratio vs static if the module cost only those calls | 1.00 | %.2f | %.2f |" % (
+                machine / (machine + floor["resumed"]), machine / (machine + floor["new"])))
+    return "\n".join(out)
+
+
 def _port_open(port):
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
@@ -548,10 +733,12 @@ def main():
     p.add_argument("--sweep", type=int, default=1000000, help="expired sessions in the sweep benchmark (0: skip)")
     p.add_argument("--no-callgrind", action="store_true")
     p.add_argument("--no-scenarios", action="store_true", help="only the sweep and callgrind parts")
+    p.add_argument("--no-profile", action="store_true", help="skip where-the-time-goes (strace, floor)")
     args = p.parse_args()
     if not os.path.exists(MODULE):
         raise SystemExit("build first: make")
     started = time.time()
+    rows = []
     if not args.no_scenarios:
         print("scenarios (wrk -t2 -c16, %d x %ds each):" % (args.runs, args.seconds), file=sys.stderr)
         rows = scenario_rows(args)
@@ -569,6 +756,14 @@ def main():
             print()
             print("Instructions per request inside mod_rsession's hooks (callgrind): resumed %.0f, new %.0f."
                   % (ir["resumed"], ir["new"]))
+    if not args.no_profile:
+        print("profile (callgrind, strace, bench/floor.c) ...", file=sys.stderr, flush=True)
+        whole = None if args.no_callgrind else whole_request_instructions()
+        print()
+        print("Where the time goes (callgrind and valgrind run without the CPU's SHA instructions,"
+              " so HMAC counts higher there than it costs):")
+        print()
+        print(where_the_time_goes(rows, whole, syscalls_per_request(), store_floor()))
     print()
     print("Whole run: %.0f s." % (time.time() - started))
 

@@ -1,0 +1,95 @@
+/* The system calls the file store cannot do without, timed alone (no
+ * httpd, no Rust, one thread): what a resumed and a new session cost the
+ * kernel at the least on this machine. `make bench` compiles and runs it;
+ * bench.py sets the lower bound of the module's cost from it.
+ *
+ *   floor DIR N   (DIR: an empty directory on the store's file system)
+ *
+ * resumed: OFD write lock on a byte of the shard's lock file, open + read +
+ *          close of a 60-byte record, unlock            (what a resumed
+ *          request does with RSessionLock On)
+ * new:     exclusive create + write + futimens + close of a record, and
+ *          mkdir of the scratch directory              (a new session)
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char RECORD[] = "{\"v\":1,\"c\":1795688654,\"a\":1795688654,\"t\":1800,\"l\":0,\"d\":{}}";
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+static void die(const char *what) {
+    perror(what);
+    exit(1);
+}
+
+static void lock_byte(int fd, short type, off_t at) {
+    struct flock l = {.l_type = type, .l_whence = SEEK_SET, .l_start = at, .l_len = 1};
+    if (fcntl(fd, F_OFD_SETLK, &l) != 0) die("fcntl");
+}
+
+int main(int argc, char **argv) {
+    if (argc != 3) {
+        fprintf(stderr, "usage: floor DIR N\n");
+        return 2;
+    }
+    const char *dir = argv[1];
+    int n = atoi(argv[2]);
+    char path[4096];
+    int locks[256];
+    for (int s = 0; s < 256; s++) {
+        snprintf(path, sizeof path, "%s/store/%02x", dir, s);
+        if (s == 0) {
+            snprintf(path, sizeof path, "%s/store", dir);
+            mkdir(path, 0700);
+            snprintf(path, sizeof path, "%s/scratch", dir);
+            mkdir(path, 0700);
+            snprintf(path, sizeof path, "%s/store/%02x", dir, s);
+        }
+        if (mkdir(path, 0700) != 0 && errno != EEXIST) die("mkdir shard");
+        snprintf(path, sizeof path, "%s/store/%02x/.locks", dir, s);
+        locks[s] = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (locks[s] < 0) die("open lock file");
+    }
+    struct timespec expiry[2] = {{.tv_nsec = UTIME_OMIT}, {.tv_sec = time(NULL) + 1800}};
+    double t = now();
+    for (int i = 0; i < n; i++) {
+        int s = i % 256;
+        snprintf(path, sizeof path, "%s/store/%02x/%02x%030x", dir, s, s, i);
+        int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0) die("create record");
+        if (write(fd, RECORD, sizeof RECORD - 1) != (ssize_t)(sizeof RECORD - 1)) die("write");
+        if (futimens(fd, expiry) != 0) die("futimens");
+        close(fd);
+        snprintf(path, sizeof path, "%s/scratch/%02x%030x", dir, s, i);
+        if (mkdir(path, 0700) != 0) die("mkdir scratch");
+    }
+    double created = (now() - t) / n;
+    char buf[2048];
+    t = now();
+    for (int i = 0; i < n; i++) {
+        int s = i % 256;
+        off_t at = ((off_t)i * 2654435761u) & 0x3fffffffffffffff;
+        lock_byte(locks[s], F_WRLCK, at);
+        snprintf(path, sizeof path, "%s/store/%02x/%02x%030x", dir, s, s, i);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) die("open record");
+        if (read(fd, buf, sizeof buf) <= 0) die("read");
+        close(fd);
+        lock_byte(locks[s], F_UNLCK, at);
+    }
+    double resumed = (now() - t) / n;
+    printf("resumed_us %.2f\nnew_us %.2f\n", resumed * 1e6, created * 1e6);
+    return 0;
+}

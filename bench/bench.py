@@ -533,50 +533,6 @@ Alias /s/ {ROOT}/htdocs/
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def instructions_per_request(requests=200, warmup=20):
-    """Instructions executed inside the module's hooks per request, counted
-    by callgrind (httpd -X, one process; only rsession_fixups and
-    rsession_out_filter, inclusive), for resumed and new sessions. Two runs
-    per kind, of warmup and warmup+requests requests: the difference divided
-    by `requests` leaves out one-time costs."""
-    if not shutil.which("valgrind"):
-        return None
-
-    def counted(kind, n):
-        h = Httpd("""
-RSessionStore file:{ROOT}/store
-RSessionScratchRoot {ROOT}/scratch
-<Location /s/>
-  RSession On
-</Location>
-Alias /s/ {ROOT}/htdocs/
-""", modules=["alias"])
-        # httpd -X still switches to User: callgrind writes as www-data.
-        os.mkdir(os.path.join(h.root, "cg"))
-        shutil.chown(os.path.join(h.root, "cg"), "www-data", "www-data")
-        out = os.path.join(h.root, "cg", "callgrind.out")
-        open(out, "w").close()
-        shutil.chown(out, "www-data", "www-data")
-        h.proc = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out,
-             "--toggle-collect=rsession_fixups", "--toggle-collect=*save_at_first_output*",
-             "apache2", "-X", "-f", h.conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        try:
-            wait_for("httpd under valgrind", 180, lambda: _port_open(h.port))
-            cookie = h.cookies("/s/index.html", 1)[0] if kind == "resumed" else None
-            for _ in range(n - (1 if cookie else 0)):
-                h.get("/s/index.html", cookie)
-        finally:
-            h.proc.send_signal(signal.SIGTERM)
-            h.proc.wait(120)
-        with open(out) as f:
-            m = re.search(r"^(?:totals|summary):\s+(\d+)", f.read(), re.M)
-        shutil.rmtree(h.root, ignore_errors=True)
-        return int(m.group(1)) if m else 0
-
-    return {kind: (counted(kind, warmup + requests) - counted(kind, warmup)) / requests for kind in ("resumed", "new")}
-
-
 SESSION_SERVER = """
 RSessionStore file:{ROOT}/store
 RSessionScratchRoot {ROOT}/scratch
@@ -595,39 +551,53 @@ def _drive(h, kind, n):
         h.get(path, cookie)
 
 
-def whole_request_instructions(requests=200, warmup=20):
-    """Instructions of the whole httpd process per request (callgrind,
-    httpd -X) for a static file without a session, resumed and new: the
-    module's share is the difference, wherever it is spent (hooks, config
-    merging, filters, APR tables, allocator). Two runs per kind, of warmup
-    and warmup+requests requests, so one-time costs cancel."""
+def _callgrind_total(kind, n, collect=()):
+    """Instructions callgrind counts in `httpd -X` serving n requests of
+    `kind` (only inside the functions named in `collect`, if any)."""
+    h = Httpd(SESSION_SERVER, modules=["alias"])
+    # httpd -X still switches to User: callgrind writes as www-data.
+    os.mkdir(os.path.join(h.root, "cg"))
+    shutil.chown(os.path.join(h.root, "cg"), "www-data", "www-data")
+    out = os.path.join(h.root, "cg", "callgrind.out")
+    open(out, "w").close()
+    shutil.chown(out, "www-data", "www-data")
+    h.proc = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out]
+        + ["--toggle-collect=" + f for f in collect] + ["apache2", "-X", "-f", h.conf],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for("httpd under valgrind", 180, lambda: _port_open(h.port))
+        _drive(h, kind, n)
+    finally:
+        h.proc.send_signal(signal.SIGTERM)
+        h.proc.wait(120)
+    with open(out) as f:
+        m = re.search(r"^(?:totals|summary):\s+(\d+)", f.read(), re.M)
+    shutil.rmtree(h.root, ignore_errors=True)
+    return int(m.group(1)) if m else 0
+
+
+def _per_request(kinds, collect=(), requests=200, warmup=20):
+    """Two runs per kind, of warmup and warmup+requests requests: the
+    difference divided by `requests` leaves out one-time costs."""
     if not shutil.which("valgrind"):
         return None
+    return {kind: (_callgrind_total(kind, warmup + requests, collect) - _callgrind_total(kind, warmup, collect))
+            / requests for kind in kinds}
 
-    def counted(kind, n):
-        h = Httpd(SESSION_SERVER, modules=["alias"])
-        # httpd -X still switches to User: callgrind writes as www-data.
-        os.mkdir(os.path.join(h.root, "cg"))
-        shutil.chown(os.path.join(h.root, "cg"), "www-data", "www-data")
-        out = os.path.join(h.root, "cg", "callgrind.out")
-        open(out, "w").close()
-        shutil.chown(out, "www-data", "www-data")
-        h.proc = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out, "apache2", "-X", "-f", h.conf],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        try:
-            wait_for("httpd under valgrind", 180, lambda: _port_open(h.port))
-            _drive(h, kind, n)
-        finally:
-            h.proc.send_signal(signal.SIGTERM)
-            h.proc.wait(120)
-        with open(out) as f:
-            m = re.search(r"^(?:totals|summary):\s+(\d+)", f.read(), re.M)
-        shutil.rmtree(h.root, ignore_errors=True)
-        return int(m.group(1)) if m else 0
 
-    return {kind: (counted(kind, warmup + requests) - counted(kind, warmup)) / requests
-            for kind in ("static", "resumed", "new")}
+def instructions_per_request():
+    """Instructions executed inside the module's hooks per request
+    (rsession_fixups and the saving filter, inclusive), resumed and new."""
+    return _per_request(("resumed", "new"), ("rsession_fixups", "*save_at_first_output*"))
+
+
+def whole_request_instructions():
+    """Instructions of the whole httpd process per request for a static
+    file without a session, resumed and new: the module's share is the
+    difference, wherever it is spent (hooks, config merging, filters, APR
+    tables, allocator)."""
+    return _per_request(("static", "resumed", "new"))
 
 
 def syscalls_per_request(requests=100):

@@ -26,6 +26,10 @@ apr_status_t rsession_set(request_rec *r, const char *key, const char *value);
 apr_status_t rsession_invalidate(request_rec *r);
 apr_status_t rsession_regenerate(request_rec *r);
 
+/* Added to requests by handle: adding by name lowercases and looks the
+ * name up on every request. */
+ap_filter_rec_t *rsession_out_filter_handle;
+
 /* S V: main server or <VirtualHost>. S V D H: also <Directory>/<Location>
  * and .htaccess under AllowOverride AuthConfig. */
 #define RS_SV   RSRC_CONF
@@ -72,7 +76,8 @@ void rsession_register_hooks(apr_pool_t *p)
     /* Save and set cookies from one output filter, on normal and error responses. */
     ap_hook_insert_filter(rsession_insert_filter, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_insert_error_filter(rsession_insert_filter, NULL, NULL, APR_HOOK_MIDDLE);
-    ap_register_output_filter("RSESSION_OUT", rsession_out_filter, NULL, AP_FTYPE_CONTENT_SET);
+    rsession_out_filter_handle =
+        ap_register_output_filter("RSESSION_OUT", rsession_out_filter, NULL, AP_FTYPE_CONTENT_SET);
     ap_hook_handler(rsession_status_handler, NULL, NULL, APR_HOOK_MIDDLE);
     APR_REGISTER_OPTIONAL_FN(rsession_id);
     APR_REGISTER_OPTIONAL_FN(rsession_dir);

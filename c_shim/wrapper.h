@@ -16,3 +16,5 @@
 /* The directive table lives in shim.c (AP_INIT_* are macros). */
 extern const command_rec rsession_cmds[];
 void rsession_register_hooks(apr_pool_t *p);
+/* The saving filter, as registered in rsession_register_hooks. */
+extern ap_filter_rec_t *rsession_out_filter_handle;

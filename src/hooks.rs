@@ -340,7 +340,7 @@ pub fn insert_filter(r: Request<'_>) {
         |s| matches!(&*s.borrow(), RequestState::Active(rs) if !rs.session.is_finished()),
     );
     if pending {
-        r.add_output_filter(c"RSESSION_OUT");
+        r.add_save_filter();
     }
 }
 

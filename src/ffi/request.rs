@@ -128,12 +128,13 @@ impl<'r> Request<'r> {
         Table::new(self.rec().subprocess_env)
     }
 
-    pub fn add_output_filter(&self, name: &CStr) {
-        // SAFETY: the request and its connection are live; the filter name
-        // was registered in register_hooks.
+    /// Adds mod_rsession's saving filter (registered in shim.c).
+    pub fn add_save_filter(&self) {
+        // SAFETY: the request and its connection are live; the handle was
+        // set by register_hooks before any request and is never changed.
         unsafe {
-            sys::ap_add_output_filter(
-                name.as_ptr(),
+            sys::ap_add_output_filter_handle(
+                sys::rsession_out_filter_handle,
                 std::ptr::null_mut(),
                 self.as_ptr(),
                 self.rec().connection,

@@ -32,7 +32,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -55,11 +55,52 @@ pub struct FileStore {
     /// Open descriptions of each shard's lock file, kept between requests
     /// (an OFD lock is released with F_UNLCK, so a description can serve
     /// again): saves an open and a close per request.
-    lock_files: Arc<Vec<Mutex<Vec<File>>>>,
+    lock_files: Arc<LockFilePool>,
 }
 
-/// Idle lock-file descriptions kept per shard and process.
+/// Idle lock-file descriptions kept per shard and process...
 const IDLE_LOCK_FILES: usize = 8;
+/// ...and in all, per store and process: 256 shards times 8 would let a
+/// busy child keep 2,048 descriptors open, more than a 1,024-file limit.
+/// A child rarely holds locks in one shard at once, so about one per shard
+/// keeps nearly every lock from opening a file.
+const IDLE_LOCK_FILES_TOTAL: usize = 256;
+
+/// Idle lock-file descriptions by shard, with their total bounded.
+#[derive(Debug)]
+struct LockFilePool {
+    shards: Vec<Mutex<Vec<File>>>,
+    idle: AtomicUsize,
+}
+
+impl LockFilePool {
+    fn new() -> LockFilePool {
+        LockFilePool {
+            shards: (0..=255u8).map(|_| Mutex::new(Vec::new())).collect(),
+            idle: AtomicUsize::new(0),
+        }
+    }
+
+    fn take(&self, shard: usize) -> Option<File> {
+        let file = self.shards[shard].lock().pop()?;
+        self.idle.fetch_sub(1, Ordering::Relaxed);
+        Some(file)
+    }
+
+    /// Keeps `file` for the next holder, or closes it when the shard or
+    /// the process has enough idle ones.
+    fn give_back(&self, shard: usize, file: File) {
+        let mut idle = self.shards[shard].lock();
+        if idle.len() >= IDLE_LOCK_FILES {
+            return;
+        }
+        if self.idle.fetch_add(1, Ordering::Relaxed) >= IDLE_LOCK_FILES_TOTAL {
+            self.idle.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        idle.push(file);
+    }
+}
 
 fn io_error(what: String) -> impl FnOnce(std::io::Error) -> StoreError {
     move |source| StoreError::Io { what, source }
@@ -86,7 +127,7 @@ struct RangeLock {
     file: Option<File>,
     range: libc::flock,
     shard: usize,
-    pool: Arc<Vec<Mutex<Vec<File>>>>,
+    pool: Arc<LockFilePool>,
 }
 
 impl HeldLock for RangeLock {}
@@ -106,14 +147,6 @@ fn write_lock_at(offset: u64) -> libc::flock {
     }
 }
 
-/// Keeps an idle lock-file description for the next holder.
-fn return_to_pool(pool: &[Mutex<Vec<File>>], shard: usize, file: File) {
-    let mut idle = pool[shard].lock();
-    if idle.len() < IDLE_LOCK_FILES {
-        idle.push(file);
-    }
-}
-
 impl Drop for RangeLock {
     /// Unlocks and returns the description to the pool; if unlocking fails,
     /// closing the description releases the lock instead.
@@ -124,7 +157,7 @@ impl Drop for RangeLock {
             ..self.range
         };
         if fcntl(&file, FcntlArg::F_OFD_SETLK(&unlock)).is_ok() {
-            return_to_pool(&self.pool, self.shard, file);
+            self.pool.give_back(self.shard, file);
         }
     }
 }
@@ -153,7 +186,7 @@ impl FileStore {
         Ok(FileStore {
             root,
             can_exchange: AtomicBool::new(true),
-            lock_files: Arc::new((0..=255u8).map(|_| Mutex::new(Vec::new())).collect()),
+            lock_files: Arc::new(LockFilePool::new()),
         })
     }
 
@@ -256,8 +289,7 @@ impl FileStore {
         wait: bool,
     ) -> std::io::Result<Option<RangeLock>> {
         let shard = id.shard() as usize;
-        let pooled = self.lock_files[shard].lock().pop();
-        let file = match pooled {
+        let file = match self.lock_files.take(shard) {
             Some(f) => f,
             None => open_shared(self.lock_path(id))?,
         };
@@ -281,7 +313,7 @@ impl FileStore {
             })),
             Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EACCES) => {
                 // This description holds nothing: it can serve again.
-                return_to_pool(&self.lock_files, shard, file);
+                self.lock_files.give_back(shard, file);
                 Ok(None)
             }
             Err(e) => Err(e.into()),
@@ -651,6 +683,29 @@ mod tests {
         let id = SessionId::generate().unwrap();
         fs::write(s.record_path(&id), b"{\"torn").unwrap();
         assert!(matches!(s.load(&id), Err(StoreError::Corrupt(_))));
+    }
+
+    #[test]
+    fn idle_lock_files_stay_bounded_per_shard_and_in_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = LockFilePool::new();
+        let open = || File::open(dir.path()).unwrap();
+        for _ in 0..IDLE_LOCK_FILES + 3 {
+            pool.give_back(7, open());
+        }
+        assert_eq!(pool.shards[7].lock().len(), IDLE_LOCK_FILES);
+        for shard in 0..256 {
+            for _ in 0..IDLE_LOCK_FILES {
+                pool.give_back(shard, open());
+            }
+        }
+        let kept: usize = pool.shards.iter().map(|s| s.lock().len()).sum();
+        assert_eq!(kept, IDLE_LOCK_FILES_TOTAL);
+        assert_eq!(pool.idle.load(Ordering::Relaxed), IDLE_LOCK_FILES_TOTAL);
+        assert!(pool.take(7).is_some());
+        assert_eq!(pool.idle.load(Ordering::Relaxed), IDLE_LOCK_FILES_TOTAL - 1);
+        pool.give_back(200, open());
+        assert_eq!(pool.idle.load(Ordering::Relaxed), IDLE_LOCK_FILES_TOTAL);
     }
 
     #[test]

@@ -216,26 +216,29 @@ def wrk(url, seconds, cookie=None, cookies=None, conns=16):
 CEILING_URL = None
 
 
-def measure(url, args, cpu=None, **kw):
+def measure(url, args, cpu=None, side_cpu=None, **kw):
     """Median of args.runs wrk runs, each right after a run against the
     static-file ceiling server, so that a machine whose speed drifts over
     minutes still yields a fair ratio (the pairs are close in time).
-    `cpu` (a function returning CPU seconds of the servers involved) adds
-    the median server CPU time per request, in microseconds."""
+    `cpu` (a function returning the server's CPU seconds) adds the median
+    server CPU time per request in microseconds; `side_cpu` the same for a
+    service the server uses (Redis)."""
     runs, ceilings = [], []
     for _ in range(args.runs):
         if CEILING_URL:
             ceilings.append(wrk(CEILING_URL, args.seconds)["rps"])
-        before = cpu() if cpu else 0
+        before = [f() for f in (cpu, side_cpu) if f]
         run = wrk(url, args.seconds, **kw)
-        if cpu:
-            run["cpu_us"] = (cpu() - before) / run["requests"] * 1e6
+        after = [f() for f in (cpu, side_cpu) if f]
+        for key, b, a in zip(("cpu_us", "side_cpu_us"), before, after):
+            run[key] = (a - b) / run["requests"] * 1e6
         runs.append(run)
     med = dict(sorted(runs, key=lambda r: r["rps"])[len(runs) // 2])
     med["errors"] = sum(r["errors"] for r in runs)
     med["ceiling"] = statistics.median(ceilings) if ceilings else None
-    if cpu:
-        med["cpu_us"] = statistics.median(r["cpu_us"] for r in runs)
+    for key in ("cpu_us", "side_cpu_us"):
+        if key in runs[0]:
+            med[key] = statistics.median(r[key] for r in runs)
     return med
 
 
@@ -377,8 +380,9 @@ Alias /s/ {ROOT}/htdocs/
 """ % rport, modules=["alias"]).start()
             try:
                 cookies = h.cookies("/s/index.html", 256)
-                add("rsession Redis store, resumed sessions, static file (CPU: httpd + Redis)",
-                    measure(h.url("/s/index.html"), args, cpu=lambda: h.cpu_seconds() + process_group_cpu(redis.pid), cookies=cookies),
+                add("rsession Redis store, resumed sessions, static file",
+                    measure(h.url("/s/index.html"), args, cpu=h.cpu_seconds,
+                            side_cpu=lambda: process_group_cpu(redis.pid), cookies=cookies),
                     "static file, no session, same cookies")
             finally:
                 h.stop()
@@ -458,6 +462,14 @@ def _redis_ping(port):
         return False
 
 
+def cpu_cell(r):
+    if "cpu_us" not in r:
+        return ""
+    if "side_cpu_us" in r:
+        return "%.1f + Redis %.1f" % (r["cpu_us"], r["side_cpu_us"])
+    return "%.1f" % r["cpu_us"]
+
+
 def table(rows):
     by_name = {r["name"]: r for r in rows}
     out = ["| scenario | req/s | p50 | p99 | static req/s (paired) | vs static | vs own baseline | server CPU µs/req |",
@@ -469,7 +481,7 @@ def table(rows):
         errors = " (%d non-2xx)" % r["errors"] if r["errors"] else ""
         out.append("| %s%s | %.0f | %s | %s | %.0f | %.2f | %s | %s |" % (
             r["name"], errors, r["rps"], r["p50"], r["p99"], r["ceiling"], r["rps"] / r["ceiling"], own,
-            "%.1f" % r["cpu_us"] if "cpu_us" in r else ""))
+            cpu_cell(r)))
     return "\n".join(out)
 
 
@@ -654,37 +666,63 @@ def store_floor(n=20000):
 
 
 def where_the_time_goes(rows, ir, calls, floor):
-    """Markdown: what a resumed and a new session add to a static request,
-    and the best ratio the store's system calls alone allow."""
+    """Markdown: what each kind of session request adds to the request
+    without a session, and the best ratio that the unavoidable part alone
+    allows (the store's system calls; for Redis, Redis's own CPU)."""
     by = {r["name"]: r for r in rows}
-    static = by.get("static file, no session, same cookies")
     plain = by.get("static file, no session, same server")
-    resumed = by.get("rsession file store, resumed sessions, static file")
-    new = by.get("rsession file store, new session per request")
-    out = ["| per request | static file | resumed session | new session |", "|---|---:|---:|---:|"]
-    if static and resumed and new and "cpu_us" in static:
-        out.append("| server CPU, µs (wrk runs above) | %.1f | %.1f (+%.1f) | %.1f (+%.1f) |" % (
-            plain["cpu_us"], resumed["cpu_us"], resumed["cpu_us"] - static["cpu_us"],
-            new["cpu_us"], new["cpu_us"] - plain["cpu_us"]))
+    same = by.get("static file, no session, same cookies")
+    lua = by.get("mod_lua handler, no session")
+    cols = [  # (heading, the row, its baseline row, kind for ir/calls/floor)
+        ("resumed", by.get("rsession file store, resumed sessions, static file"), same, "resumed"),
+        ("new", by.get("rsession file store, new session per request"), plain, "new"),
+        ("read+write (mod_lua)", by.get("rsession read+write via X-RSession, mod_lua, many sessions"), lua, "write"),
+        ("Redis resumed", by.get("rsession Redis store, resumed sessions, static file"), same, "redis"),
+    ]
+    out = ["| per request | static file | " + " | ".join(c[0] for c in cols) + " |",
+           "|---|---:|" + "---:|" * len(cols)]
+
+    def row(label, first, cell):
+        out.append("| %s | %s | %s |" % (label, first, " | ".join(cell(*c) for c in cols)))
+
+    if plain and "cpu_us" in plain:
+        def cpu(_, r, base, kind):
+            if not (r and base and "cpu_us" in r):
+                return ""
+            total = r["cpu_us"] + r.get("side_cpu_us", 0)
+            return "%.1f (+%.1f)" % (total, total - base["cpu_us"])
+        row("server CPU, µs (wrk runs above; Redis included)", "%.1f" % plain["cpu_us"], cpu)
     if ir:
-        out.append("| user-space instructions, whole httpd (callgrind) | %.0f | %.0f (+%.0f) | %.0f (+%.0f) |" % (
-            ir["static"], ir["resumed"], ir["resumed"] - ir["static"], ir["new"], ir["new"] - ir["static"]))
+        row("user-space instructions, whole httpd (callgrind)", "%.0f" % ir["static"],
+            lambda _, r, b, kind: "%.0f (+%.0f)" % (ir[kind], ir[kind] - ir["static"]) if kind in ir else "")
     if calls:
-        def added(kind):
+        def added(_, r, b, kind):
+            if kind not in calls:
+                return ""
             extra = {k: v - calls["static"].get(k, 0) for k, v in calls[kind].items()}
-            return ", ".join("%s %+.0f" % (k, v) for k, v in sorted(extra.items(), key=lambda kv: -kv[1]) if abs(v) >= 0.5) or "none"
-        out.append("| system calls (strace) | %.0f | %.0f: %s | %.0f: %s |" % (
-            sum(calls["static"].values()), sum(calls["resumed"].values()), added("resumed"),
-            sum(calls["new"].values()), added("new")))
+            named = ", ".join("%s %+.0f" % (k, v) for k, v in sorted(extra.items(), key=lambda kv: -kv[1]) if abs(v) >= 0.5)
+            return "%.0f: %s" % (sum(calls[kind].values()), named or "none")
+        row("system calls (strace)", "%.0f" % sum(calls["static"].values()), added)
+    unavoidable = {}
     if floor:
-        out.append("| the store's system calls alone, µs (bench/floor.c) | | %.1f | %.1f |" % (
-            floor["resumed"], floor["new"]))
-        if plain:
-            # Machine CPU per static request (both cores, wrk included):
-            # a request that adds `extra` µs can reach at most this ratio.
-            machine = 2e6 / plain["ceiling"]
-            out.append("| best ratio vs static if the module cost only those calls | 1.00 | %.2f | %.2f |" % (
-                machine / (machine + floor["resumed"]), machine / (machine + floor["new"])))
+        unavoidable.update({k: floor[k] for k in ("resumed", "new", "write") if k in floor})
+    redis_row = cols[3][1]
+    if redis_row and "side_cpu_us" in redis_row:
+        unavoidable["redis"] = redis_row["side_cpu_us"]
+    if unavoidable:
+        row("unavoidable, µs: the store's system calls alone (bench/floor.c); Redis's own CPU", "",
+            lambda _, r, b, kind: "%.1f" % unavoidable[kind] if kind in unavoidable else "")
+    if unavoidable and plain and lua:
+        # Machine CPU per request without a session (both cores, wrk
+        # included): adding `extra` µs allows at most this ratio to static.
+        machine_static = 2e6 / plain["rps"]
+
+        def best(_, r, b, kind):
+            if kind not in unavoidable:
+                return ""
+            machine = 2e6 / lua["rps"] if kind == "write" else machine_static
+            return "%.2f" % (machine_static / (machine + unavoidable[kind]))
+        row("best ratio vs static if the module cost only that", "1.00", best)
     return "\n".join(out)
 
 

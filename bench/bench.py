@@ -545,20 +545,42 @@ Alias /s/ {ROOT}/htdocs/
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-SESSION_SERVER = """
+PROFILE_SERVER = """
 RSessionStore file:{ROOT}/store
 RSessionScratchRoot {ROOT}/scratch
 <Location /s/>
   RSession On
 </Location>
 Alias /s/ {ROOT}/htdocs/
+LuaScope thread
+LuaMapHandler ^/lua/plain$ {ROOT}/handler.lua handle
+LuaMapHandler ^/lua/session$ {ROOT}/handler.lua handle
+<Location /lua/session>
+  RSession On
+</Location>
 """
+
+# What each kind of profiled request asks for, and with which cookie:
+# 'static' and 'lua' are the baselines of the others.
+PROFILE_KINDS = {
+    "static": ("/index.html", None),
+    "resumed": ("/s/index.html", "/s/index.html"),
+    "new": ("/s/index.html", None),
+    "lua": ("/lua/plain", None),
+    "write": ("/lua/session", "/lua/session"),
+}
+
+
+def _profile_server():
+    h = Httpd(PROFILE_SERVER, modules=["alias", "lua"])
+    write(h.root, "handler.lua", LUA_HANDLER)
+    return h
 
 
 def _drive(h, kind, n):
-    """n requests of one kind: 'static' (no session), 'resumed', 'new'."""
-    path = "/index.html" if kind == "static" else "/s/index.html"
-    cookie = h.cookies("/s/index.html", 1)[0] if kind == "resumed" else None
+    """n requests of one of PROFILE_KINDS."""
+    path, session_path = PROFILE_KINDS[kind]
+    cookie = h.cookies(session_path, 1)[0] if session_path else None
     for _ in range(n):
         h.get(path, cookie)
 
@@ -566,7 +588,7 @@ def _drive(h, kind, n):
 def _callgrind_total(kind, n, collect=()):
     """Instructions callgrind counts in `httpd -X` serving n requests of
     `kind` (only inside the functions named in `collect`, if any)."""
-    h = Httpd(SESSION_SERVER, modules=["alias"])
+    h = _profile_server()
     # httpd -X still switches to User: callgrind writes as www-data.
     os.mkdir(os.path.join(h.root, "cg"))
     shutil.chown(os.path.join(h.root, "cg"), "www-data", "www-data")
@@ -609,17 +631,17 @@ def whole_request_instructions():
     file without a session, resumed and new: the module's share is the
     difference, wherever it is spent (hooks, config merging, filters, APR
     tables, allocator)."""
-    return _per_request(("static", "resumed", "new"))
+    return _per_request(tuple(PROFILE_KINDS))
 
 
 def syscalls_per_request(requests=100):
     """System calls per request by name (strace -c on httpd -X, attached
-    after a warm-up), for a static file, resumed and new sessions."""
+    after a warm-up), for each of PROFILE_KINDS."""
     if not shutil.which("strace"):
         return None
     counts = {}
-    for kind in ("static", "resumed", "new"):
-        h = Httpd(SESSION_SERVER, modules=["alias"])
+    for kind in PROFILE_KINDS:
+        h = _profile_server()
         h.proc = subprocess.Popen(["apache2", "-X", "-f", h.conf], stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL, start_new_session=True)
         out = os.path.join(h.root, "strace.txt")
@@ -666,27 +688,29 @@ def store_floor(n=20000):
 
 
 def where_the_time_goes(rows, ir, calls, floor):
-    """Markdown: what each kind of session request adds to the request
-    without a session, and the best ratio that the unavoidable part alone
-    allows (the store's system calls; for Redis, Redis's own CPU)."""
+    """Markdown: what each kind of session request adds to the same request
+    without a session, and the best ratio to static that the unavoidable
+    part alone allows (the store's system calls; for Redis, Redis's CPU)."""
     by = {r["name"]: r for r in rows}
     plain = by.get("static file, no session, same server")
     same = by.get("static file, no session, same cookies")
     lua = by.get("mod_lua handler, no session")
-    cols = [  # (heading, the row, its baseline row, kind for ir/calls/floor)
-        ("resumed", by.get("rsession file store, resumed sessions, static file"), same, "resumed"),
-        ("new", by.get("rsession file store, new session per request"), plain, "new"),
-        ("read+write (mod_lua)", by.get("rsession read+write via X-RSession, mod_lua, many sessions"), lua, "write"),
-        ("Redis resumed", by.get("rsession Redis store, resumed sessions, static file"), same, "redis"),
+    redis_row = by.get("rsession Redis store, resumed sessions, static file")
+    # (heading, the row, its baseline row, its profile kind, the baseline's)
+    cols = [
+        ("resumed", by.get("rsession file store, resumed sessions, static file"), same, "resumed", "static"),
+        ("new", by.get("rsession file store, new session per request"), plain, "new", "static"),
+        ("read+write (mod_lua)", by.get("rsession read+write via X-RSession, mod_lua, many sessions"), lua, "write", "lua"),
+        ("Redis resumed", redis_row, same, "redis", None),
     ]
-    out = ["| per request | static file | " + " | ".join(c[0] for c in cols) + " |",
-           "|---|---:|" + "---:|" * len(cols)]
+    out = ["| per request, added to the same request without a session | static file | "
+           + " | ".join(c[0] for c in cols) + " |", "|---|---:|" + "---:|" * len(cols)]
 
     def row(label, first, cell):
-        out.append("| %s | %s | %s |" % (label, first, " | ".join(cell(*c) for c in cols)))
+        out.append("| %s | %s | %s |" % (label, first, " | ".join(cell(*c[1:]) for c in cols)))
 
     if plain and "cpu_us" in plain:
-        def cpu(_, r, base, kind):
+        def cpu(r, base, kind, base_kind):
             if not (r and base and "cpu_us" in r):
                 return ""
             total = r["cpu_us"] + r.get("side_cpu_us", 0)
@@ -694,35 +718,32 @@ def where_the_time_goes(rows, ir, calls, floor):
         row("server CPU, µs (wrk runs above; Redis included)", "%.1f" % plain["cpu_us"], cpu)
     if ir:
         row("user-space instructions, whole httpd (callgrind)", "%.0f" % ir["static"],
-            lambda _, r, b, kind: "%.0f (+%.0f)" % (ir[kind], ir[kind] - ir["static"]) if kind in ir else "")
+            lambda r, b, kind, bk: "%.0f (+%.0f)" % (ir[kind], ir[kind] - ir[bk]) if kind in ir else "")
     if calls:
-        def added(_, r, b, kind):
+        def added(r, b, kind, bk):
             if kind not in calls:
                 return ""
-            extra = {k: v - calls["static"].get(k, 0) for k, v in calls[kind].items()}
+            extra = {k: v - calls[bk].get(k, 0) for k, v in calls[kind].items()}
             named = ", ".join("%s %+.0f" % (k, v) for k, v in sorted(extra.items(), key=lambda kv: -kv[1]) if abs(v) >= 0.5)
             return "%.0f: %s" % (sum(calls[kind].values()), named or "none")
         row("system calls (strace)", "%.0f" % sum(calls["static"].values()), added)
-    unavoidable = {}
-    if floor:
-        unavoidable.update({k: floor[k] for k in ("resumed", "new", "write") if k in floor})
-    redis_row = cols[3][1]
+    unavoidable = dict(floor or {})
     if redis_row and "side_cpu_us" in redis_row:
         unavoidable["redis"] = redis_row["side_cpu_us"]
     if unavoidable:
         row("unavoidable, µs: the store's system calls alone (bench/floor.c); Redis's own CPU", "",
-            lambda _, r, b, kind: "%.1f" % unavoidable[kind] if kind in unavoidable else "")
-    if unavoidable and plain and lua:
-        # Machine CPU per request without a session (both cores, wrk
-        # included): adding `extra` µs allows at most this ratio to static.
-        machine_static = 2e6 / plain["rps"]
+            lambda r, b, kind, bk: "%.1f" % unavoidable[kind] if kind in unavoidable else "")
 
-        def best(_, r, b, kind):
-            if kind not in unavoidable:
+        def best(r, base, kind, bk):
+            if kind not in unavoidable or not base or not base.get("ceiling"):
                 return ""
-            machine = 2e6 / lua["rps"] if kind == "write" else machine_static
-            return "%.2f" % (machine_static / (machine + unavoidable[kind]))
-        row("best ratio vs static if the module cost only that", "1.00", best)
+            # The baseline's own ratio to static (1 for the static file
+            # itself) times what adding the unavoidable µs to the machine's
+            # CPU per baseline request (both cores, wrk included) leaves.
+            ratio = 1.0 if base is plain else base["rps"] / base["ceiling"]
+            machine = 2e6 / (base["ceiling"] * ratio)
+            return "%.2f" % (ratio * machine / (machine + unavoidable[kind]))
+        row("best ratio to static if the module cost only that", "1.00", best)
     return "\n".join(out)
 
 

@@ -8,6 +8,7 @@
 #include "http_protocol.h"
 #include "http_request.h"
 #include "util_filter.h"
+#include "mpm_common.h"
 #include "mod_rsession.h"
 
 /* Rust entry points (src/ffi/entry.rs). */
@@ -15,6 +16,7 @@ const char *rsession_cmd_take1(cmd_parms *cmd, void *dirconf, const char *arg);
 const char *rsession_cmd_secret(cmd_parms *cmd, void *dirconf, const char *arg);
 int rsession_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *s);
 void rsession_child_init(apr_pool_t *pchild, server_rec *s);
+void rsession_child_stopping(apr_pool_t *pchild, int graceful);
 int rsession_fixups(request_rec *r);
 void rsession_insert_filter(request_rec *r);
 apr_status_t rsession_out_filter(ap_filter_t *f, apr_bucket_brigade *bb);
@@ -71,6 +73,11 @@ void rsession_register_hooks(apr_pool_t *p)
     ap_hook_post_config(rsession_post_config, NULL, NULL, APR_HOOK_MIDDLE);
     /* The sweeper thread starts in each child, never in the parent. */
     ap_hook_child_init(rsession_child_init, NULL, NULL, APR_HOOK_MIDDLE);
+#if AP_MODULE_MAGIC_AT_LEAST(20120211, 110)
+    /* Older servers lack the hook: lock waits then run to their timeout
+     * when a child is stopped. */
+    ap_hook_child_stopping(rsession_child_stopping, NULL, NULL, APR_HOOK_MIDDLE);
+#endif
     /* Before mod_headers (LAST), so RequestHeader expressions see our notes. */
     ap_hook_fixups(rsession_fixups, NULL, NULL, APR_HOOK_MIDDLE);
     /* Save and set cookies from one output filter, on normal and error responses. */

@@ -126,8 +126,6 @@ pub fn post_config(
 /// Starts this child's sweeper (stopped and joined when the child's pool
 /// goes), for every distinct store of every server.
 pub fn child_init(pchild: Pool<'_>, main: Server<'_>) {
-    // A child that is shutting down lets its lock waits end at once.
-    let _ = crate::lock::STOPPING.set(crate::ffi::server::process_stopping);
     let Some(main_rt) = main.state().runtime.get() else {
         return;
     };
@@ -168,6 +166,23 @@ pub fn child_init(pchild: Pool<'_>, main: Server<'_>) {
             Level::Err,
             "RS0043 cannot start the session sweeper: {e}"
         ),
+    }
+}
+
+/// The MPM is stopping this child. Ungracefully (stop, full restart), its
+/// workers must end soon: lock waits end at once with 503. Gracefully, it
+/// serves the requests it has, and those may wait for their lock as usual.
+pub fn child_stopping(main: Option<Server<'_>>, graceful: bool) {
+    if !graceful {
+        crate::lock::abandon_waits();
+    }
+    if let Some(main) = main {
+        let what = if graceful {
+            "child stopping gracefully: its requests may still wait for session locks"
+        } else {
+            "child stopping: requests waiting for a session lock end with 503"
+        };
+        slog!(main, Level::Debug, "{what}");
     }
 }
 

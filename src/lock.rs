@@ -7,18 +7,26 @@ use crate::id::SessionId;
 use crate::store::{HeldLock, Loaded, SessionStore, StoreError};
 use parking_lot::{Mutex, RawMutex};
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 type Gate = Arc<Mutex<()>>;
 type GateGuard = parking_lot::lock_api::ArcMutexGuard<RawMutex, ()>;
 
-/// Tells a waiting request that its process is shutting down (the host
-/// sets it in each child); waits then end at once with `Timeout`.
-pub static STOPPING: OnceLock<fn() -> bool> = OnceLock::new();
+/// Set when this process is being stopped ungracefully: requests waiting
+/// for a lock then give up at once (`Timeout`) instead of holding the worker
+/// the server waits for. A graceful stop or restart lets them wait on: the
+/// server finishes the requests it has.
+static ABANDON_WAITS: AtomicBool = AtomicBool::new(false);
+
+/// Ends every lock wait of this process, now and from now on.
+pub fn abandon_waits() {
+    ABANDON_WAITS.store(true, Ordering::SeqCst);
+}
 
 fn stopping() -> bool {
-    STOPPING.get().is_some_and(|f| f())
+    ABANDON_WAITS.load(Ordering::Relaxed)
 }
 
 /// Waits are sliced so that a shutting-down process notices within this.

@@ -8,6 +8,8 @@ mod harness;
 use harness::http::{get, get_with_cookie, Response};
 use harness::scripts::{Backend, COUNTER_CGI, ENV_CGI, HOLD_CGI};
 use harness::{wait_for, Httpd, Mpm, Options};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -161,6 +163,69 @@ fn killing_the_child_that_holds_a_lock_frees_it_at_once() {
     });
     assert_eq!(data(&h, &a), "n=1");
     // The killed child is reported by httpd itself; that is this test's doing.
+}
+
+#[test]
+fn a_graceful_restart_lets_requests_waiting_for_a_lock_finish() {
+    // Children of the old generation finish the requests they have; one
+    // that waits for its session's lock must wait on, not answer 503.
+    let mut h = server(
+        Mpm::Event,
+        "<Location /cgi-bin/>\n  RSessionLockTimeout 30\n</Location>",
+    );
+    let (a, first) = new_session(&h);
+    let a_dir = first.env("RSESSION_DIR").unwrap();
+    let hold_url = h.url("/cgi-bin/hold.cgi");
+    std::thread::scope(|s| {
+        let holder = s.spawn(|| get_with_cookie(&hold_url, &a));
+        wait_for("the holder to start", Duration::from_secs(10), || {
+            Path::new(&a_dir).join("holder.pid").exists().then_some(())
+        });
+        let mut waiter = TcpStream::connect(("127.0.0.1", h.port)).unwrap();
+        write!(
+            waiter,
+            "GET /cgi-bin/counter.cgi HTTP/1.1\r\nHost: localhost\r\nCookie: {a}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let client_port = waiter.local_addr().unwrap().port();
+        wait_for(
+            "a child of this generation to read the request",
+            Duration::from_secs(10),
+            || h.has_read_request_from(client_port).then_some(()),
+        );
+        let old_children = h.worker_children();
+        h.graceful();
+        // Release the holder only once every old child knows it is stopping.
+        wait_for(
+            "the old children to stop gracefully",
+            Duration::from_secs(10),
+            || {
+                let log = h.error_log();
+                old_children
+                    .iter()
+                    .all(|pid| {
+                        log.lines().any(|l| {
+                            l.contains(&format!("[pid {pid}:"))
+                                && l.contains("child stopping gracefully")
+                        })
+                    })
+                    .then_some(())
+            },
+        );
+        std::fs::write(Path::new(&a_dir).join("release"), "").unwrap();
+        let mut response = String::new();
+        waiter.read_to_string(&mut response).unwrap();
+        assert!(
+            response.starts_with("HTTP/1.1 200"),
+            "the waiter is served once the holder is done: {response}"
+        );
+        assert_eq!(holder.join().unwrap().status, 200);
+    });
+    let saved = data(&h, &a);
+    assert!(
+        saved.contains("held=done") && saved.contains("n=1"),
+        "both requests' updates were saved: {saved}"
+    );
 }
 
 #[test]

@@ -10,7 +10,7 @@ use super::server::{Server, ServerState};
 use super::sys;
 use crate::config::DirConfig;
 use crate::hooks;
-use std::ffi::{c_char, c_int, c_void};
+use std::ffi::{c_char, c_int, c_void, CStr};
 
 const HTTP_500: c_int = sys::HTTP_INTERNAL_SERVER_ERROR as c_int;
 
@@ -179,9 +179,23 @@ pub extern "C" fn rsession_child_init(pchild: *mut sys::apr_pool_t, s: *mut sys:
     }) else {
         return;
     };
+    // For child_stopping, which gets only the pool.
+    pool.set_userdata(MAIN_SERVER_KEY, s as *mut c_void);
     if let Err(panic) = guard::run(|| hooks::child_init(pool, server)) {
         server_panic(s, "child_init", panic);
     }
+}
+
+const MAIN_SERVER_KEY: &CStr = c"rsession:main-server";
+
+/// child_stopping hook (httpd 2.4.49 and later).
+#[no_mangle]
+pub extern "C" fn rsession_child_stopping(pchild: *mut sys::apr_pool_t, graceful: c_int) {
+    // SAFETY: httpd passes the child's pool, where child_init left the main
+    // server_rec (of this generation, alive until the child exits).
+    let main = unsafe { Pool::from_raw(pchild) }
+        .and_then(|pool| unsafe { Server::from_raw(pool.userdata(MAIN_SERVER_KEY) as *mut _) });
+    let _ = guard::run(|| hooks::child_stopping(main, graceful != 0));
 }
 
 // ---- requests ------------------------------------------------------------

@@ -128,14 +128,3 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
-
-/// True once this process is shutting down (graceful or not): requests
-/// still waiting for a session lock should give up rather than hold the
-/// worker the MPM is waiting for.
-pub fn process_stopping() -> bool {
-    let mut state: std::os::raw::c_int = 0;
-    // SAFETY: ap_mpm_query only writes the int we pass; valid in children
-    // after register_hooks.
-    let rc = unsafe { sys::ap_mpm_query(sys::AP_MPMQ_MPM_STATE as i32, &mut state) };
-    rc == sys::STATUS_SUCCESS && state == sys::AP_MPMQ_STOPPING as i32
-}

@@ -71,6 +71,42 @@ fn proc_stat_field(pid: i32, n: usize) -> Option<i64> {
         .ok()
 }
 
+const TCP_ESTABLISHED: &str = "01";
+const TCP_CLOSE_WAIT: &str = "08";
+
+/// One row of /proc/net/tcp or tcp6.
+struct TcpSocket {
+    local_port: u16,
+    remote_port: u16,
+    state: String,
+    receive_queue: u64,
+}
+
+/// This machine's TCP sockets, from /proc/net/tcp and /proc/net/tcp6.
+fn tcp_sockets() -> Vec<TcpSocket> {
+    let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .flat_map(|table| {
+            fs::read_to_string(table)
+                .unwrap_or_default()
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    let queues = f.get(4)?.split_once(':')?;
+                    Some(TcpSocket {
+                        local_port: port(f.get(1)?)?,
+                        remote_port: port(f.get(2)?)?,
+                        state: f.get(3)?.to_string(),
+                        receive_queue: u64::from_str_radix(queues.1, 16).ok()?,
+                    })
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// The session id in a `NAME=ID.MAC` cookie pair.
 pub fn id_of(cookie_pair: &str) -> String {
     let value = cookie_pair.split_once('=').expect("NAME=VALUE").1;
@@ -311,22 +347,37 @@ impl Httpd {
     /// test's client does when it ends. Wait (bounded) until no connection
     /// to this server is half-closed by the client (CLOSE_WAIT).
     fn wait_connections_settled(&self) {
-        let port = format!(":{:04X} ", self.port);
         let half_closed = || {
-            ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
-                fs::read_to_string(table)
-                    .unwrap_or_default()
-                    .lines()
-                    .any(|l| {
-                        let f: Vec<&str> = l.split_whitespace().collect();
-                        f.len() > 3 && format!("{} ", f[1]).ends_with(&port) && f[3] == "08"
-                    })
-            })
+            tcp_sockets()
+                .iter()
+                .any(|t| t.local_port == self.port && t.state == TCP_CLOSE_WAIT)
         };
         let end = Instant::now() + Duration::from_secs(2);
         while half_closed() && Instant::now() < end {
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// The MPM's children (a threaded MPM's have many threads; the cgid
+    /// daemon has one), once none is still starting.
+    pub fn worker_children(&self) -> Vec<i32> {
+        self.wait_children_started();
+        children_of(self.pid())
+            .into_iter()
+            .filter(|&c| proc_stat_field(c, 17).unwrap_or(0) > 1)
+            .collect()
+    }
+
+    /// Whether the server has read everything the client at `client_port`
+    /// sent (its end of the connection has nothing left to receive): the
+    /// request is in a child's hands.
+    pub fn has_read_request_from(&self, client_port: u16) -> bool {
+        tcp_sockets().iter().any(|t| {
+            t.local_port == self.port
+                && t.remote_port == client_port
+                && t.state == TCP_ESTABLISHED
+                && t.receive_queue == 0
+        })
     }
 
     /// httpd 2.4.71's event and worker MPMs crash a child (SIGSEGV in

@@ -44,6 +44,23 @@ static void lock_byte(int fd, short type, off_t at) {
     if (fcntl(fd, F_OFD_SETLK, &l) != 0) die("fcntl");
 }
 
+/* The lock-byte offset of session i (any spread of offsets will do). */
+static off_t offset_of(int i) {
+    return ((off_t)i * 2654435761u) & 0x3fffffffffffffff;
+}
+
+/* A resumed request's share: lock session i, read its record (whose path is
+ * left in `path`), keep the lock. */
+static void lock_and_read(int lockfd, const char *dir, int i, char *path, size_t size) {
+    char buf[2048];
+    lock_byte(lockfd, F_WRLCK, offset_of(i));
+    snprintf(path, size, "%s/store/%02x/%02x%030x", dir, i % 256, i % 256, i);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) die("open record");
+    if (read(fd, buf, sizeof buf) <= 0) die("read");
+    close(fd);
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) {
         fprintf(stderr, "usage: floor DIR N\n");
@@ -81,18 +98,10 @@ int main(int argc, char **argv) {
         if (mkdir(path, 0700) != 0) die("mkdir scratch");
     }
     double created = (now() - t) / n;
-    char buf[2048];
     t = now();
     for (int i = 0; i < n; i++) {
-        int s = i % 256;
-        off_t at = ((off_t)i * 2654435761u) & 0x3fffffffffffffff;
-        lock_byte(locks[s], F_WRLCK, at);
-        snprintf(path, sizeof path, "%s/store/%02x/%02x%030x", dir, s, s, i);
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0) die("open record");
-        if (read(fd, buf, sizeof buf) <= 0) die("read");
-        close(fd);
-        lock_byte(locks[s], F_UNLCK, at);
+        lock_and_read(locks[i % 256], dir, i, path, sizeof path);
+        lock_byte(locks[i % 256], F_UNLCK, offset_of(i));
     }
     double resumed = (now() - t) / n;
     char spare[sizeof path + 8];
@@ -103,16 +112,11 @@ int main(int argc, char **argv) {
         t = now();
         for (int i = 0; i < n; i++) {
             int s = i % 256;
-            off_t at = ((off_t)i * 2654435761u) & 0x3fffffffffffffff;
-            lock_byte(locks[s], F_WRLCK, at);
-            snprintf(path, sizeof path, "%s/store/%02x/%02x%030x", dir, s, s, i);
-            int fd = open(path, O_RDONLY | O_CLOEXEC);
-            if (fd < 0) die("open record");
-            if (read(fd, buf, sizeof buf) <= 0) die("read");
-            close(fd);
+            off_t at = offset_of(i);
+            lock_and_read(locks[s], dir, i, path, sizeof path);
             lock_byte(locks[s], F_WRLCK, at | (1LL << 62));
             snprintf(spare, sizeof spare, "%s.spare", path);
-            fd = open(spare, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+            int fd = open(spare, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
             if (fd < 0) die("open spare");
             if (fstat(fd, &st) != 0) die("fstat");
             if (pwrite(fd, RECORD, sizeof RECORD - 1, 0) != (ssize_t)(sizeof RECORD - 1)) die("pwrite");

@@ -742,7 +742,8 @@ def where_the_time_goes(rows, ir, calls, floor):
             # of the baseline's rate. Compared with "vs own baseline" above.
             machine = 2e6 / base["rps"]
             return "%.2f" % (machine / (machine + unavoidable[kind]))
-        row("best ratio to its own baseline if the module cost only that", "", best)
+        if rows:
+            row("best ratio to its own baseline if the module cost only that", "", best)
     return "\n".join(out)
 
 

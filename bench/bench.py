@@ -724,7 +724,7 @@ def where_the_time_goes(rows, ir, calls, floor):
             if kind not in calls:
                 return ""
             extra = {k: v - calls[bk].get(k, 0) for k, v in calls[kind].items()}
-            named = ", ".join("%s %+.0f" % (k, v) for k, v in sorted(extra.items(), key=lambda kv: -kv[1]) if abs(v) >= 0.5)
+            named = ", ".join("%s %+.0f" % (k, v) for k, v in sorted(extra.items(), key=lambda kv: -kv[1]) if round(v) != 0)
             return "%.0f: %s" % (sum(calls[kind].values()), named or "none")
         row("system calls (strace)", "%.0f" % sum(calls["static"].values()), added)
     unavoidable = dict(floor or {})

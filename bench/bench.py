@@ -312,6 +312,13 @@ def _scenario_rows(args, rows):
             name, result["rps"], result["p50"], result["p99"],
             "  (%d errors)" % result["errors"] if result["errors"] else ""), file=sys.stderr, flush=True)
 
+    def handler_rows(h, plain_path, session_path, base_name, name):
+        """A handler without a session (its own baseline), then the same
+        handler changing one of 256 sessions on every request."""
+        add(base_name, measure(h.url(plain_path), args, cpu=h.cpu_seconds))
+        cookies = h.cookies(session_path, 256)
+        add(name, measure(h.url(session_path), args, cpu=h.cpu_seconds, cookies=cookies), base_name)
+
     # 1. The ceiling, and mod_rsession on the same static file.
     h = Httpd("""
 RSessionStore file:{ROOT}/store
@@ -356,10 +363,8 @@ RSessionScratchRoot {ROOT}/scratch
     write(h.root, "handler.lua", LUA_HANDLER)
     h.start()
     try:
-        base = measure(h.url("/lua/plain"), args, cpu=h.cpu_seconds)
-        add("mod_lua handler, no session", base)
-        cookies = h.cookies("/lua/session", 256)
-        add("rsession read+write via X-RSession, mod_lua, many sessions", measure(h.url("/lua/session"), args, cpu=h.cpu_seconds, cookies=cookies), "mod_lua handler, no session")
+        handler_rows(h, "/lua/plain", "/lua/session", "mod_lua handler, no session",
+                     "rsession read+write via X-RSession, mod_lua, many sessions")
     finally:
         h.stop()
 
@@ -417,10 +422,8 @@ Alias /ms/ {ROOT}/htdocs/
         shutil.chown(os.path.join(h.root, "pysessions"), "www-data", "www-data")
         h.start()
         try:
-            base = measure(h.url("/py/plain"), args, cpu=h.cpu_seconds)
-            add("peer: mod_python handler, no session", base)
-            cookies = h.cookies("/py/session", 256)
-            add("peer: mod_python FileSession read+write, many sessions", measure(h.url("/py/session"), args, cpu=h.cpu_seconds, cookies=cookies), "peer: mod_python handler, no session")
+            handler_rows(h, "/py/plain", "/py/session", "peer: mod_python handler, no session",
+                         "peer: mod_python FileSession read+write, many sessions")
         finally:
             h.stop()
     else:

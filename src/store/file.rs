@@ -230,10 +230,7 @@ impl FileStore {
     /// The error for a failed `what`; the message is only formatted when
     /// it is needed (`map_err(self.io(..))` runs on every save).
     fn io(&self, what: &'static str) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-        move |source| StoreError::Io {
-            what: format!("{what} in {}", self.root.display()),
-            source,
-        }
+        move |source| io_error(format!("{what} in {}", self.root.display()))(source)
     }
 
     /// Writes `bytes` over the start of `file`, padding with spaces (which

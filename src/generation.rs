@@ -20,6 +20,8 @@ use std::time::Duration;
 pub struct Runtime {
     pub store: Arc<dyn SessionStore>,
     pub keys: KeyRing,
+    /// Sessions are valid only under the scope that created them.
+    pub scope: String,
     pub scratch: ScratchRoot,
     pub lock_ttl: Duration,
     pub gc_interval: Duration,
@@ -73,7 +75,14 @@ impl Builder {
         }
     }
 
-    pub fn build(&mut self, conf: &ServerConfig, host: &HostDefaults) -> Result<Runtime, String> {
+    /// The runtime of one server (`server_name`: its `ServerName`, the
+    /// default scope).
+    pub fn build(
+        &mut self,
+        conf: &ServerConfig,
+        host: &HostDefaults,
+        server_name: &str,
+    ) -> Result<Runtime, String> {
         let url = conf
             .store
             .clone()
@@ -106,6 +115,7 @@ impl Builder {
         Ok(Runtime {
             store,
             keys,
+            scope: conf.scope(server_name),
             scratch: ScratchRoot::new(
                 conf.scratch_root
                     .clone()
@@ -179,9 +189,10 @@ mod tests {
             key_file: dir.path().join("key"),
         };
         let mut builder = Builder::default();
-        let a = builder.build(&ServerConfig::default(), &host).unwrap();
-        let b = builder.build(&ServerConfig::default(), &host).unwrap();
+        let a = builder.build(&ServerConfig::default(), &host, "a").unwrap();
+        let b = builder.build(&ServerConfig::default(), &host, "b").unwrap();
         assert!(Arc::ptr_eq(&a.stats, &b.stats));
+        assert_eq!((a.scope.as_str(), b.scope.as_str()), ("a", "b"));
         assert_eq!(
             a.store.describe(),
             format!("file:{}", host.store_dir.display())

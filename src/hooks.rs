@@ -84,7 +84,7 @@ pub fn post_config(
     }));
     for server in main.iter() {
         let state = server.state();
-        let runtime = match builder.build(&state.conf, &host) {
+        let runtime = match builder.build(&state.conf, &host, &server.name()) {
             Ok(rt) => rt,
             Err(msg) => {
                 slog!(
@@ -207,8 +207,10 @@ pub fn fixups(r: Request<'_>) -> c_int {
     if !dir.enabled() {
         return DECLINED;
     }
-    // Client-sent X-RSession-* headers could pass for ours downstream.
-    r.headers_in().unset_prefixed("X-RSession-");
+    // Client-sent X-RSession-* headers (however spelt) could pass for ours
+    // downstream.
+    r.headers_in()
+        .unset_where(crate::expose::is_reserved_request_header);
 
     let initial = r.initial();
     let state = match initial.session_state() {
@@ -326,11 +328,25 @@ fn expose(r: Request<'_>, dir: &DirConfig, session: &ActiveSession) {
         Some(path) => notes.set("rsession-dir", path),
         None => notes.unset("rsession-dir"),
     }
+    let data = session.encoded_data();
     if dir.env() {
         let env = r.subprocess_env();
         env.set("RSESSION_ID", &*id);
         env.set("RSESSION_NEW", new);
-        env.set("RSESSION_DATA", session.encoded_data());
+        if data.len() <= crate::expose::MAX_EXPORTABLE_DATA {
+            env.set("RSESSION_DATA", &data);
+        } else {
+            // Only data stored under an older, larger limit gets here; a
+            // CGI could not start with it in its environment.
+            env.unset("RSESSION_DATA");
+            rlog!(
+                r,
+                Level::Warning,
+                "RS0014 session {}...: its data ({} bytes) is too large for RSESSION_DATA and is not exported",
+                session.id().short(),
+                data.len()
+            );
+        }
         match &scratch {
             Some(path) => env.set("RSESSION_DIR", path),
             None => env.unset("RSESSION_DIR"),
@@ -339,7 +355,7 @@ fn expose(r: Request<'_>, dir: &DirConfig, session: &ActiveSession) {
     if dir.forward_headers() {
         let headers = r.headers_in();
         headers.set("X-RSession-Id", &*id);
-        headers.set("X-RSession-Data", session.encoded_data());
+        headers.set("X-RSession-Data", &data);
         if let Some(path) = &scratch {
             headers.set("X-RSession-Dir", path);
         }

@@ -14,6 +14,7 @@
 mod config;
 mod cookie;
 mod error;
+mod expose;
 mod gc;
 mod generation;
 mod id;

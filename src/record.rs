@@ -25,6 +25,16 @@ pub struct Record {
     /// Absolute lifetime in force when written; 0 = none.
     #[serde(rename = "l")]
     pub max_lifetime: u64,
+    /// How far `accessed` may lag the last request (the touch interval in
+    /// force: unchanged sessions are rewritten only that often), so the
+    /// idle deadline allows for it. Absent in records of older versions.
+    #[serde(rename = "g", default)]
+    pub grace: u64,
+    /// The `RSessionScope` that created the session: it is valid under
+    /// that scope only. Records of older versions have none (and so are
+    /// valid nowhere).
+    #[serde(rename = "s", default)]
+    pub scope: String,
     #[serde(rename = "d")]
     pub data: Data,
 }
@@ -37,6 +47,8 @@ impl Record {
             accessed: now,
             idle_timeout,
             max_lifetime,
+            grace: 0,
+            scope: String::new(),
             data: Data::new(),
         }
     }
@@ -54,24 +66,47 @@ impl Record {
     }
 
     /// Expired under the given limits (those of the request's location).
-    pub fn is_expired_under(&self, now: u64, idle_timeout: u64, max_lifetime: u64) -> bool {
-        let idle = now >= self.accessed.saturating_add(idle_timeout);
-        let aged = max_lifetime > 0 && now >= self.created.saturating_add(max_lifetime);
-        idle || aged
+    /// Timestamps are whole seconds stamped upwards (see `stamp`), so a
+    /// deadline compared with the current second is never early.
+    pub fn is_expired_under(
+        &self,
+        now: u64,
+        idle_timeout: u64,
+        max_lifetime: u64,
+        grace: u64,
+    ) -> bool {
+        now >= deadline(self.accessed, self.created, idle_timeout, max_lifetime, grace)
     }
 
     /// Expired under the limits stored in the record (for sweepers).
     pub fn is_expired(&self, now: u64) -> bool {
-        self.is_expired_under(now, self.idle_timeout, self.max_lifetime)
+        now >= self.expires_at()
     }
 
     /// Unix second at which the record expires under its own limits.
     pub fn expires_at(&self) -> u64 {
-        let idle = self.accessed.saturating_add(self.idle_timeout);
-        match self.max_lifetime {
-            0 => idle,
-            n => idle.min(self.created.saturating_add(n)),
-        }
+        deadline(
+            self.accessed,
+            self.created,
+            self.idle_timeout,
+            self.max_lifetime,
+            self.grace,
+        )
+    }
+}
+
+/// The stamp written for a moment within second `now`: the next whole
+/// second, never earlier than the moment itself, so that no deadline
+/// counted from it ends a session before its configured time.
+pub fn stamp(now: u64) -> u64 {
+    now.saturating_add(1)
+}
+
+fn deadline(accessed: u64, created: u64, idle: u64, lifetime: u64, grace: u64) -> u64 {
+    let idle = accessed.saturating_add(idle).saturating_add(grace);
+    match lifetime {
+        0 => idle,
+        n => idle.min(created.saturating_add(n)),
     }
 }
 
@@ -107,7 +142,21 @@ mod tests {
         let r = Record::new(1000, 60, 0);
         assert!(!r.is_expired(1059));
         assert!(r.is_expired(1060));
-        assert!(r.is_expired_under(1010, 10, 0));
+        assert!(r.is_expired_under(1010, 10, 0, 0));
+        assert!(!r.is_expired_under(1010, 10, 0, 5), "the touch lag is allowed for");
+        let lagging = Record {
+            grace: 30,
+            ..Record::new(1000, 60, 0)
+        };
+        assert!(!lagging.is_expired(1089));
+        assert!(lagging.is_expired(1090));
+        assert_eq!(
+            Record::decode(b"{\"v\":1,\"c\":1,\"a\":1,\"t\":1,\"l\":0,\"d\":{}}")
+                .unwrap()
+                .grace,
+            0,
+            "records written before the grace field still load"
+        );
         let capped = Record {
             accessed: 1500,
             ..Record::new(1000, 600, 700)

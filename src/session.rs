@@ -7,7 +7,7 @@ use crate::cookie::Candidates;
 use crate::generation::Runtime;
 use crate::id::SessionId;
 use crate::lock::{self, LockError, SessionLock};
-use crate::record::{encode_data, Data, Record};
+use crate::record::{encode_data, stamp, Data, Record};
 use crate::status::Counter;
 use crate::store::{Created, Loaded, StoreError};
 use crate::update::Command;
@@ -169,7 +169,16 @@ impl ActiveSession {
                 }
                 Err(e) => return Err(e.into()),
             };
-            if record.is_expired_under(now, dir.timeout(), dir.max_lifetime()) {
+            if record.scope != rt.scope {
+                // Another scope's session (or one from before scopes): not
+                // ours to resume, nor to remove.
+                rejected += 1;
+                continue;
+            }
+            // The lag a non-writing request allowed is the larger of the
+            // grace the record was written with and this location's.
+            let grace = record.grace.max(dir.effective_touch_interval());
+            if record.is_expired_under(now, dir.timeout(), dir.max_lifetime(), grace) {
                 // We hold its lock (or locking is off): remove it now rather
                 // than leave it to the sweeper.
                 rt.store.delete(id)?;
@@ -183,7 +192,8 @@ impl ActiveSession {
             // The directory was made with the session and goes with it; it
             // is checked (and remade if someone removed it) only when the
             // access time is due for a write, not on every request.
-            let touch_due = now.saturating_sub(record.accessed) >= dir.touch_interval();
+            let touch_due =
+                stamp(now).saturating_sub(record.accessed) >= dir.effective_touch_interval();
             let scratch_dir = match (dir.scratch(), touch_due) {
                 (true, true) => Some(rt.scratch.ensure(id).map_err(SessionError::Scratch)?),
                 (true, false) => Some(rt.scratch.path(id)),
@@ -206,7 +216,11 @@ impl ActiveSession {
     }
 
     fn create(rt: &Runtime, dir: &DirConfig, now: u64) -> Result<ActiveSession, SessionError> {
-        let record = Record::new(now, dir.timeout(), dir.max_lifetime());
+        let record = Record {
+            grace: dir.effective_touch_interval(),
+            scope: rt.scope.clone(),
+            ..Record::new(stamp(now), dir.timeout(), dir.max_lifetime())
+        };
         let id = create_record(rt, &record)?;
         // Nobody else knows the id yet, so this never waits; it keeps the
         // sweeper away for the rest of the request.
@@ -358,6 +372,14 @@ impl ActiveSession {
         result.map(|()| self.cookie.take())
     }
 
+    /// Records this request's access and the location's limits.
+    fn stamp_access(&mut self, dir: &DirConfig, now: u64) {
+        self.record.accessed = stamp(now);
+        self.record.idle_timeout = dir.timeout();
+        self.record.max_lifetime = dir.max_lifetime();
+        self.record.grace = dir.effective_touch_interval();
+    }
+
     fn save(&mut self, rt: &Runtime, dir: &DirConfig, now: u64) -> Result<(), SessionError> {
         match self.state {
             State::Finished => return Ok(()),
@@ -370,13 +392,13 @@ impl ActiveSession {
             }
             State::Live => {}
         }
-        let touch_due = now.saturating_sub(self.record.accessed) >= dir.touch_interval();
+        let touch_due =
+            stamp(now).saturating_sub(self.record.accessed) >= dir.effective_touch_interval();
         let limits_changed = self.record.idle_timeout != dir.timeout()
-            || self.record.max_lifetime != dir.max_lifetime();
+            || self.record.max_lifetime != dir.max_lifetime()
+            || self.record.grace != dir.effective_touch_interval();
         if self.regenerate {
-            self.record.accessed = now;
-            self.record.idle_timeout = dir.timeout();
-            self.record.max_lifetime = dir.max_lifetime();
+            self.stamp_access(dir, now);
             let new_id = create_record(rt, &self.record)?;
             rt.store.delete(&self.id)?;
             if self.scratch_dir.is_some() {
@@ -390,9 +412,7 @@ impl ActiveSession {
             self.cookie = Some(CookieChange::Set(new_id));
             rt.stats.bump(Counter::Regenerated);
         } else if self.data_changed || touch_due || limits_changed {
-            self.record.accessed = now;
-            self.record.idle_timeout = dir.timeout();
-            self.record.max_lifetime = dir.max_lifetime();
+            self.stamp_access(dir, now);
             rt.store.save(&self.id, &self.record)?;
         }
         Ok(())
@@ -421,7 +441,7 @@ mod tests {
         };
         std::fs::create_dir(&host.scratch_root).unwrap();
         let rt = Builder::default()
-            .build(&ServerConfig::default(), &host)
+            .build(&ServerConfig::default(), &host, "test.example")
             .unwrap();
         let mut conf = DirConfig::default();
         conf.set("RSessionTimeout", "100").unwrap();
@@ -471,7 +491,12 @@ mod tests {
         let mut s = s;
         let id = *s.id();
         s.finish(&f.rt, &f.conf, 1000).unwrap();
-        let later = start(&f, &cookies(&f, &id), 1100);
+        // Idle deadline: the stamp (1001) + timeout (100) + the touch lag
+        // allowed (50).
+        let still = start(&f, &cookies(&f, &id), 1150);
+        assert!(!still.is_new());
+        drop(still);
+        let later = start(&f, &cookies(&f, &id), 1151);
         assert!(later.is_new());
         assert!(
             f.rt.store.load(&id).unwrap().is_none(),
@@ -549,10 +574,79 @@ mod tests {
         s.finish(&f.rt, &f.conf, 1000).unwrap();
         let mut s = start(&f, &cookies(&f, &id), 1030);
         s.finish(&f.rt, &f.conf, 1030).unwrap();
-        assert_eq!(f.rt.store.load(&id).unwrap().unwrap().accessed, 1000);
+        // Stamped with the next second; the timeout (100) caps the
+        // interval at 50.
+        assert_eq!(f.rt.store.load(&id).unwrap().unwrap().accessed, 1001);
         let mut s = start(&f, &cookies(&f, &id), 1065);
         s.finish(&f.rt, &f.conf, 1065).unwrap();
-        assert_eq!(f.rt.store.load(&id).unwrap().unwrap().accessed, 1065);
+        assert_eq!(f.rt.store.load(&id).unwrap().unwrap().accessed, 1066);
+    }
+
+    #[test]
+    fn a_session_is_valid_only_under_the_scope_that_created_it() {
+        let f = fixture();
+        let host = HostDefaults {
+            store_dir: f._dir.path().join("store"),
+            scratch_root: f._dir.path().join("scratch"),
+            key_file: f._dir.path().join("key"),
+        };
+        let mut builder = Builder::default();
+        let a = builder.build(&ServerConfig::default(), &host, "a.test").unwrap();
+        let b = builder.build(&ServerConfig::default(), &host, "b.test").unwrap();
+        let begin = |rt: &Runtime, found: &Candidates| {
+            ActiveSession::begin(rt, &f.conf, found, 1000, &mut Notes::default()).unwrap()
+        };
+        let mut on_a = begin(&a, &Candidates::default());
+        on_a.apply(&[Command::Set(vec![("role".into(), "admin-of-a".into())])], 1000, false);
+        let id = *on_a.id();
+        on_a.finish(&a, &f.conf, 1000).unwrap();
+        let cookie = format!("sid={}", cookie_value(&id, "sid", &a.keys));
+        let found = signed_ids([cookie.as_str()], "sid", &b.keys);
+        assert_eq!(found.signed, vec![id], "same key: the MAC checks out");
+        let mut on_b = begin(&b, &found);
+        assert!(on_b.is_new() && on_b.data().is_empty(), "b.test gets a fresh session");
+        on_b.finish(&b, &f.conf, 1000).unwrap();
+        let mut again_on_a = begin(&a, &found);
+        assert!(!again_on_a.is_new(), "a.test's session is untouched");
+        assert_eq!(again_on_a.data()["role"], "admin-of-a");
+        again_on_a.finish(&a, &f.conf, 1000).unwrap();
+    }
+
+    #[test]
+    fn a_session_used_more_often_than_its_timeout_never_expires() {
+        for (timeout, touch) in [("3", "60"), ("3", "0"), ("10", "9"), ("1", "60")] {
+            let mut f = fixture();
+            f.conf.set("RSessionTimeout", timeout).unwrap();
+            f.conf.set("RSessionTouchInterval", touch).unwrap();
+            let timeout: u64 = timeout.parse().unwrap();
+            let mut s = start(&f, &Candidates::default(), 1000);
+            let id = *s.id();
+            s.finish(&f.rt, &f.conf, 1000).unwrap();
+            // A request just under the idle timeout after the previous
+            // one (whole seconds: timeout - 1 apart, the worst case).
+            let mut now = 1000;
+            for _ in 0..50 {
+                now += timeout.saturating_sub(1).max(1) - u64::from(timeout == 1);
+                let mut s = start(&f, &cookies(&f, &id), now);
+                assert!(!s.is_new(), "ended early at {now} (timeout {timeout}, touch {touch:?})");
+                s.finish(&f.rt, &f.conf, now).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn the_absolute_lifetime_is_never_cut_short_by_whole_seconds() {
+        let mut f = fixture();
+        f.conf.set("RSessionMaxLifetime", "2").unwrap();
+        // Created at 1000.9 (second 1000): alive throughout 1001.x and
+        // 1002.x-before-1002.9, so at second 1002 it must still be there.
+        let mut s = start(&f, &Candidates::default(), 1000);
+        let id = *s.id();
+        s.finish(&f.rt, &f.conf, 1000).unwrap();
+        let mut s = start(&f, &cookies(&f, &id), 1002);
+        assert!(!s.is_new());
+        s.finish(&f.rt, &f.conf, 1002).unwrap();
+        assert!(start(&f, &cookies(&f, &id), 1003).is_new(), "ends at most a second late");
     }
 
     #[test]

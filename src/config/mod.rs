@@ -43,6 +43,7 @@ pub struct ServerConfig {
     pub lock_ttl: Option<u64>,
     pub scratch_root: Option<PathBuf>,
     pub gc_interval: Option<u64>,
+    pub scope: Option<String>,
 }
 
 macro_rules! merge_fields {
@@ -134,6 +135,12 @@ impl DirConfig {
     pub fn touch_interval(&self) -> u64 {
         self.touch_interval.unwrap_or(60)
     }
+    /// How often an unchanged session's access time is really rewritten:
+    /// the touch interval, but at least twice per idle timeout, so that
+    /// the grace an idle deadline allows for the lag stays small.
+    pub fn effective_touch_interval(&self) -> u64 {
+        self.touch_interval().min(self.timeout() / 2)
+    }
     pub fn lock(&self) -> bool {
         self.lock.unwrap_or(true)
     }
@@ -193,7 +200,7 @@ impl DirConfig {
 
 impl ServerConfig {
     pub fn merge(base: &ServerConfig, add: &ServerConfig) -> ServerConfig {
-        merge_fields!(ServerConfig, base, add; store, secrets, lock_ttl, scratch_root, gc_interval)
+        merge_fields!(ServerConfig, base, add; store, secrets, lock_ttl, scratch_root, gc_interval, scope)
     }
 
     /// Applies one server-level directive. `is_virtual` is true inside
@@ -205,6 +212,7 @@ impl ServerConfig {
             "RSessionStore" => self.store = Some(StoreUrl::parse(d, arg)?),
             "RSessionLockTTL" => self.lock_ttl = Some(seconds(d, arg, 1)?),
             "RSessionScratchRoot" => self.scratch_root = Some(absolute_path(d, arg)?),
+            "RSessionScope" => self.scope = Some(scope_name(d, arg)?),
             "RSessionGCInterval" if is_virtual => {
                 return Err(ConfigError::new(
                     d,
@@ -228,6 +236,13 @@ impl ServerConfig {
     pub fn gc_interval(&self) -> u64 {
         self.gc_interval.unwrap_or(60)
     }
+    /// The scope sessions of this server are bound to: `RSessionScope`,
+    /// else the server's `ServerName` (passed in by the host).
+    pub fn scope(&self, server_name: &str) -> String {
+        self.scope
+            .clone()
+            .unwrap_or_else(|| server_name.to_ascii_lowercase())
+    }
 }
 
 /// The directives that live in `ServerConfig` (context S V).
@@ -239,6 +254,7 @@ pub fn is_server_directive(directive: &str) -> bool {
             | "RSessionLockTTL"
             | "RSessionScratchRoot"
             | "RSessionGCInterval"
+            | "RSessionScope"
     )
 }
 
@@ -401,6 +417,11 @@ mod tests {
         assert!(s.set("RSessionGCInterval", "10", true).is_err());
         s.set("RSessionGCInterval", "0", false).unwrap();
         assert_eq!(s.gc_interval(), 0);
+        assert_eq!(s.scope("WWW.Example.org"), "www.example.org");
+        s.set("RSessionScope", "shop", true).unwrap();
+        assert_eq!(s.scope("www.example.org"), "shop");
+        assert!(s.set("RSessionScope", "", true).is_err());
+        assert!(s.set("RSessionScope", "a b", true).is_err());
         assert!(s.set("RSessionScratchRoot", "tmp/x", false).is_err());
         s.set("RSessionSecret", "0123456789abcdef-first", false)
             .unwrap();

@@ -80,10 +80,14 @@ pub fn decimal_seconds(directive: &str, value: &str) -> Result<Duration, ConfigE
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// A byte count in `1..=16 MiB`.
+/// A byte count from 1 to what a CGI environment variable can carry.
 pub fn bytes(directive: &str, value: &str) -> Result<usize, ConfigError> {
-    const MAX: usize = 16 * 1024 * 1024;
-    let expected = || format!("a whole number of bytes from 1 to {MAX}");
+    // Larger data could not reach a CGI through RSESSION_DATA: every CGI
+    // request of such a session would fail with a 500.
+    const MAX: usize = crate::expose::MAX_EXPORTABLE_DATA;
+    let expected = || {
+        format!("a whole number of bytes from 1 to {MAX} (the most a CGI environment variable can carry on Linux)")
+    };
     match value.parse::<usize>() {
         Ok(n) if (1..=MAX).contains(&n) => Ok(n),
         _ => Err(ConfigError::new(directive, value, expected())),
@@ -100,6 +104,20 @@ pub fn absolute_path(directive: &str, value: &str) -> Result<PathBuf, ConfigErro
     } else {
         trimmed
     }))
+}
+
+/// A scope name: printable ASCII without spaces, at most 255 bytes (it is
+/// stored in every record).
+pub fn scope_name(directive: &str, value: &str) -> Result<String, ConfigError> {
+    let ok = !value.is_empty() && value.len() <= 255 && value.bytes().all(|c| c.is_ascii_graphic());
+    if !ok {
+        return Err(ConfigError::new(
+            directive,
+            value,
+            "a name of 1 to 255 printable characters without spaces",
+        ));
+    }
+    Ok(value.to_string())
 }
 
 /// RFC 7230 token characters: what cookie and header names may use.

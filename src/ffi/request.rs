@@ -257,19 +257,22 @@ impl<'r> Table<'r> {
         }
     }
 
-    /// Removes every entry whose key starts with `prefix` (ASCII case
-    /// ignored); returns how many distinct keys went.
-    pub fn unset_prefixed(&self, prefix: &str) -> usize {
-        let p = prefix.as_bytes();
-        let mut keys: Vec<String> = self
+    /// Removes every entry whose key `reserved` says is ours; returns how
+    /// many distinct keys went.
+    pub fn unset_where(&self, reserved: impl Fn(&[u8]) -> bool) -> usize {
+        let mut keys: Vec<Vec<u8>> = self
             .raw_entries()
-            .filter(|(k, _)| k.len() >= p.len() && k[..p.len()].eq_ignore_ascii_case(p))
-            .map(|(k, _)| String::from_utf8_lossy(k).to_ascii_lowercase())
+            .filter(|(k, _)| reserved(k))
+            .map(|(k, _)| k.to_vec())
             .collect();
         keys.sort();
         keys.dedup();
         for k in &keys {
-            self.unset(k);
+            // Keys of a live table hold no NUL, so they cannot fail here.
+            if let Ok(k) = CString::new(k.as_slice()) {
+                // SAFETY: live table, NUL-terminated key.
+                unsafe { sys::apr_table_unset(self.raw, k.as_ptr()) };
+            }
         }
         keys.len()
     }

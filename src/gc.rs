@@ -33,6 +33,8 @@ pub struct Target {
 struct Cursor {
     store: usize,
     scratch: usize,
+    /// Records seen since the store cursor last wrapped.
+    records: u64,
 }
 
 /// What one pass did, for the log line.
@@ -98,6 +100,13 @@ fn pass(
         .stats
         .add(Counter::GcRemoved, counts.expired + orphans);
     target.stats.add(Counter::Expired, counts.expired);
+    target.stats.sessions_removed(counts.expired);
+    // A whole cycle over the store counted what it holds: that corrects
+    // the live figure (other servers sharing the store, crashed requests).
+    cursor.records += counts.records;
+    if cursor.store == 0 {
+        target.stats.set_live(std::mem::take(&mut cursor.records));
+    }
     Ok(Some(PassReport {
         store: target.store.describe(),
         counts,
@@ -288,6 +297,7 @@ mod tests {
             .unwrap();
         assert_eq!(report.counts.expired, 1);
         assert_eq!(report.counts.skipped_locked, 1);
+        assert_eq!(t.stats.live(), 2, "a whole pass sets the live count");
         assert!(!t.store.exists(&expired).unwrap());
         assert!(!t.scratch.path(&expired).exists());
         assert!(t.store.exists(&live).unwrap() && t.scratch.path(&live).exists());

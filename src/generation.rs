@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +22,12 @@ pub struct Runtime {
     pub keys: KeyRing,
     /// Sessions are valid only under the scope that created them.
     pub scope: String,
+    /// `RSessionMaxSessions`: live sessions beyond which no new one is
+    /// kept (0: no ceiling).
+    pub max_sessions: u64,
+    /// When the last "store full" warning was logged (Unix seconds), so a
+    /// flood logs one line a minute per process, not one per request.
+    pub full_warned_at: AtomicU64,
     pub scratch: ScratchRoot,
     pub lock_ttl: Duration,
     pub gc_interval: Duration,
@@ -35,6 +41,16 @@ impl Runtime {
     /// Records a store failure; true when it starts an outage.
     pub fn outage_began(&self) -> bool {
         !self.outage.swap(true, Ordering::Relaxed)
+    }
+
+    /// True when a "store full" warning is due (at most one a minute).
+    pub fn full_warning_due(&self, now: u64) -> bool {
+        let last = self.full_warned_at.load(Ordering::Relaxed);
+        now >= last.saturating_add(60)
+            && self
+                .full_warned_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Records a store success; true when it ends an outage.
@@ -55,19 +71,19 @@ pub struct HostDefaults {
 pub struct Builder {
     stores: HashMap<String, (Arc<dyn SessionStore>, Arc<Stats>)>,
     generated_key: Option<Vec<u8>>,
-    make_stats: Box<dyn Fn() -> Stats>,
+    make_stats: Box<dyn Fn(&str) -> Stats>,
 }
 
 impl Default for Builder {
     fn default() -> Self {
-        Builder::with_stats(Box::new(Stats::default))
+        Builder::with_stats(Box::new(|_| Stats::default()))
     }
 }
 
 impl Builder {
-    /// `make_stats` makes the counters of each distinct store (the host
-    /// puts them in memory shared across child processes).
-    pub fn with_stats(make_stats: Box<dyn Fn() -> Stats>) -> Builder {
+    /// `make_stats` makes the counters of each distinct store, named by its
+    /// URL (the host puts them in memory shared across child processes).
+    pub fn with_stats(make_stats: Box<dyn Fn(&str) -> Stats>) -> Builder {
         Builder {
             stores: HashMap::new(),
             generated_key: None,
@@ -91,7 +107,7 @@ impl Builder {
             Some(shared) => shared.clone(),
             None => {
                 let opened = store::open(&url).map_err(|e| format!("RSessionStore {url}: {e}"))?;
-                let shared = (opened, Arc::new((self.make_stats)()));
+                let shared = (opened, Arc::new((self.make_stats)(&url.to_string())));
                 self.stores.insert(url.to_string(), shared.clone());
                 shared
             }
@@ -116,6 +132,8 @@ impl Builder {
             store,
             keys,
             scope: conf.scope(server_name),
+            max_sessions: conf.max_sessions(),
+            full_warned_at: AtomicU64::new(0),
             scratch: ScratchRoot::new(
                 conf.scratch_root
                     .clone()

@@ -76,9 +76,12 @@ pub fn post_config(
         key_file: runtime_dir_path(ptemp, "rsession.key"),
     };
     // Counters in memory shared by every child (else per child).
-    let mut builder = Builder::with_stats(Box::new(|| {
-        SharedCounters::new(Counter::ALL.len())
-            .ok()
+    // Counters in memory shared by every child and kept across restarts
+    // (else per child and generation).
+    let process = main.process_pool();
+    let mut builder = Builder::with_stats(Box::new(move |store: &str| {
+        process
+            .and_then(|p| SharedCounters::persistent(p, store, crate::status::SLOTS).ok())
             .and_then(|shm| Stats::in_slots(Box::new(shm)))
             .unwrap_or_default()
     }));
@@ -296,7 +299,11 @@ fn begin(r: Request<'_>, dir: &DirConfig, runtime: &Arc<Runtime>) -> RequestStat
     if matches!(e, SessionError::Store(_)) {
         runtime.stats.bump(Counter::StoreErrors);
     }
-    if !matches!(e, SessionError::Store(StoreError::Unavailable(_))) {
+    if matches!(e, SessionError::StoreFull(_)) {
+        if runtime.full_warning_due(now()) {
+            rlog!(r, Level::Warning, "RS0015 {e}: answering 503 (this warning repeats at most once a minute per process)");
+        }
+    } else if !matches!(e, SessionError::Store(StoreError::Unavailable(_))) {
         rlog!(
             r,
             Level::Err,
@@ -469,8 +476,9 @@ pub fn status_handler(r: Request<'_>) -> c_int {
         return DECLINED;
     };
     let json = r.args().is_some_and(|a| a.split('&').any(|p| p == "json"));
-    let live = rt.store.count().ok();
-    let body = crate::status::render(&rt.store.describe(), live, &rt.stats, json);
+    // The live count is kept current: listing the store here would cost
+    // O(sessions) inside a worker.
+    let body = crate::status::render(&rt.store.describe(), &rt.stats, json);
     r.set_content_type(if json {
         "application/json"
     } else {

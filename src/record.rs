@@ -75,7 +75,13 @@ impl Record {
         max_lifetime: u64,
         grace: u64,
     ) -> bool {
-        now >= deadline(self.accessed, self.created, idle_timeout, max_lifetime, grace)
+        now >= deadline(
+            self.accessed,
+            self.created,
+            idle_timeout,
+            max_lifetime,
+            grace,
+        )
     }
 
     /// Expired under the limits stored in the record (for sweepers).
@@ -143,7 +149,10 @@ mod tests {
         assert!(!r.is_expired(1059));
         assert!(r.is_expired(1060));
         assert!(r.is_expired_under(1010, 10, 0, 0));
-        assert!(!r.is_expired_under(1010, 10, 0, 5), "the touch lag is allowed for");
+        assert!(
+            !r.is_expired_under(1010, 10, 0, 5),
+            "the touch lag is allowed for"
+        );
         let lagging = Record {
             grace: 30,
             ..Record::new(1000, 60, 0)

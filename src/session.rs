@@ -17,6 +17,8 @@ use std::path::PathBuf;
 #[derive(Debug)]
 pub enum SessionError {
     LockTimeout,
+    /// `RSessionMaxSessions` live sessions already: no new one is kept.
+    StoreFull(u64),
     Store(StoreError),
     Scratch(std::io::Error),
     Id(std::io::Error),
@@ -26,7 +28,9 @@ impl SessionError {
     /// 503 for conditions that pass (the client should retry), else 500.
     pub fn http_status(&self) -> u16 {
         match self {
-            SessionError::LockTimeout | SessionError::Store(StoreError::Unavailable(_)) => 503,
+            SessionError::LockTimeout
+            | SessionError::StoreFull(_)
+            | SessionError::Store(StoreError::Unavailable(_)) => 503,
             _ => 500,
         }
     }
@@ -36,6 +40,10 @@ impl std::fmt::Display for SessionError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SessionError::LockTimeout => write!(f, "timed out waiting for the session lock"),
+            SessionError::StoreFull(max) => write!(
+                f,
+                "the store holds RSessionMaxSessions ({max}) live sessions; no new one is kept"
+            ),
             SessionError::Store(e) => write!(f, "{e}"),
             SessionError::Scratch(e) => write!(f, "cannot prepare the scratch directory: {e}"),
             SessionError::Id(e) => write!(f, "cannot draw a session id from the OS: {e}"),
@@ -184,6 +192,7 @@ impl ActiveSession {
                 rt.store.delete(id)?;
                 let _ = rt.scratch.remove(id);
                 rt.stats.bump(Counter::Expired);
+                rt.stats.sessions_removed(1);
                 rejected += 1;
                 continue;
             }
@@ -216,6 +225,9 @@ impl ActiveSession {
     }
 
     fn create(rt: &Runtime, dir: &DirConfig, now: u64) -> Result<ActiveSession, SessionError> {
+        if rt.max_sessions > 0 && rt.stats.live() >= rt.max_sessions {
+            return Err(SessionError::StoreFull(rt.max_sessions));
+        }
         let record = Record {
             grace: dir.effective_touch_interval(),
             scope: rt.scope.clone(),
@@ -236,6 +248,7 @@ impl ActiveSession {
             false => None,
         };
         rt.stats.bump(Counter::Created);
+        rt.stats.sessions_added(1);
         Ok(ActiveSession {
             id,
             record,
@@ -387,6 +400,7 @@ impl ActiveSession {
                 rt.store.delete(&self.id)?;
                 let _ = rt.scratch.remove(&self.id);
                 rt.stats.bump(Counter::Invalidated);
+                rt.stats.sessions_removed(1);
                 self.cookie = Some(CookieChange::Expire);
                 return Ok(());
             }
@@ -583,6 +597,39 @@ mod tests {
     }
 
     #[test]
+    fn the_ceiling_refuses_new_sessions_but_not_existing_ones() {
+        let f = fixture();
+        let mut conf = ServerConfig::default();
+        conf.set("RSessionMaxSessions", "2", false).unwrap();
+        let host = HostDefaults {
+            store_dir: f._dir.path().join("store"),
+            scratch_root: f._dir.path().join("scratch"),
+            key_file: f._dir.path().join("key"),
+        };
+        let rt = Builder::default().build(&conf, &host, "t").unwrap();
+        let begin = |found: &Candidates| {
+            ActiveSession::begin(&rt, &f.conf, found, 1000, &mut Notes::default())
+        };
+        let mut first = begin(&Candidates::default()).unwrap();
+        let id = *first.id();
+        first.finish(&rt, &f.conf, 1000).unwrap();
+        begin(&Candidates::default())
+            .unwrap()
+            .finish(&rt, &f.conf, 1000)
+            .unwrap();
+        assert_eq!(rt.stats.live(), 2);
+        let refused = begin(&Candidates::default()).err().unwrap();
+        assert_eq!(refused.http_status(), 503);
+        let cookie = format!("sid={}", cookie_value(&id, "sid", &rt.keys));
+        let mut resumed = begin(&signed_ids([cookie.as_str()], "sid", &rt.keys)).unwrap();
+        assert!(!resumed.is_new(), "existing sessions keep working");
+        resumed.invalidate().unwrap();
+        resumed.finish(&rt, &f.conf, 1000).unwrap();
+        assert_eq!(rt.stats.live(), 1);
+        assert!(begin(&Candidates::default()).is_ok(), "room again");
+    }
+
+    #[test]
     fn a_session_is_valid_only_under_the_scope_that_created_it() {
         let f = fixture();
         let host = HostDefaults {
@@ -591,20 +638,31 @@ mod tests {
             key_file: f._dir.path().join("key"),
         };
         let mut builder = Builder::default();
-        let a = builder.build(&ServerConfig::default(), &host, "a.test").unwrap();
-        let b = builder.build(&ServerConfig::default(), &host, "b.test").unwrap();
+        let a = builder
+            .build(&ServerConfig::default(), &host, "a.test")
+            .unwrap();
+        let b = builder
+            .build(&ServerConfig::default(), &host, "b.test")
+            .unwrap();
         let begin = |rt: &Runtime, found: &Candidates| {
             ActiveSession::begin(rt, &f.conf, found, 1000, &mut Notes::default()).unwrap()
         };
         let mut on_a = begin(&a, &Candidates::default());
-        on_a.apply(&[Command::Set(vec![("role".into(), "admin-of-a".into())])], 1000, false);
+        on_a.apply(
+            &[Command::Set(vec![("role".into(), "admin-of-a".into())])],
+            1000,
+            false,
+        );
         let id = *on_a.id();
         on_a.finish(&a, &f.conf, 1000).unwrap();
         let cookie = format!("sid={}", cookie_value(&id, "sid", &a.keys));
         let found = signed_ids([cookie.as_str()], "sid", &b.keys);
         assert_eq!(found.signed, vec![id], "same key: the MAC checks out");
         let mut on_b = begin(&b, &found);
-        assert!(on_b.is_new() && on_b.data().is_empty(), "b.test gets a fresh session");
+        assert!(
+            on_b.is_new() && on_b.data().is_empty(),
+            "b.test gets a fresh session"
+        );
         on_b.finish(&b, &f.conf, 1000).unwrap();
         let mut again_on_a = begin(&a, &found);
         assert!(!again_on_a.is_new(), "a.test's session is untouched");
@@ -628,7 +686,10 @@ mod tests {
             for _ in 0..50 {
                 now += timeout.saturating_sub(1).max(1) - u64::from(timeout == 1);
                 let mut s = start(&f, &cookies(&f, &id), now);
-                assert!(!s.is_new(), "ended early at {now} (timeout {timeout}, touch {touch:?})");
+                assert!(
+                    !s.is_new(),
+                    "ended early at {now} (timeout {timeout}, touch {touch:?})"
+                );
                 s.finish(&f.rt, &f.conf, now).unwrap();
             }
         }
@@ -646,7 +707,10 @@ mod tests {
         let mut s = start(&f, &cookies(&f, &id), 1002);
         assert!(!s.is_new());
         s.finish(&f.rt, &f.conf, 1002).unwrap();
-        assert!(start(&f, &cookies(&f, &id), 1003).is_new(), "ends at most a second late");
+        assert!(
+            start(&f, &cookies(&f, &id), 1003).is_new(),
+            "ends at most a second late"
+        );
     }
 
     #[test]

@@ -52,7 +52,11 @@ impl Counter {
     }
 }
 
-/// Memory holding one `AtomicU64` per counter.
+/// Slots: one per counter, then the live-session gauge.
+pub const SLOTS: usize = Counter::ALL.len() + 1;
+const LIVE: usize = Counter::ALL.len();
+
+/// Memory holding one `AtomicU64` per slot.
 pub type Slots = Box<dyn Deref<Target = [AtomicU64]> + Send + Sync>;
 
 pub struct Stats {
@@ -69,7 +73,7 @@ impl Default for Stats {
     /// Counters private to this process (tests, or when shared memory is
     /// not available).
     fn default() -> Self {
-        let local: Box<[AtomicU64]> = Counter::ALL.iter().map(|_| AtomicU64::new(0)).collect();
+        let local: Box<[AtomicU64]> = (0..SLOTS).map(|_| AtomicU64::new(0)).collect();
         Stats {
             slots: Box::new(local),
         }
@@ -77,9 +81,30 @@ impl Default for Stats {
 }
 
 impl Stats {
-    /// Counters in `slots`, which must hold at least `Counter::ALL.len()`.
+    /// Counters in `slots`, which must hold at least `SLOTS`.
     pub fn in_slots(slots: Slots) -> Option<Stats> {
-        (slots.len() >= Counter::ALL.len()).then_some(Stats { slots })
+        (slots.len() >= SLOTS).then_some(Stats { slots })
+    }
+
+    /// Sessions the store holds, kept current as sessions are kept and
+    /// removed (and set from a count by the sweeper, which corrects drift
+    /// from other servers sharing the store, and Redis's own expiry).
+    pub fn live(&self) -> u64 {
+        self.slots[LIVE].load(Ordering::Relaxed)
+    }
+
+    pub fn sessions_added(&self, n: u64) {
+        self.slots[LIVE].fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn sessions_removed(&self, n: u64) {
+        let _ = self.slots[LIVE].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(v.saturating_sub(n))
+        });
+    }
+
+    pub fn set_live(&self, n: u64) {
+        self.slots[LIVE].store(n, Ordering::Relaxed);
     }
 
     pub fn bump(&self, c: Counter) {
@@ -106,24 +131,19 @@ impl Stats {
 }
 
 /// `key: value` lines (text) or one JSON object.
-pub fn render(store: &str, live_sessions: Option<u64>, stats: &Stats, json: bool) -> String {
+pub fn render(store: &str, stats: &Stats, json: bool) -> String {
     let figures = stats.figures();
+
     if json {
         let mut map = serde_json::Map::new();
         map.insert("store".into(), store.into());
-        map.insert(
-            "live_sessions".into(),
-            live_sessions.map_or(serde_json::Value::Null, Into::into),
-        );
+        map.insert("live_sessions".into(), stats.live().into());
         for (k, v) in figures {
             map.insert(k.into(), v.into());
         }
         return serde_json::Value::Object(map).to_string() + "\n";
     }
-    let mut out = format!("store: {store}\n");
-    if let Some(n) = live_sessions {
-        out.push_str(&format!("live_sessions: {n}\n"));
-    }
+    let mut out = format!("store: {store}\nlive_sessions: {}\n", stats.live());
     for (k, v) in figures {
         out.push_str(&format!("{k}: {v}\n"));
     }
@@ -139,17 +159,21 @@ mod tests {
         let stats = Stats::default();
         stats.bump(Counter::Created);
         stats.add(Counter::GcRemoved, 3);
-        let text = render("file:/x", Some(3), &stats, false);
+        stats.sessions_added(4);
+        stats.sessions_removed(1);
+        let text = render("file:/x", &stats, false);
         assert!(
             text.starts_with("store: file:/x\nlive_sessions: 3\ncreated: 1\n"),
             "{text}"
         );
         assert!(text.contains("gc_removed: 3\n"));
         let json: serde_json::Value =
-            serde_json::from_str(&render("file:/x", None, &stats, true)).unwrap();
+            serde_json::from_str(&render("file:/x", &stats, true)).unwrap();
         assert_eq!(json["created"], 1);
         assert_eq!(json["store"], "file:/x");
-        assert!(json["live_sessions"].is_null());
+        assert_eq!(json["live_sessions"], 3);
+        stats.sessions_removed(10);
+        assert_eq!(stats.live(), 0, "never below zero");
     }
 
     #[test]

@@ -62,21 +62,48 @@ fn two_sites(scope_lines: [&str; 2]) -> Httpd {
 #[test]
 fn a_cookie_from_one_virtual_host_gets_a_fresh_session_on_another() {
     let h = two_sites(["", ""]);
-    let on_a = get_on(&h, "a.test", "/cgi-bin/echo.cgi", &["X-Cmd: set role=admin-of-a"]);
+    let on_a = get_on(
+        &h,
+        "a.test",
+        "/cgi-bin/echo.cgi",
+        &["X-Cmd: set role=admin-of-a"],
+    );
     let cookie = cookie_pair_of(&on_a);
-    let again_on_a = get_on(&h, "a.test", "/cgi-bin/echo.cgi", &[&format!("Cookie: {cookie}")]);
-    assert_eq!(env_line(&again_on_a, "RSESSION_DATA"), Some("role=admin-of-a"));
+    let again_on_a = get_on(
+        &h,
+        "a.test",
+        "/cgi-bin/echo.cgi",
+        &[&format!("Cookie: {cookie}")],
+    );
+    assert_eq!(
+        env_line(&again_on_a, "RSESSION_DATA"),
+        Some("role=admin-of-a")
+    );
 
-    let on_b = get_on(&h, "b.test", "/cgi-bin/echo.cgi", &[&format!("Cookie: {cookie}")]);
+    let on_b = get_on(
+        &h,
+        "b.test",
+        "/cgi-bin/echo.cgi",
+        &[&format!("Cookie: {cookie}")],
+    );
     assert_eq!(
         env_line(&on_b, "RSESSION_NEW"),
         Some("1"),
         "b.test must not resume a.test's session: {on_b}"
     );
     assert_eq!(env_line(&on_b, "RSESSION_DATA"), Some(""), "{on_b}");
-    assert_ne!(cookie_pair_of(&on_b), cookie, "b.test issues its own cookie");
+    assert_ne!(
+        cookie_pair_of(&on_b),
+        cookie,
+        "b.test issues its own cookie"
+    );
 
-    let back_on_a = get_on(&h, "a.test", "/cgi-bin/echo.cgi", &[&format!("Cookie: {cookie}")]);
+    let back_on_a = get_on(
+        &h,
+        "a.test",
+        "/cgi-bin/echo.cgi",
+        &[&format!("Cookie: {cookie}")],
+    );
     assert_eq!(
         env_line(&back_on_a, "RSESSION_DATA"),
         Some("role=admin-of-a"),
@@ -89,7 +116,12 @@ fn virtual_hosts_with_one_scope_share_sessions() {
     let h = two_sites(["RSessionScope shop", "RSessionScope shop"]);
     let on_a = get_on(&h, "a.test", "/cgi-bin/echo.cgi", &["X-Cmd: set cart=3"]);
     let cookie = cookie_pair_of(&on_a);
-    let on_b = get_on(&h, "b.test", "/cgi-bin/echo.cgi", &[&format!("Cookie: {cookie}")]);
+    let on_b = get_on(
+        &h,
+        "b.test",
+        "/cgi-bin/echo.cgi",
+        &[&format!("Cookie: {cookie}")],
+    );
     assert_eq!(env_line(&on_b, "RSESSION_NEW"), Some("0"), "{on_b}");
     assert_eq!(env_line(&on_b, "RSESSION_DATA"), Some("cart=3"));
 }
@@ -115,7 +147,14 @@ fn forged_session_headers_never_reach_a_backend_however_they_are_spelt() {
         ],
     );
     assert_eq!(r.status, 200, "{r:?}");
-    for forged in ["/etc", "user=admin", "forged", "_Dir", "X_RSession", "X_RSESSION"] {
+    for forged in [
+        "/etc",
+        "user=admin",
+        "forged",
+        "_Dir",
+        "X_RSession",
+        "X_RSESSION",
+    ] {
         assert!(
             !r.body.contains(forged),
             "the backend saw a forged header ({forged}): {}",
@@ -137,7 +176,12 @@ fn a_valid_cookie_behind_many_planted_ones_keeps_the_session() {
     // Well-formed, signed for ids the store does not know: what a sibling
     // subdomain can plant for the parent domain.
     let planted: Vec<String> = (0..40)
-        .map(|_| format!("sid={}", sign::cookie_value(SECRET, "sid", &sign::stranger_id())))
+        .map(|_| {
+            format!(
+                "sid={}",
+                sign::cookie_value(SECRET, "sid", &sign::stranger_id())
+            )
+        })
         .collect();
     let header = format!("{}; {mine}", planted.join("; "));
     let r = get_with_cookie(&h.url("/cgi-bin/env.cgi"), &header);

@@ -44,6 +44,7 @@ pub struct ServerConfig {
     pub scratch_root: Option<PathBuf>,
     pub gc_interval: Option<u64>,
     pub scope: Option<String>,
+    pub max_sessions: Option<u64>,
 }
 
 macro_rules! merge_fields {
@@ -200,7 +201,7 @@ impl DirConfig {
 
 impl ServerConfig {
     pub fn merge(base: &ServerConfig, add: &ServerConfig) -> ServerConfig {
-        merge_fields!(ServerConfig, base, add; store, secrets, lock_ttl, scratch_root, gc_interval, scope)
+        merge_fields!(ServerConfig, base, add; store, secrets, lock_ttl, scratch_root, gc_interval, scope, max_sessions)
     }
 
     /// Applies one server-level directive. `is_virtual` is true inside
@@ -213,6 +214,7 @@ impl ServerConfig {
             "RSessionLockTTL" => self.lock_ttl = Some(seconds(d, arg, 1)?),
             "RSessionScratchRoot" => self.scratch_root = Some(absolute_path(d, arg)?),
             "RSessionScope" => self.scope = Some(scope_name(d, arg)?),
+            "RSessionMaxSessions" => self.max_sessions = Some(count(d, arg)?),
             "RSessionGCInterval" if is_virtual => {
                 return Err(ConfigError::new(
                     d,
@@ -236,6 +238,9 @@ impl ServerConfig {
     pub fn gc_interval(&self) -> u64 {
         self.gc_interval.unwrap_or(60)
     }
+    pub fn max_sessions(&self) -> u64 {
+        self.max_sessions.unwrap_or(0)
+    }
     /// The scope sessions of this server are bound to: `RSessionScope`,
     /// else the server's `ServerName` (passed in by the host).
     pub fn scope(&self, server_name: &str) -> String {
@@ -255,6 +260,7 @@ pub fn is_server_directive(directive: &str) -> bool {
             | "RSessionScratchRoot"
             | "RSessionGCInterval"
             | "RSessionScope"
+            | "RSessionMaxSessions"
     )
 }
 
@@ -422,6 +428,11 @@ mod tests {
         assert_eq!(s.scope("www.example.org"), "shop");
         assert!(s.set("RSessionScope", "", true).is_err());
         assert!(s.set("RSessionScope", "a b", true).is_err());
+        assert_eq!(s.max_sessions(), 0);
+        s.set("RSessionMaxSessions", "100000", true).unwrap();
+        assert_eq!(s.max_sessions(), 100_000);
+        assert!(s.set("RSessionMaxSessions", "-1", true).is_err());
+        assert!(s.set("RSessionMaxSessions", "lots", true).is_err());
         assert!(s.set("RSessionScratchRoot", "tmp/x", false).is_err());
         s.set("RSessionSecret", "0123456789abcdef-first", false)
             .unwrap();

@@ -106,6 +106,13 @@ pub fn absolute_path(directive: &str, value: &str) -> Result<PathBuf, ConfigErro
     }))
 }
 
+/// A count: a whole number, 0 included.
+pub fn count(directive: &str, value: &str) -> Result<u64, ConfigError> {
+    value
+        .parse::<u64>()
+        .map_err(|_| ConfigError::new(directive, value, "a whole number (0 for no limit)"))
+}
+
 /// A scope name: printable ASCII without spaces, at most 255 bytes (it is
 /// stored in every record).
 pub fn scope_name(directive: &str, value: &str) -> Result<String, ConfigError> {

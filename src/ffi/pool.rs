@@ -71,6 +71,24 @@ impl<'p> Pool<'p> {
         out
     }
 
+    /// Pool userdata under a key made at run time (null when unset).
+    pub fn userdata_named(&self, key: &str) -> *mut c_void {
+        match std::ffi::CString::new(key) {
+            Ok(k) => self.userdata(&k),
+            Err(_) => std::ptr::null_mut(),
+        }
+    }
+
+    /// Sets userdata under a key made at run time; APR copies the key.
+    pub fn set_userdata_named(&self, key: &str, value: *mut c_void) {
+        let Ok(k) = std::ffi::CString::new(key) else {
+            return;
+        };
+        // SAFETY: the pool is live; apr_pool_userdata_set copies `k` into
+        // the pool when the key is new, so it need not outlive this call.
+        unsafe { sys::apr_pool_userdata_set(value, k.as_ptr(), None, self.as_ptr()) };
+    }
+
     /// Sets userdata without a cleanup (the value's own `attach` cleanup
     /// frees it); `key` must be static, as `setn` keeps the pointer.
     pub fn set_userdata(&self, key: &'static CStr, value: *mut c_void) {

@@ -73,6 +73,17 @@ impl<'s> Server<'s> {
         }
     }
 
+    /// The httpd process's own pool: it lives until the process exits,
+    /// across every restart.
+    pub fn process_pool(&self) -> Option<super::pool::Pool<'static>> {
+        // SAFETY: every server_rec points at the one live process_rec,
+        // whose pool is destroyed only when httpd exits.
+        unsafe {
+            let process = self.rec().process.as_ref()?;
+            super::pool::Pool::from_raw(process.pool)
+        }
+    }
+
     /// This server and every virtual host after it.
     pub fn iter(self) -> impl Iterator<Item = Server<'s>> {
         std::iter::successors(Some(self), |s| {

@@ -541,10 +541,12 @@ impl SessionStore for FileStore {
                 };
                 // mtime is the expiry moment: unexpired records cost no read.
                 if meta.modified().map_or(true, |t| t > now_time) {
+                    counts.records += 1;
                     continue;
                 }
                 let Some(lock) = self.try_lock(&id, Duration::ZERO)? else {
                     counts.skipped_locked += 1;
+                    counts.records += 1;
                     continue;
                 };
                 // Re-read under the lock: a request may have renewed it.
@@ -558,8 +560,10 @@ impl SessionStore for FileStore {
                     self.delete(&id)?;
                     removed(&id);
                     counts.expired += 1;
+                    continue;
                 }
                 drop(lock);
+                counts.records += 1;
             }
         }
         *cursor = 0;

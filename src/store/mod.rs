@@ -111,6 +111,8 @@ pub fn decode_stored(
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SweepCounts {
     pub scanned: u64,
+    /// Records seen that remain (expired ones removed are not counted).
+    pub records: u64,
     pub expired: u64,
     pub skipped_locked: u64,
     pub debris: u64,

@@ -320,6 +320,8 @@ impl SessionStore for RedisStore {
         Ok(reply.map(|_| Box::new(Marker) as Box<dyn HeldLock>))
     }
 
+    /// Redis expires records itself; the pass only counts them (SCAN, in
+    /// the background), which corrects the live-session figure.
     fn sweep(
         &self,
         _now: u64,
@@ -328,6 +330,9 @@ impl SessionStore for RedisStore {
         _removed: &mut dyn FnMut(&SessionId),
     ) -> Result<SweepCounts, StoreError> {
         *cursor = 0;
-        Ok(SweepCounts::default())
+        Ok(SweepCounts {
+            records: self.count()?,
+            ..SweepCounts::default()
+        })
     }
 }

@@ -20,6 +20,8 @@ void rsession_child_stopping(apr_pool_t *pchild, int graceful);
 int rsession_fixups(request_rec *r);
 void rsession_insert_filter(request_rec *r);
 apr_status_t rsession_out_filter(ap_filter_t *f, apr_bucket_brigade *bb);
+apr_status_t rsession_body_filter(ap_filter_t *f, apr_bucket_brigade *bb, ap_input_mode_t mode,
+                                  apr_read_type_e block, apr_off_t readbytes);
 int rsession_status_handler(request_rec *r);
 const char *rsession_id(request_rec *r);
 const char *rsession_dir(request_rec *r);
@@ -31,6 +33,20 @@ apr_status_t rsession_regenerate(request_rec *r);
 /* Added to requests by handle: adding by name lowercases and looks the
  * name up on every request. */
 ap_filter_rec_t *rsession_out_filter_handle;
+/* Replays a request body read before the session lock was taken. */
+ap_filter_rec_t *rsession_body_filter_handle;
+
+/* APR_BUCKET_IS_EOS over a brigade: the ring walk is all macros. */
+int rsession_brigade_has_eos(apr_bucket_brigade *bb)
+{
+    apr_bucket *e;
+    for (e = APR_BRIGADE_FIRST(bb); e != APR_BRIGADE_SENTINEL(bb); e = APR_BUCKET_NEXT(e)) {
+        if (APR_BUCKET_IS_EOS(e)) {
+            return 1;
+        }
+    }
+    return 0;
+}
 
 /* S V: main server or <VirtualHost>. S V D H: also <Directory>/<Location>
  * and .htaccess under AllowOverride AuthConfig. */
@@ -87,6 +103,8 @@ void rsession_register_hooks(apr_pool_t *p)
     ap_hook_insert_error_filter(rsession_insert_filter, NULL, NULL, APR_HOOK_MIDDLE);
     rsession_out_filter_handle =
         ap_register_output_filter("RSESSION_OUT", rsession_out_filter, NULL, AP_FTYPE_CONTENT_SET);
+    rsession_body_filter_handle =
+        ap_register_input_filter("RSESSION_BODY", rsession_body_filter, NULL, AP_FTYPE_RESOURCE);
     ap_hook_handler(rsession_status_handler, NULL, NULL, APR_HOOK_MIDDLE);
     APR_REGISTER_OPTIONAL_FN(rsession_id);
     APR_REGISTER_OPTIONAL_FN(rsession_dir);

@@ -4,6 +4,7 @@
 
 use crate::config::DirConfig;
 use crate::cookie::{cookie_value, private_cache_control, signed_ids};
+use crate::ffi::body::BodyError;
 use crate::ffi::log::{rlog, slog, Level, ServerLog};
 use crate::ffi::pool::Pool;
 use crate::ffi::request::Request;
@@ -223,6 +224,9 @@ pub fn fixups(r: Request<'_>) -> c_int {
                 rlog!(r, Level::Err, "RS0003 sessions are not initialised for this server; request served without one");
                 return DECLINED;
             };
+            if let Err(status) = spool_body(r, dir, runtime) {
+                return status;
+            }
             initial.set_session_state(begin(r, dir, runtime))
         }
     };
@@ -236,6 +240,41 @@ pub fn fixups(r: Request<'_>) -> c_int {
         // other redirects go on without a session.
         RequestState::Failed(status) if r.as_ptr() == initial.as_ptr() => *status,
         RequestState::Failed(_) => DECLINED,
+    }
+}
+
+/// Reads the request body before the session's lock is taken, so a slow
+/// or stalled upload keeps no other request of the session waiting, and
+/// hands it to the handler from there (memory, or an unnamed file in the
+/// scratch root). Without locking there is nothing to protect.
+fn spool_body(r: Request<'_>, dir: &DirConfig, runtime: &Runtime) -> Result<(), c_int> {
+    if !dir.lock() || r.as_ptr() != r.initial().as_ptr() || !r.has_body() {
+        return Ok(());
+    }
+    let mut spool = crate::body::Spool::new();
+    let spool_dir = runtime.scratch.root();
+    match r.read_body(|piece| spool.write(piece, spool_dir)) {
+        Ok(()) => {
+            rlog!(
+                r,
+                Level::Debug,
+                "request body of {} bytes read before locking the session",
+                spool.len()
+            );
+            r.replay_body(spool);
+            Ok(())
+        }
+        Err(BodyError::Client(status)) => Err(status),
+        Err(BodyError::Keep(e)) => {
+            rlog!(
+                r,
+                Level::Err,
+                "RS0016 cannot keep the request body in {} ({e}); answering 503",
+                spool_dir.display()
+            );
+            r.err_headers_out().set("Retry-After", "1");
+            Err(sys::HTTP_SERVICE_UNAVAILABLE as c_int)
+        }
     }
 }
 

@@ -240,6 +240,27 @@ pub extern "C" fn rsession_out_filter(
     }
 }
 
+/// Replays a request body read before the session lock (ffi/body.rs).
+#[no_mangle]
+pub extern "C" fn rsession_body_filter(
+    f: *mut sys::ap_filter_t,
+    bb: *mut sys::apr_bucket_brigade,
+    mode: sys::ap_input_mode_t,
+    block: sys::apr_read_type_e,
+    readbytes: sys::apr_off_t,
+) -> sys::apr_status_t {
+    // SAFETY: httpd passes the live filter and brigade of this call.
+    guard::run(|| unsafe { super::body::replay(f, bb, mode, block, readbytes) }).unwrap_or_else(
+        |p| {
+            // SAFETY: the filter is live; its request too.
+            if let Some(req) = unsafe { Request::from_raw((*f).r) } {
+                request_panic(req, "body filter", p);
+            }
+            sys::STATUS_EGENERAL
+        },
+    )
+}
+
 #[no_mangle]
 pub extern "C" fn rsession_status_handler(r: *mut sys::request_rec) -> c_int {
     // SAFETY: as in rsession_fixups.

@@ -2,6 +2,7 @@
 //! the other modules wrap them in small safe types (`Request`, `Table`,
 //! `Pool`), so `hooks` never touches a raw pointer.
 
+pub mod body;
 pub mod cmd;
 mod entry;
 pub mod guard;

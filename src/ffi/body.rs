@@ -1,0 +1,147 @@
+//! Request bodies through httpd's input filters: read whole before a
+//! handler runs, and replayed to it by an input filter of ours.
+
+use super::request::Request;
+use super::sys;
+use crate::body::Spool;
+use std::ffi::c_void;
+
+/// Largest piece asked of the input filters (and handed out) at once.
+const PIECE: usize = 64 * 1024;
+
+pub enum BodyError {
+    /// The client's body was refused (too large, malformed, timed out):
+    /// the HTTP status to answer, as httpd maps it.
+    Client(i32),
+    /// Keeping what arrived failed.
+    Keep(std::io::Error),
+}
+
+impl<'r> Request<'r> {
+    /// Whether the client announced a body (chunked or a non-zero length).
+    pub fn has_body(&self) -> bool {
+        let headers = self.headers_in();
+        !headers.get_all("Transfer-Encoding").is_empty()
+            || headers
+                .get_all("Content-Length")
+                .iter()
+                .any(|v| v.trim().parse::<u64>().map_or(true, |n| n > 0))
+    }
+
+    /// Reads the whole body through the request's input filters, handing
+    /// each piece to `keep`.
+    pub fn read_body(
+        &self,
+        mut keep: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), BodyError> {
+        let rec = self.as_ptr();
+        // SAFETY: the request and its connection are live for this call;
+        // the brigade lives in the request pool.
+        let bb = unsafe {
+            sys::apr_brigade_create(self.pool().as_ptr(), (*(*rec).connection).bucket_alloc)
+        };
+        let mut buf = vec![0u8; PIECE];
+        loop {
+            // SAFETY: a live request's input filter chain and our brigade.
+            let rv = unsafe {
+                sys::ap_get_brigade(
+                    (*rec).input_filters,
+                    bb,
+                    sys::ap_input_mode_t_AP_MODE_READBYTES,
+                    sys::apr_read_type_e_APR_BLOCK_READ,
+                    PIECE as sys::apr_off_t,
+                )
+            };
+            if rv != sys::STATUS_SUCCESS {
+                // SAFETY: maps a status code; no pointers.
+                let status = unsafe { sys::ap_map_http_request_error(rv, 400) };
+                // SAFETY: our brigade, emptied before returning.
+                unsafe { sys::apr_brigade_cleanup(bb as *mut c_void) };
+                return Err(BodyError::Client(status));
+            }
+            let mut len = buf.len() as sys::apr_size_t;
+            // SAFETY: flattens our live brigade into `buf`, at most `len`
+            // bytes (READBYTES returned at most PIECE), and reads its
+            // buckets for an EOS.
+            let (flat, eos) = unsafe {
+                let flat = sys::apr_brigade_flatten(bb, buf.as_mut_ptr() as *mut _, &mut len);
+                (flat, sys::rsession_brigade_has_eos(bb) != 0)
+            };
+            // SAFETY: our brigade; its buckets were copied out above.
+            unsafe { sys::apr_brigade_cleanup(bb as *mut c_void) };
+            if flat != sys::STATUS_SUCCESS {
+                return Err(BodyError::Client(400));
+            }
+            keep(&buf[..len as usize]).map_err(BodyError::Keep)?;
+            if eos {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Puts `spool` before the handler: it reads the body from there. The
+    /// spool lives in the request pool.
+    pub fn replay_body(&self, spool: Spool) {
+        let ctx = self.pool().attach(spool);
+        // SAFETY: the request and connection are live; the handle was set
+        // by register_hooks; `ctx` lives as long as the request's filters.
+        unsafe {
+            sys::ap_add_input_filter_handle(
+                sys::rsession_body_filter_handle,
+                ctx as *mut c_void,
+                self.as_ptr(),
+                (*self.as_ptr()).connection,
+            );
+        }
+    }
+}
+
+/// The replay filter's body (see `Request::replay_body`).
+///
+/// # Safety
+/// `f` and `bb` are the live filter and brigade httpd passes.
+pub unsafe fn replay(
+    f: *mut sys::ap_filter_t,
+    bb: *mut sys::apr_bucket_brigade,
+    mode: sys::ap_input_mode_t,
+    block: sys::apr_read_type_e,
+    readbytes: sys::apr_off_t,
+) -> sys::apr_status_t {
+    // SAFETY: the filter is live; ctx is the Spool `replay_body` attached
+    // to the request pool (or null).
+    let spool = unsafe { ((*f).ctx as *mut Spool).as_mut() };
+    let ours = matches!(
+        mode,
+        sys::ap_input_mode_t_AP_MODE_READBYTES
+            | sys::ap_input_mode_t_AP_MODE_GETLINE
+            | sys::ap_input_mode_t_AP_MODE_SPECULATIVE
+            | sys::ap_input_mode_t_AP_MODE_EXHAUSTIVE
+    );
+    let Some(spool) = spool.filter(|s| ours && !s.is_drained()) else {
+        // Drained: httpd's own body filter below has sent its EOS already
+        // and sends it again.
+        // SAFETY: as above; passing the call on is the filter contract.
+        return unsafe { sys::ap_get_brigade((*f).next, bb, mode, block, readbytes) };
+    };
+    let max = match readbytes {
+        n if n > 0 => (n as usize).min(PIECE),
+        _ => PIECE,
+    };
+    let line = mode == sys::ap_input_mode_t_AP_MODE_GETLINE;
+    let consume = mode != sys::ap_input_mode_t_AP_MODE_SPECULATIVE;
+    match spool.read(max, line, consume) {
+        Ok(bytes) => {
+            // SAFETY: live brigade; APR copies the bytes into it.
+            unsafe {
+                sys::apr_brigade_write(
+                    bb,
+                    None,
+                    std::ptr::null_mut(),
+                    bytes.as_ptr() as *const _,
+                    bytes.len() as sys::apr_size_t,
+                )
+            }
+        }
+        Err(_) => sys::STATUS_EGENERAL,
+    }
+}

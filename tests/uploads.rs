@@ -1,0 +1,161 @@
+//! Issue 13: request bodies are read before the session's lock is taken, so
+//! a slow upload keeps no other request of the session waiting, and the
+//! handler still gets every byte.
+
+mod harness;
+
+use harness::http::{get, get_with_cookie, send};
+use harness::scripts::ENV_CGI;
+use harness::{wait_for, Httpd, Options};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// Answers with the length and SHA-256 of the body it read.
+const DIGEST_CGI: &str = r#"#!/bin/sh
+printf 'Content-Type: text/plain\nX-RSession: set uploaded=1\n\n'
+cat | tee /tmp/.rsession-test-$$ | wc -c
+sha256sum < /tmp/.rsession-test-$$ | cut -d' ' -f1
+rm -f /tmp/.rsession-test-$$
+"#;
+
+fn server(extra: &str) -> Httpd {
+    let h = Httpd::start(Options {
+        fragment: format!(
+            "<Location /cgi-bin/>\n  RSession On\n  RSessionLockTimeout 2\n</Location>\n{extra}"
+        ),
+        ..Options::default()
+    });
+    h.cgi("env.cgi", ENV_CGI);
+    h.cgi("digest.cgi", DIGEST_CGI);
+    h
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads a whole response; returns its head and its (de-chunked) body.
+fn read_response(s: &mut TcpStream) -> (String, String) {
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, mut rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return (head.to_string(), rest.to_string());
+    }
+    let mut body = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || after.len() < n {
+            break;
+        }
+        body.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    (head.to_string(), body)
+}
+
+#[test]
+fn a_slow_upload_does_not_hold_the_session_lock() {
+    let h = server("");
+    let cookie = get(&h.url("/cgi-bin/env.cgi"), &[]).cookie_pair();
+    let body = b"0123456789abcdefghij";
+    let mut upload = TcpStream::connect(("127.0.0.1", h.port)).unwrap();
+    let client_port = upload.local_addr().unwrap().port();
+    write!(
+        upload,
+        "POST /cgi-bin/digest.cgi HTTP/1.1\r\nHost: localhost\r\nCookie: {cookie}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    upload.write_all(&body[..1]).unwrap();
+    wait_for(
+        "the server to read the upload's start",
+        Duration::from_secs(10),
+        || h.has_read_request_from(client_port).then_some(()),
+    );
+    // The upload trickles on (a byte every 200 ms, 4 s in all) while other
+    // requests of the session come and go; with the lock held by the
+    // upload they would get 503 after RSessionLockTimeout (2 s).
+    std::thread::scope(|s| {
+        let sender = s.spawn(move || {
+            for b in &body[1..] {
+                std::thread::sleep(Duration::from_millis(200));
+                upload.write_all(&[*b]).unwrap();
+            }
+            read_response(&mut upload)
+        });
+        for _ in 0..3 {
+            let r = get_with_cookie(&h.url("/cgi-bin/env.cgi"), &cookie);
+            assert_eq!(r.status, 200, "another tab of the session: {r:?}");
+            assert_eq!(r.env("RSESSION_NEW").as_deref(), Some("0"));
+        }
+        assert!(!sender.is_finished(), "the upload is still arriving");
+        let (head, got) = sender.join().unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(
+            got,
+            format!("{}\n{}\n", body.len(), hex(&Sha256::digest(body))),
+            "the handler got the whole body"
+        );
+    });
+    let after = get_with_cookie(&h.url("/cgi-bin/env.cgi"), &cookie);
+    assert_eq!(
+        after.env("RSESSION_DATA").as_deref(),
+        Some("uploaded=1"),
+        "the upload's own session change was kept"
+    );
+}
+
+#[test]
+fn large_and_chunked_uploads_reach_the_handler_whole() {
+    let h = server("");
+    let big: String = (0..3_000_000u32)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let r = send("POST", &h.url("/cgi-bin/digest.cgi"), &[], Some(&big));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.body,
+        format!("{}\n{}\n", big.len(), hex(&Sha256::digest(big.as_bytes()))),
+        "a body spooled beyond memory arrives whole"
+    );
+    // Nothing of the spool is left with a name in the scratch root.
+    let leftovers: Vec<_> = std::fs::read_dir(h.path("logs/rsession-scratch"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".upload"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    let mut s = TcpStream::connect(("127.0.0.1", h.port)).unwrap();
+    s.write_all(
+        b"POST /cgi-bin/digest.cgi HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .unwrap();
+    let (head, got) = read_response(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(
+        got,
+        format!("11\n{}\n", hex(&Sha256::digest(b"hello world")))
+    );
+}
+
+#[test]
+fn a_body_over_the_server_limit_gets_413() {
+    let h = server("LimitRequestBody 1000");
+    let r = send(
+        "POST",
+        &h.url("/cgi-bin/digest.cgi"),
+        &[],
+        Some(&"x".repeat(5000)),
+    );
+    assert_eq!(r.status, 413, "{r:?}");
+    assert!(r.set_cookie().is_none(), "no session for a refused request");
+}

@@ -78,6 +78,7 @@ const command_rec rsession_cmds[] = {
     RS_TAKE1("RSessionForwardHeaders", RS_SVDH, "On|Off: add X-RSession-* request headers for proxied backends (default Off)"),
     RS_TAKE1("RSessionUpdateHeader", RS_SVDH, "response header through which backends change the session (default X-RSession)"),
     RS_TAKE1("RSessionMaxDataSize", RS_SVDH, "largest encoded session data in bytes (default 65536)"),
+    RS_TAKE1("RSessionCreate", RS_SVDH, "OnWrite|Always: keep a new session only once a request writes to it, or always (default OnWrite)"),
     RS_TAKE1("RSessionScope", RS_SV, "name sessions are bound to: a cookie from another scope gets a fresh session (default: the server's ServerName)"),
     RS_TAKE1("RSessionMaxSessions", RS_SV, "live sessions per store beyond which requests that would keep a new one get 503; 0 = no ceiling (default 0)"),
     RS_TAKE1("RSessionGCInterval", RS_SV, "seconds between background sweeps of expired sessions; 0 disables (default 60)"),

@@ -88,6 +88,12 @@ impl ScratchRoot {
         }
     }
 
+    /// Whether the session's directory holds anything (a handler left a
+    /// file): such a new session is kept.
+    pub fn has_entries(&self, id: &SessionId) -> bool {
+        fs::read_dir(self.path(id)).is_ok_and(|mut entries| entries.next().is_some())
+    }
+
     /// Moves a session's directory to a new id (on regenerate).
     pub fn rename(&self, from: &SessionId, to: &SessionId) -> io::Result<PathBuf> {
         let target = self.path(to);

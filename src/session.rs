@@ -82,6 +82,9 @@ pub struct ActiveSession {
     id: SessionId,
     record: Record,
     is_new: bool,
+    /// Whether the store has a record of it (a new session is kept only
+    /// once written to, unless `RSessionCreate Always`).
+    kept: bool,
     data_changed: bool,
     regenerate: bool,
     state: State,
@@ -212,6 +215,7 @@ impl ActiveSession {
                 id: *id,
                 record,
                 is_new: false,
+                kept: true,
                 data_changed: false,
                 regenerate: false,
                 state: State::Live,
@@ -224,42 +228,69 @@ impl ActiveSession {
         Self::create(rt, dir, now)
     }
 
+    /// A session for a request that brought none. It has an id, a lock and
+    /// (when configured) a scratch directory at once; its record is stored
+    /// now only with `RSessionCreate Always`, else once something is
+    /// written to it (see `save`).
     fn create(rt: &Runtime, dir: &DirConfig, now: u64) -> Result<ActiveSession, SessionError> {
-        if rt.max_sessions > 0 && rt.stats.live() >= rt.max_sessions {
-            return Err(SessionError::StoreFull(rt.max_sessions));
-        }
         let record = Record {
             grace: dir.effective_touch_interval(),
             scope: rt.scope.clone(),
             ..Record::new(stamp(now), dir.timeout(), dir.max_lifetime())
         };
-        let id = create_record(rt, &record)?;
-        // Nobody else knows the id yet, so this never waits; it keeps the
-        // sweeper away for the rest of the request.
-        let lock = lock_session(rt, dir, &id)?;
-        let scratch_dir = match dir.scratch() {
-            true => match rt.scratch.create(&id) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    let _ = rt.store.delete(&id);
-                    return Err(SessionError::Scratch(e));
-                }
-            },
-            false => None,
-        };
-        rt.stats.bump(Counter::Created);
-        rt.stats.sessions_added(1);
-        Ok(ActiveSession {
-            id,
+        let mut session = ActiveSession {
+            id: SessionId::generate().map_err(SessionError::Id)?,
             record,
             is_new: true,
+            kept: false,
             data_changed: false,
             regenerate: false,
             state: State::Live,
-            scratch_dir,
-            cookie: Some(CookieChange::Set(id)),
-            lock,
-        })
+            scratch_dir: None,
+            cookie: None,
+            lock: None,
+        };
+        if dir.create_always() {
+            session.keep(rt, true)?;
+        }
+        // Nobody else knows the id yet, so this never waits; it keeps the
+        // sweeper away (from its directory too) for the rest of the request.
+        session.lock = lock_session(rt, dir, &session.id)?;
+        if dir.scratch() {
+            match rt.scratch.create(&session.id) {
+                Ok(p) => session.scratch_dir = Some(p),
+                Err(e) => {
+                    if session.kept {
+                        let _ = rt.store.delete(&session.id);
+                        rt.stats.sessions_removed(1);
+                    }
+                    return Err(SessionError::Scratch(e));
+                }
+            }
+        }
+        Ok(session)
+    }
+
+    /// Stores a new session's record for the first time, within
+    /// `RSessionMaxSessions`. Before anyone saw the id (`may_redraw`), a
+    /// colliding id is drawn again; after, a collision is an error, never
+    /// an overwrite.
+    fn keep(&mut self, rt: &Runtime, may_redraw: bool) -> Result<(), SessionError> {
+        if rt.max_sessions > 0 && rt.stats.live() >= rt.max_sessions {
+            return Err(SessionError::StoreFull(rt.max_sessions));
+        }
+        if may_redraw {
+            self.id = create_record(rt, &self.record)?;
+        } else if rt.store.create(&self.id, &self.record)? == Created::Collision {
+            return Err(SessionError::Store(StoreError::Corrupt(
+                "a new session's id is taken in the store".into(),
+            )));
+        }
+        self.kept = true;
+        self.cookie = Some(CookieChange::Set(self.id));
+        rt.stats.bump(Counter::Created);
+        rt.stats.sessions_added(1);
+        Ok(())
     }
 
     pub fn id(&self) -> &SessionId {
@@ -396,6 +427,12 @@ impl ActiveSession {
     fn save(&mut self, rt: &Runtime, dir: &DirConfig, now: u64) -> Result<(), SessionError> {
         match self.state {
             State::Finished => return Ok(()),
+            State::Invalidated if !self.kept => {
+                // Never stored, never given a cookie: nothing to undo.
+                let _ = rt.scratch.remove(&self.id);
+                self.cookie = None;
+                return Ok(());
+            }
             State::Invalidated => {
                 rt.store.delete(&self.id)?;
                 let _ = rt.scratch.remove(&self.id);
@@ -405,6 +442,22 @@ impl ActiveSession {
                 return Ok(());
             }
             State::Live => {}
+        }
+        if !self.kept {
+            let written = self.data_changed
+                || self.regenerate
+                || (self.scratch_dir.is_some() && rt.scratch.has_entries(&self.id));
+            if !written {
+                // Left untouched: nothing remains, not even its directory.
+                let _ = rt.scratch.remove(&self.id);
+                rt.stats.bump(Counter::Discarded);
+                return Ok(());
+            }
+            self.stamp_access(dir, now);
+            self.keep(rt, false)?;
+            if !self.regenerate {
+                return Ok(());
+            }
         }
         let touch_due =
             stamp(now).saturating_sub(self.record.accessed) >= dir.effective_touch_interval();
@@ -459,6 +512,8 @@ mod tests {
             .unwrap();
         let mut conf = DirConfig::default();
         conf.set("RSessionTimeout", "100").unwrap();
+        // Most tests start from a kept session; OnWrite has its own.
+        conf.set("RSessionCreate", "Always").unwrap();
         Fixture {
             _dir: dir,
             rt,
@@ -627,6 +682,53 @@ mod tests {
         resumed.finish(&rt, &f.conf, 1000).unwrap();
         assert_eq!(rt.stats.live(), 1);
         assert!(begin(&Candidates::default()).is_ok(), "room again");
+    }
+
+    #[test]
+    fn on_write_a_new_session_leaves_nothing_until_written() {
+        let mut f = fixture();
+        f.conf.set("RSessionCreate", "OnWrite").unwrap();
+        let count = |f: &Fixture| f.rt.store.count().unwrap();
+
+        let mut untouched = start(&f, &Candidates::default(), 1000);
+        assert!(untouched.is_new());
+        let dir = untouched.scratch_dir().unwrap().clone();
+        assert!(dir.is_dir(), "handlers get a directory to write into");
+        assert_eq!(
+            untouched.finish(&f.rt, &f.conf, 1000).unwrap(),
+            None,
+            "no cookie"
+        );
+        assert!(!dir.exists(), "its empty directory is gone");
+        assert_eq!(count(&f), 0);
+        assert_eq!(f.rt.stats.get(Counter::Created), 0);
+        assert_eq!(f.rt.stats.get(Counter::Discarded), 1);
+
+        let mut invalidated = start(&f, &Candidates::default(), 1000);
+        invalidated.invalidate().unwrap();
+        assert_eq!(invalidated.finish(&f.rt, &f.conf, 1000).unwrap(), None);
+
+        let mut written = start(&f, &Candidates::default(), 1000);
+        written.apply(&[Command::Set(vec![("n".into(), "1".into())])], 1000, false);
+        let id = *written.id();
+        assert_eq!(
+            written.finish(&f.rt, &f.conf, 1000).unwrap(),
+            Some(CookieChange::Set(id))
+        );
+        assert_eq!(f.rt.store.load(&id).unwrap().unwrap().data["n"], "1");
+
+        let with_file = start(&f, &Candidates::default(), 1000);
+        std::fs::write(with_file.scratch_dir().unwrap().join("upload"), "x").unwrap();
+        let mut with_file = with_file;
+        let id = *with_file.id();
+        assert_eq!(
+            with_file.finish(&f.rt, &f.conf, 1000).unwrap(),
+            Some(CookieChange::Set(id)),
+            "a file left in the directory keeps the session"
+        );
+        assert!(f.rt.scratch.path(&id).join("upload").exists());
+        assert_eq!(count(&f), 2);
+        assert_eq!(f.rt.stats.live(), 2);
     }
 
     #[test]

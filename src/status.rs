@@ -18,10 +18,12 @@ pub enum Counter {
     StoreErrors,
     GcRuns,
     GcRemoved,
+    /// New sessions that nothing was written to, so nothing was kept.
+    Discarded,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 11] = [
+    pub const ALL: [Counter; 12] = [
         Counter::Created,
         Counter::Resumed,
         Counter::RejectedCookies,
@@ -33,6 +35,7 @@ impl Counter {
         Counter::StoreErrors,
         Counter::GcRuns,
         Counter::GcRemoved,
+        Counter::Discarded,
     ];
 
     pub fn name(self) -> &'static str {
@@ -48,6 +51,7 @@ impl Counter {
             Counter::StoreErrors => "store_errors",
             Counter::GcRuns => "gc_runs",
             Counter::GcRemoved => "gc_removed",
+            Counter::Discarded => "discarded",
         }
     }
 }

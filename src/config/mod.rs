@@ -10,7 +10,7 @@ use crate::error::ConfigError;
 use crate::store::StoreUrl;
 use std::path::PathBuf;
 use std::time::Duration;
-use value::SecureMode;
+use value::{CreateMode, SecureMode};
 
 /// Fields for `<Directory>`, `<Location>`, `.htaccess` and server defaults.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -33,6 +33,7 @@ pub struct DirConfig {
     pub forward_headers: Option<bool>,
     pub update_header: Option<String>,
     pub max_data_size: Option<usize>,
+    pub create: Option<CreateMode>,
 }
 
 /// Fields for the main server and `<VirtualHost>`.
@@ -60,7 +61,7 @@ impl DirConfig {
             enabled, cookie_name, cookie_path, cookie_domain, cookie_secure,
             cookie_http_only, cookie_same_site, cookie_max_age, timeout,
             max_lifetime, touch_interval, lock, lock_timeout, scratch, env,
-            forward_headers, update_header, max_data_size)
+            forward_headers, update_header, max_data_size, create)
     }
 
     /// Applies one directive to this container.
@@ -86,6 +87,7 @@ impl DirConfig {
             "RSessionForwardHeaders" => self.forward_headers = Some(on_off(d, arg)?),
             "RSessionUpdateHeader" => self.update_header = Some(header_name(d, arg)?),
             "RSessionMaxDataSize" => self.max_data_size = Some(bytes(d, arg)?),
+            "RSessionCreate" => self.create = Some(create_mode(d, arg)?),
             _ => return Err(ConfigError::new(d, arg, "a directive of mod_rsession")),
         }
         self.check_cookie_rules(d, arg)
@@ -162,6 +164,10 @@ impl DirConfig {
     }
     pub fn max_data_size(&self) -> usize {
         self.max_data_size.unwrap_or(65536)
+    }
+    /// Whether a new session is kept even if the request writes nothing.
+    pub fn create_always(&self) -> bool {
+        self.create == Some(CreateMode::Always)
     }
 
     /// The cookie's attributes for a request, with the forcing rules applied:
@@ -336,6 +342,11 @@ mod tests {
         assert_eq!(c.lock_timeout(), Duration::from_secs(10));
         assert_eq!(c.update_header(), "X-RSession");
         assert_eq!(c.max_data_size(), 65536);
+        assert!(!c.create_always(), "OnWrite by default");
+        assert!(dir(&[("RSessionCreate", "always")])
+            .unwrap()
+            .create_always());
+        assert!(dir(&[("RSessionCreate", "sometimes")]).is_err());
         let a = c.cookie_attrs(false);
         assert_eq!(a.set("v"), "sid=v; Path=/; HttpOnly; SameSite=Lax");
         assert!(c.cookie_attrs(true).secure);

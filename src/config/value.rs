@@ -36,6 +36,24 @@ pub fn secure_mode(directive: &str, value: &str) -> Result<SecureMode, ConfigErr
     }
 }
 
+/// When a request that came without a valid session keeps the one it was
+/// given (`RSessionCreate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateMode {
+    /// Only once something was written to it (data, or a file left in its
+    /// scratch directory).
+    OnWrite,
+    Always,
+}
+
+pub fn create_mode(directive: &str, value: &str) -> Result<CreateMode, ConfigError> {
+    match value.to_ascii_lowercase().as_str() {
+        "onwrite" => Ok(CreateMode::OnWrite),
+        "always" => Ok(CreateMode::Always),
+        _ => Err(ConfigError::new(directive, value, "OnWrite or Always")),
+    }
+}
+
 /// `Off` means "send no SameSite attribute".
 pub fn same_site(directive: &str, value: &str) -> Result<Option<SameSite>, ConfigError> {
     match value.to_ascii_lowercase().as_str() {

@@ -144,6 +144,8 @@ pub struct Options {
     pub fragment: String,
     pub modules: Vec<&'static str>,
     pub secret: bool,
+    /// `RSessionCreate Always` server-wide (see `config_text`).
+    pub create_always: bool,
     pub log_level: &'static str,
 }
 
@@ -154,6 +156,7 @@ impl Default for Options {
             fragment: String::new(),
             modules: Vec::new(),
             secret: true,
+            create_always: true,
             // Our module at its most verbose in every test: the Drop check
             // below then proves no secret or whole id is ever logged.
             log_level: "info rsession:trace8",
@@ -521,6 +524,7 @@ fn check(fragment: &str, load_module: bool) -> Result<String, String> {
         fragment: fragment.to_string(),
         // Without our LoadModule line, the secret directive would be unknown.
         secret: load_module,
+        create_always: load_module,
         ..Options::default()
     };
     let conf = root.path().join("httpd.conf");
@@ -566,6 +570,16 @@ fn config_text(root: &Path, port: u16, o: &Options) -> String {
     } else {
         String::new()
     };
+    // Most tests make a session with a request that writes nothing and
+    // then look at it; the OnWrite default has tests of its own, which set
+    // `RSessionCreate OnWrite` where they need it. RSESSION_OLD_MODULE=1
+    // leaves the line out, to run tests against a build from before the
+    // directive existed and see which of them fail there.
+    let create = match std::env::var_os("RSESSION_OLD_MODULE") {
+        Some(_) => "",
+        None if o.create_always => "RSessionCreate Always",
+        None => "",
+    };
     let module = module_path().display().to_string();
     let text = format!(
         r#"ServerRoot {root}
@@ -598,6 +612,7 @@ DocumentRoot {root}/htdocs
 DirectoryIndex index.html
 ScriptAlias /cgi-bin/ {root}/cgi-bin/
 {secret}
+{create}
 <Directory {root}/htdocs>
   Options +Includes
   AddOutputFilter INCLUDES .shtml

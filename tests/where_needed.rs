@@ -1,0 +1,145 @@
+//! Issue 14: sessions only where they are needed. A request without a
+//! session that writes nothing leaves nothing behind (RSessionCreate
+//! OnWrite, the default); the first write keeps the session.
+
+mod harness;
+
+use harness::http::{get, get_with_cookie};
+use harness::scripts::{COUNTER_CGI, ENV_CGI};
+use harness::{Httpd, Options};
+use std::path::Path;
+
+/// Leaves a file in its scratch directory and writes no data.
+const UPLOAD_CGI: &str = r#"#!/bin/sh
+echo kept > "$RSESSION_DIR/upload.txt"
+printf 'Content-Type: text/plain\n\nstored\n'
+"#;
+
+const STATUS: &str = "<Location /rsession-status>\n  SetHandler rsession-status\n</Location>";
+
+/// A server with the shipped default (no RSessionCreate line anywhere).
+fn server() -> Httpd {
+    let h = Httpd::start(Options {
+        create_always: false,
+        fragment: format!("<Location /cgi-bin/>\n  RSession On\n</Location>\n{STATUS}"),
+        ..Options::default()
+    });
+    h.cgi("env.cgi", ENV_CGI);
+    h.cgi("counter.cgi", COUNTER_CGI);
+    h.cgi("upload.cgi", UPLOAD_CGI);
+    h
+}
+
+/// Every file and directory below `dir`.
+fn entries_below(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            out.push(e.path().display().to_string());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn figure(h: &Httpd, key: &str) -> u64 {
+    let page = get(&h.url("/rsession-status"), &[]);
+    page.body
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(": ")?.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {}", page.body))
+}
+
+#[test]
+fn cookieless_requests_that_write_nothing_leave_no_trace() {
+    let h = server();
+    // The store and scratch root as the server made them at startup.
+    let store_before = entries_below(&h.path("logs/rsession"));
+    let scratch_before = entries_below(&h.path("logs/rsession-scratch"));
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                for _ in 0..500 {
+                    let r = get(&h.url("/cgi-bin/env.cgi"), &[]);
+                    assert_eq!(r.status, 200);
+                    assert!(
+                        r.set_cookie().is_none(),
+                        "no cookie for a session left untouched"
+                    );
+                    assert_eq!(r.env("RSESSION_NEW").as_deref(), Some("1"));
+                    let dir = r
+                        .env("RSESSION_DIR")
+                        .expect("handlers still get a directory");
+                    assert_eq!(r.env("RSESSION_ID").map(|i| i.len()), Some(32));
+                    assert!(dir.ends_with(&r.env("RSESSION_ID").unwrap()));
+                }
+            });
+        }
+    });
+    let store_after = entries_below(&h.path("logs/rsession"));
+    let scratch_after = entries_below(&h.path("logs/rsession-scratch"));
+    // Lock files may appear in shards; no record, spare or directory.
+    let new_in_store: Vec<_> = store_after
+        .iter()
+        .filter(|p| !store_before.contains(p) && !p.ends_with("/.locks"))
+        .collect();
+    assert!(new_in_store.is_empty(), "{new_in_store:?}");
+    let new_in_scratch: Vec<_> = scratch_after
+        .iter()
+        .filter(|p| !scratch_before.contains(p))
+        .filter(|p| {
+            let name = p.rsplit('/').next().unwrap_or("");
+            name.len() == 32 && name.bytes().all(|c| c.is_ascii_hexdigit())
+        })
+        .collect();
+    assert!(new_in_scratch.is_empty(), "{new_in_scratch:?}");
+    assert_eq!(figure(&h, "created"), 0, "not counted as created");
+    assert_eq!(figure(&h, "discarded"), 1000);
+    assert_eq!(figure(&h, "live_sessions"), 0);
+}
+
+#[test]
+fn the_first_write_keeps_the_session_and_sets_the_cookie() {
+    let h = server();
+    let first = get(&h.url("/cgi-bin/counter.cgi"), &[]);
+    assert_eq!(first.body.trim(), "1");
+    let cookie = first.cookie_pair();
+    let id = harness::id_of(&cookie);
+    assert!(h.record(&id).exists());
+    let second = get_with_cookie(&h.url("/cgi-bin/counter.cgi"), &cookie);
+    assert_eq!(second.body.trim(), "2");
+    assert!(second.set_cookie().is_none());
+    assert_eq!(figure(&h, "created"), 1);
+}
+
+#[test]
+fn a_file_left_in_the_scratch_directory_keeps_the_session() {
+    let h = server();
+    let first = get(&h.url("/cgi-bin/upload.cgi"), &[]);
+    let cookie = first.cookie_pair();
+    let again = get_with_cookie(&h.url("/cgi-bin/env.cgi"), &cookie);
+    assert_eq!(again.env("RSESSION_NEW").as_deref(), Some("0"));
+    let dir = again.env("RSESSION_DIR").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(Path::new(&dir).join("upload.txt")).unwrap(),
+        "kept\n"
+    );
+}
+
+#[test]
+fn create_always_keeps_every_new_session() {
+    let h = Httpd::start(Options {
+        create_always: false,
+        fragment: "<Location /cgi-bin/>\n  RSession On\n  RSessionCreate Always\n</Location>"
+            .into(),
+        ..Options::default()
+    });
+    h.cgi("env.cgi", ENV_CGI);
+    let r = get(&h.url("/cgi-bin/env.cgi"), &[]);
+    let cookie = r.cookie_pair();
+    assert!(h.record(&harness::id_of(&cookie)).exists());
+}

@@ -9,7 +9,7 @@ use crate::id::SessionId;
 use crate::lock::{self, LockError, SessionLock};
 use crate::record::{encode_data, Data, Record};
 use crate::status::Counter;
-use crate::store::{Created, Loaded, StoreError};
+use crate::store::{Created, Fence, Loaded, StoreError};
 use crate::update::Command;
 use std::path::PathBuf;
 
@@ -26,7 +26,8 @@ impl SessionError {
     /// 503 for conditions that pass (the client should retry), else 500.
     pub fn http_status(&self) -> u16 {
         match self {
-            SessionError::LockTimeout | SessionError::Store(StoreError::Unavailable(_)) => 503,
+            SessionError::LockTimeout
+            | SessionError::Store(StoreError::Unavailable(_) | StoreError::LockLost) => 503,
             _ => 500,
         }
     }
@@ -172,7 +173,7 @@ impl ActiveSession {
             if record.is_expired_under(now, dir.timeout(), dir.max_lifetime()) {
                 // We hold its lock (or locking is off): remove it now rather
                 // than leave it to the sweeper.
-                rt.store.delete(id)?;
+                rt.store.delete(id, lock.as_ref().and_then(SessionLock::fence))?;
                 let _ = rt.scratch.remove(id);
                 rt.stats.bump(Counter::Expired);
                 rejected += 1;
@@ -215,7 +216,7 @@ impl ActiveSession {
             true => match rt.scratch.create(&id) {
                 Ok(p) => Some(p),
                 Err(e) => {
-                    let _ = rt.store.delete(&id);
+                    let _ = rt.store.delete(&id, lock.as_ref().and_then(SessionLock::fence));
                     return Err(SessionError::Scratch(e));
                 }
             },
@@ -358,11 +359,16 @@ impl ActiveSession {
         result.map(|()| self.cookie.take())
     }
 
+    /// Writes under a lock that may have been lost pass this to the store.
+    fn fence(&self) -> Option<&Fence> {
+        self.lock.as_ref().and_then(SessionLock::fence)
+    }
+
     fn save(&mut self, rt: &Runtime, dir: &DirConfig, now: u64) -> Result<(), SessionError> {
         match self.state {
             State::Finished => return Ok(()),
             State::Invalidated => {
-                rt.store.delete(&self.id)?;
+                rt.store.delete(&self.id, self.fence())?;
                 let _ = rt.scratch.remove(&self.id);
                 rt.stats.bump(Counter::Invalidated);
                 self.cookie = Some(CookieChange::Expire);
@@ -378,7 +384,11 @@ impl ActiveSession {
             self.record.idle_timeout = dir.timeout();
             self.record.max_lifetime = dir.max_lifetime();
             let new_id = create_record(rt, &self.record)?;
-            rt.store.delete(&self.id)?;
+            if let Err(e) = rt.store.delete(&self.id, self.fence()) {
+                // Nobody knows the new id yet: the session stays as it was.
+                let _ = rt.store.delete(&new_id, None);
+                return Err(e.into());
+            }
             if self.scratch_dir.is_some() {
                 self.scratch_dir = Some(
                     rt.scratch
@@ -393,7 +403,7 @@ impl ActiveSession {
             self.record.accessed = now;
             self.record.idle_timeout = dir.timeout();
             self.record.max_lifetime = dir.max_lifetime();
-            rt.store.save(&self.id, &self.record)?;
+            rt.store.save(&self.id, &self.record, self.fence())?;
         }
         Ok(())
     }

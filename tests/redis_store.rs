@@ -87,6 +87,15 @@ fn release_holder(dir: &str) {
     std::fs::write(Path::new(dir).join("release"), "").unwrap();
 }
 
+/// No session lock is left in Redis (the lock TTL, 120 s, is far off).
+fn wait_for_no_locks(redis: &Redis, what: &str) {
+    wait_for(
+        &format!("no lock left behind {what}"),
+        Duration::from_secs(5),
+        || redis.cmd(&["KEYS", "t:lock:*"]).is_empty().then_some(()),
+    );
+}
+
 /// The session resumes with its data, well before the lock wait (4 s in
 /// these tests) or the lock TTL would have run out.
 fn assert_served_promptly(h: &Httpd, cookie: &str, what: &str) {
@@ -293,6 +302,9 @@ fn a_stall_during_lock_or_unlock_leaves_no_lock_behind() {
         }
     });
     redis.resume();
+    // The SETs that ran after their requests gave up are undone, whether or
+    // not anyone asks for these sessions again.
+    wait_for_no_locks(&redis, "after a stall while locking");
     for (cookie, ..) in &sessions {
         assert_served_promptly(&h, cookie, "after a stall while locking");
     }
@@ -308,6 +320,7 @@ fn a_stall_during_lock_or_unlock_leaves_no_lock_behind() {
         holder.join().unwrap();
         redis.resume();
     });
+    wait_for_no_locks(&redis, "after a stall while unlocking");
     assert_served_promptly(&h, cookie, "after a stall while unlocking");
 }
 
@@ -337,6 +350,38 @@ fn a_request_longer_than_the_lock_ttl_keeps_its_lock() {
     for h in [&a, &b] {
         assert!(!h.error_log().contains("RS0022"), "{}", h.error_log());
     }
+}
+
+#[test]
+fn renewal_ends_with_the_holder() {
+    let redis = Redis::start();
+    let h = node_with(&redis, Mpm::Prefork, "RSessionLockTTL 2", "");
+    let (cookie, id, dir) = new_session(&h);
+    let lock = format!("t:lock:{id}");
+    std::thread::scope(|s| {
+        let holder = s.spawn(|| {
+            let url = h.url("/cgi-bin/hold.cgi");
+            let _ = try_send("GET", &url, &[("Cookie", &cookie)], None);
+        });
+        wait_holding(&dir);
+        let pid: i32 = std::fs::read_to_string(Path::new(&dir).join("holder.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // Renewed while its holder lives, past its 2 s TTL...
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(redis.cmd(&["EXISTS", &lock]), ":1", "renewed");
+        // ...and gone within its TTL once the holder is killed.
+        // SAFETY: killing the httpd child that serves our request.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+        wait_for("the dead holder's lock to expire", Duration::from_secs(5), || {
+            (redis.cmd(&["EXISTS", &lock]) == ":0").then_some(())
+        });
+        std::fs::write(Path::new(&dir).join("release"), "").unwrap();
+        holder.join().unwrap();
+    });
+    assert_served_promptly(&h, &cookie, "after its holder was killed");
 }
 
 #[test]
@@ -419,6 +464,7 @@ fn locks_of_requests_that_ended_while_redis_was_down_do_not_outlive_its_restart(
         }
     });
     redis.start_again();
+    wait_for_no_locks(&redis, "after the restart");
     std::thread::scope(|s| {
         for (cookie, ..) in &sessions {
             let h = &h;

@@ -173,7 +173,8 @@ impl ActiveSession {
             if record.is_expired_under(now, dir.timeout(), dir.max_lifetime()) {
                 // We hold its lock (or locking is off): remove it now rather
                 // than leave it to the sweeper.
-                rt.store.delete(id, lock.as_ref().and_then(SessionLock::fence))?;
+                rt.store
+                    .delete(id, lock.as_ref().and_then(SessionLock::fence))?;
                 let _ = rt.scratch.remove(id);
                 rt.stats.bump(Counter::Expired);
                 rejected += 1;
@@ -216,7 +217,9 @@ impl ActiveSession {
             true => match rt.scratch.create(&id) {
                 Ok(p) => Some(p),
                 Err(e) => {
-                    let _ = rt.store.delete(&id, lock.as_ref().and_then(SessionLock::fence));
+                    let _ = rt
+                        .store
+                        .delete(&id, lock.as_ref().and_then(SessionLock::fence));
                     return Err(SessionError::Scratch(e));
                 }
             },

@@ -375,9 +375,11 @@ fn renewal_ends_with_the_holder() {
         // ...and gone within its TTL once the holder is killed.
         // SAFETY: killing the httpd child that serves our request.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-        wait_for("the dead holder's lock to expire", Duration::from_secs(5), || {
-            (redis.cmd(&["EXISTS", &lock]) == ":0").then_some(())
-        });
+        wait_for(
+            "the dead holder's lock to expire",
+            Duration::from_secs(5),
+            || (redis.cmd(&["EXISTS", &lock]) == ":0").then_some(()),
+        );
         std::fs::write(Path::new(&dir).join("release"), "").unwrap();
         holder.join().unwrap();
     });
@@ -421,15 +423,17 @@ fn a_request_that_lost_its_lock_changes_nothing() {
         let line = h
             .error_log()
             .lines()
-            .filter(|l| l.contains("RS0022"))
-            .last()
+            .rfind(|l| l.contains("RS0022"))
             .unwrap()
             .to_string();
         assert!(line.contains("lock was lost"), "{line}");
         assert_eq!(redis.cmd(&["DEL", &lock]), ":1");
         let after = get_with_cookie(&h.url("/cgi-bin/env.cgi"), &cookie);
         assert_eq!(
-            (after.env("RSESSION_NEW").as_deref(), after.env("RSESSION_DATA").as_deref()),
+            (
+                after.env("RSESSION_NEW").as_deref(),
+                after.env("RSESSION_DATA").as_deref()
+            ),
             (Some("0"), Some("n=1")),
             "{command}: the session lives on unchanged"
         );

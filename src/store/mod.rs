@@ -73,8 +73,12 @@ pub trait SessionStore: Send + Sync {
     /// Replaces the record atomically: readers see the old or the new one.
     /// With a `fence` (from the session's lock), a store whose locks can be
     /// lost refuses (`LockLost`) once the lock is no longer the caller's.
-    fn save(&self, id: &SessionId, record: &Record, fence: Option<&Fence>)
-        -> Result<(), StoreError>;
+    fn save(
+        &self,
+        id: &SessionId,
+        record: &Record,
+        fence: Option<&Fence>,
+    ) -> Result<(), StoreError>;
     /// Removes the record; removing a missing record is not an error. The
     /// `fence` works as for `save`.
     fn delete(&self, id: &SessionId, fence: Option<&Fence>) -> Result<(), StoreError>;

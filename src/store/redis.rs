@@ -413,7 +413,15 @@ impl Keeper {
             self.wake.notify_all();
         }
         let (key, token) = (key.to_string(), token.to_string());
-        kept.held.insert(serial, Held { key, token, ttl, due });
+        kept.held.insert(
+            serial,
+            Held {
+                key,
+                token,
+                ttl,
+                due,
+            },
+        );
         serial
     }
 
@@ -600,8 +608,7 @@ impl Drop for RedisLock {
         if released.is_err() {
             // Redis may never see this release: the keeper retries it. A
             // release that still runs late is harmless.
-            self.keeper
-                .abandon(&self.key, token, self.ttl, LateSet::No);
+            self.keeper.abandon(&self.key, token, self.ttl, LateSet::No);
         }
     }
 }
@@ -677,12 +684,7 @@ impl RedisStore {
     /// Takes the lock of `id` if free and, with `load`, reads its record in
     /// the same round trip. An attempt that failed after it may have
     /// reached Redis is handed to the keeper to undo.
-    fn lock(
-        &self,
-        id: &SessionId,
-        ttl: Duration,
-        load: bool,
-    ) -> Result<Option<Taken>, StoreError> {
+    fn lock(&self, id: &SessionId, ttl: Duration, load: bool) -> Result<Option<Taken>, StoreError> {
         let key = self.lock_key(id);
         let token = random_token()?;
         let abandoned = self.keeper.abandoned_tokens(&key);
@@ -890,5 +892,110 @@ impl SessionStore for RedisStore {
     ) -> Result<SweepCounts, StoreError> {
         *cursor = 0;
         Ok(SweepCounts::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_who_we_are_from_client_info() {
+        let info = "id=42 addr=127.0.0.1:50412 laddr=127.0.0.1:6379 fd=8 name= age=0";
+        assert_eq!(
+            parse_client_info(info),
+            Some(ClientId {
+                id: 42,
+                addr: "127.0.0.1:50412".into()
+            })
+        );
+        assert_eq!(parse_client_info("laddr=127.0.0.1:6379 id=x"), None);
+        assert_eq!(parse_client_info(""), None);
+    }
+
+    /// An abandoned lock, due for cleanup since before `until - 2 s`.
+    fn abandoned(kept: &mut Kept, key: &str, token: &str, late: LateSet, until: Instant) {
+        kept.abandoned
+            .entry(key.into())
+            .or_default()
+            .push(Abandoned {
+                token: token.into(),
+                ttl: Duration::from_secs(2),
+                until,
+                due: until - Duration::from_secs(2),
+                pause: Duration::from_millis(50),
+                late,
+            });
+        kept.abandoned_count += 1;
+    }
+
+    #[test]
+    fn due_locks_are_renewed_and_abandoned_ones_retried_with_growing_pauses() {
+        let now = Instant::now();
+        let mut kept = Kept::default();
+        let ttl = Duration::from_secs(3);
+        for (serial, due) in [(1, now), (2, now + Duration::from_secs(1))] {
+            let (key, token) = (format!("k{serial}"), format!("t{serial}"));
+            kept.held.insert(
+                serial,
+                Held {
+                    key,
+                    token,
+                    ttl,
+                    due,
+                },
+            );
+        }
+        abandoned(
+            &mut kept,
+            "a",
+            "x",
+            LateSet::No,
+            now + Duration::from_secs(2),
+        );
+        let work = kept.take_due(now);
+        assert_eq!(work.renew.len(), 1, "only the due lock");
+        assert_eq!(work.renew[0].0, 1);
+        assert_eq!(work.clean.len(), 1);
+        assert_eq!(
+            kept.held[&1].due,
+            now + RENEW_RETRY,
+            "retried unless renewed"
+        );
+        assert_eq!(kept.abandoned["a"][0].pause, Duration::from_millis(100));
+        assert_eq!(kept.next_due(), Some(now + Duration::from_millis(50)));
+    }
+
+    #[test]
+    fn abandoned_locks_are_forgotten_once_settled_or_past_their_ttl() {
+        let now = Instant::now();
+        let mut kept = Kept::default();
+        abandoned(
+            &mut kept,
+            "a",
+            "x",
+            LateSet::No,
+            now + Duration::from_secs(2),
+        );
+        abandoned(
+            &mut kept,
+            "a",
+            "y",
+            LateSet::Unknown,
+            now + Duration::from_secs(2),
+        );
+        abandoned(&mut kept, "b", "z", LateSet::No, now);
+        kept.forget_expired(now);
+        assert_eq!(kept.abandoned_count, 2, "b's TTL has passed");
+        kept.settle("a", "x", None);
+        assert_eq!(kept.abandoned_count, 1);
+        // Redis not answering pushes back the end of a late SET's cleanup.
+        let later = now + Duration::from_secs(10);
+        kept.postpone_late_sets(later);
+        kept.forget_expired(later);
+        assert_eq!(kept.abandoned_count, 1);
+        kept.settle("a", "y", None);
+        assert!(kept.abandoned.is_empty());
+        assert_eq!(kept.abandoned_count, 0);
     }
 }

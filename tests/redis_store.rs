@@ -384,6 +384,16 @@ fn renewal_ends_with_the_holder() {
         holder.join().unwrap();
     });
     assert_served_promptly(&h, &cookie, "after its holder was killed");
+    // Children whose lock keeper ran still end promptly on a graceful
+    // restart.
+    let mut h = h;
+    let old = h.worker_children();
+    h.graceful();
+    wait_for("the old children to exit", Duration::from_secs(10), || {
+        let now = harness::children_of(h.pid());
+        (!old.iter().any(|c| now.contains(c))).then_some(())
+    });
+    assert_served_promptly(&h, &cookie, "after a graceful restart");
 }
 
 #[test]

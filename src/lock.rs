@@ -4,7 +4,7 @@
 //! polls the store's cross-process lock.
 
 use crate::id::SessionId;
-use crate::store::{HeldLock, Loaded, SessionStore, StoreError};
+use crate::store::{Fence, HeldLock, Loaded, SessionStore, StoreError};
 use parking_lot::{Mutex, RawMutex};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,6 +49,13 @@ pub struct SessionLock {
     gate: Option<GateGuard>,
     /// Whether the caller had to wait for another holder.
     pub waited: bool,
+}
+
+impl SessionLock {
+    /// What writes under this lock pass to the store (`HeldLock::fence`).
+    pub fn fence(&self) -> Option<&Fence> {
+        self.store_lock.as_deref().and_then(|l| l.fence())
+    }
 }
 
 impl Drop for SessionLock {

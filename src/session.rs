@@ -9,7 +9,7 @@ use crate::id::SessionId;
 use crate::lock::{self, LockError, SessionLock};
 use crate::record::{encode_data, stamp, Data, Record};
 use crate::status::Counter;
-use crate::store::{Created, Loaded, StoreError};
+use crate::store::{Created, Fence, Loaded, StoreError};
 use crate::update::Command;
 use std::path::PathBuf;
 
@@ -30,7 +30,7 @@ impl SessionError {
         match self {
             SessionError::LockTimeout
             | SessionError::StoreFull(_)
-            | SessionError::Store(StoreError::Unavailable(_)) => 503,
+            | SessionError::Store(StoreError::Unavailable(_) | StoreError::LockLost) => 503,
             _ => 500,
         }
     }
@@ -192,7 +192,8 @@ impl ActiveSession {
             if record.is_expired_under(now, dir.timeout(), dir.max_lifetime(), grace) {
                 // We hold its lock (or locking is off): remove it now rather
                 // than leave it to the sweeper.
-                rt.store.delete(id)?;
+                rt.store
+                    .delete(id, lock.as_ref().and_then(SessionLock::fence))?;
                 let _ = rt.scratch.remove(id);
                 rt.stats.bump(Counter::Expired);
                 rt.stats.sessions_removed(1);
@@ -261,7 +262,7 @@ impl ActiveSession {
                 Ok(p) => session.scratch_dir = Some(p),
                 Err(e) => {
                     if session.kept {
-                        let _ = rt.store.delete(&session.id);
+                        let _ = rt.store.delete(&session.id, session.fence());
                         rt.stats.sessions_removed(1);
                     }
                     return Err(SessionError::Scratch(e));
@@ -424,6 +425,11 @@ impl ActiveSession {
         self.record.grace = dir.effective_touch_interval();
     }
 
+    /// Writes under a lock that may have been lost pass this to the store.
+    fn fence(&self) -> Option<&Fence> {
+        self.lock.as_ref().and_then(SessionLock::fence)
+    }
+
     fn save(&mut self, rt: &Runtime, dir: &DirConfig, now: u64) -> Result<(), SessionError> {
         match self.state {
             State::Finished => return Ok(()),
@@ -434,7 +440,7 @@ impl ActiveSession {
                 return Ok(());
             }
             State::Invalidated => {
-                rt.store.delete(&self.id)?;
+                rt.store.delete(&self.id, self.fence())?;
                 let _ = rt.scratch.remove(&self.id);
                 rt.stats.bump(Counter::Invalidated);
                 rt.stats.sessions_removed(1);
@@ -467,7 +473,11 @@ impl ActiveSession {
         if self.regenerate {
             self.stamp_access(dir, now);
             let new_id = create_record(rt, &self.record)?;
-            rt.store.delete(&self.id)?;
+            if let Err(e) = rt.store.delete(&self.id, self.fence()) {
+                // Nobody knows the new id yet: the session stays as it was.
+                let _ = rt.store.delete(&new_id, None);
+                return Err(e.into());
+            }
             if self.scratch_dir.is_some() {
                 self.scratch_dir = Some(
                     rt.scratch
@@ -480,7 +490,7 @@ impl ActiveSession {
             rt.stats.bump(Counter::Regenerated);
         } else if self.data_changed || touch_due || limits_changed {
             self.stamp_access(dir, now);
-            rt.store.save(&self.id, &self.record)?;
+            rt.store.save(&self.id, &self.record, self.fence())?;
         }
         Ok(())
     }

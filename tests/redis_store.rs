@@ -1,6 +1,7 @@
 //! Issue 5: several httpd servers share sessions through a real Redis, with
 //! a lock that holds across servers, Redis-side expiry, and 503s (not hangs)
-//! while Redis is down.
+//! while Redis is down. Issue 12 item 8: locks survive stalls, restarts and
+//! long requests; a request that lost its lock never writes.
 
 mod harness;
 
@@ -10,13 +11,39 @@ use harness::scripts::{COUNTER_CGI, ENV_CGI, HOLD_CGI};
 use harness::{wait_for, Httpd, Mpm, Options};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Like COUNTER_CGI, but takes 3 s between reading and writing.
+const SLOW_COUNTER_CGI: &str = r#"#!/bin/sh
+n=$(printf '%s' "$RSESSION_DATA" | tr '&' '\n' | sed -n 's/^n=//p')
+sleep 3
+n=$(( ${n:-0} + 1 ))
+printf 'Content-Type: text/plain\nX-RSession: set n=%s\n\n%s\n' "$n" "$n"
+"#;
+
+/// Like HOLD_CGI, but answers with the command in its query string
+/// (`invalidate`, `regenerate`; else `set held=done`).
+const HOLD_THEN_CGI: &str = r#"#!/bin/sh
+echo $PPID > "$RSESSION_DIR/holder.pid"
+while [ ! -e "$RSESSION_DIR/release" ]; do sleep 0.05; done
+case "$QUERY_STRING" in
+  invalidate|regenerate) cmd=$QUERY_STRING ;;
+  *) cmd='set held=done' ;;
+esac
+printf 'Content-Type: text/plain\nX-RSession: %s\n\nreleased\n' "$cmd"
+"#;
 
 fn node(redis: &Redis, mpm: Mpm, settings: &str) -> Httpd {
+    node_with(redis, mpm, "", settings)
+}
+
+/// A server whose sessions live in `redis`, with server-wide settings and
+/// settings for /cgi-bin/.
+fn node_with(redis: &Redis, mpm: Mpm, server: &str, location: &str) -> Httpd {
     let h = Httpd::start(Options {
         mpm,
         fragment: format!(
-            "RSessionStore {}\nRSessionGCInterval 1\n<Location /cgi-bin/>\n  RSession On\n{settings}\n</Location>",
+            "RSessionStore {}\nRSessionGCInterval 1\n{server}\n<Location /cgi-bin/>\n  RSession On\n{location}\n</Location>",
             redis.url("t:")
         ),
         ..Options::default()
@@ -24,7 +51,62 @@ fn node(redis: &Redis, mpm: Mpm, settings: &str) -> Httpd {
     h.cgi("env.cgi", ENV_CGI);
     h.cgi("counter.cgi", COUNTER_CGI);
     h.cgi("hold.cgi", HOLD_CGI);
+    h.cgi("slow-counter.cgi", SLOW_COUNTER_CGI);
+    h.cgi("hold-then.cgi", HOLD_THEN_CGI);
     h
+}
+
+/// A new kept session (n=1): its cookie, id and scratch directory.
+fn new_session(h: &Httpd) -> (String, String, String) {
+    let r = get(&h.url("/cgi-bin/counter.cgi"), &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let cookie = r.cookie_pair();
+    let env = get_with_cookie(&h.url("/cgi-bin/env.cgi"), &cookie);
+    let id = env.env("RSESSION_ID").unwrap();
+    let dir = env.env("RSESSION_DIR").unwrap();
+    (cookie, id, dir)
+}
+
+/// How many session records Redis holds.
+fn records(redis: &Redis) -> usize {
+    let keys = redis.cmd(&["KEYS", "t:????????????????????????????????"]);
+    keys.lines().count()
+}
+
+/// Waits until the hold CGI of the session with scratch `dir` runs (and so
+/// holds the session's lock).
+fn wait_holding(dir: &str) {
+    wait_for("the holder to start", Duration::from_secs(10), || {
+        Path::new(dir).join("holder.pid").exists().then_some(())
+    });
+}
+
+/// Lets the hold CGI of `dir` answer; ready for the next one.
+fn release_holder(dir: &str) {
+    std::fs::remove_file(Path::new(dir).join("holder.pid")).unwrap();
+    std::fs::write(Path::new(dir).join("release"), "").unwrap();
+}
+
+/// No session lock is left in Redis (the lock TTL, 120 s, is far off).
+fn wait_for_no_locks(redis: &Redis, what: &str) {
+    wait_for(
+        &format!("no lock left behind {what}"),
+        Duration::from_secs(5),
+        || redis.cmd(&["KEYS", "t:lock:*"]).is_empty().then_some(()),
+    );
+}
+
+/// The session resumes with its data, well before the lock wait (4 s in
+/// these tests) or the lock TTL would have run out.
+fn assert_served_promptly(h: &Httpd, cookie: &str, what: &str) {
+    let started = Instant::now();
+    let r = get_with_cookie(&h.url("/cgi-bin/env.cgi"), cookie);
+    assert_eq!(
+        (r.status, r.env("RSESSION_NEW").as_deref()),
+        (200, Some("0")),
+        "{what}: resumed, not kept waiting for a lock nobody holds ({:?}): {r:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -200,5 +282,209 @@ fn a_redis_outage_costs_503s_not_hangs_and_service_returns_by_itself() {
     );
     wait_for("the recovery line", Duration::from_secs(5), || {
         h.error_log().contains("RS0013").then_some(())
+    });
+}
+
+#[test]
+fn a_stall_during_lock_or_unlock_leaves_no_lock_behind() {
+    let redis = Redis::start();
+    let h = node(&redis, Mpm::Event, "  RSessionLockTimeout 4");
+    let sessions: Vec<_> = (0..6).map(|_| new_session(&h)).collect();
+
+    // Stalled while locking: each request gives up after `timeout` (503),
+    // while its SET waits in Redis's socket buffer and runs on resume.
+    redis.pause();
+    std::thread::scope(|s| {
+        for (cookie, ..) in &sessions {
+            let h = &h;
+            s.spawn(move || {
+                let r = get_with_cookie(&h.url("/cgi-bin/env.cgi"), cookie);
+                assert_eq!(r.status, 503, "{r:?}");
+            });
+        }
+    });
+    redis.resume();
+    // The SETs that ran after their requests gave up are undone, whether or
+    // not anyone asks for these sessions again.
+    wait_for_no_locks(&redis, "after a stall while locking");
+    for (cookie, ..) in &sessions {
+        assert_served_promptly(&h, cookie, "after a stall while locking");
+    }
+
+    // Stalled while saving and unlocking.
+    let (cookie, _, dir) = &sessions[0];
+    std::thread::scope(|s| {
+        let holder = s.spawn(|| get_with_cookie(&h.url("/cgi-bin/hold.cgi"), cookie));
+        wait_holding(dir);
+        redis.pause();
+        release_holder(dir);
+        // Its save and release time out (an error, not a hang).
+        holder.join().unwrap();
+        redis.resume();
+    });
+    wait_for_no_locks(&redis, "after a stall while unlocking");
+    assert_served_promptly(&h, cookie, "after a stall while unlocking");
+}
+
+#[test]
+fn a_request_longer_than_the_lock_ttl_keeps_its_lock() {
+    // Two servers, so that only the Redis lock serialises the two requests
+    // (threads of one process also queue on an in-process gate).
+    let redis = Redis::start();
+    let a = node_with(&redis, Mpm::Event, "RSessionLockTTL 2", "");
+    let b = node_with(&redis, Mpm::Prefork, "RSessionLockTTL 2", "");
+    let (cookie, ..) = new_session(&a);
+    std::thread::scope(|s| {
+        for h in [&a, &b] {
+            let cookie = &cookie;
+            s.spawn(move || {
+                let r = get_with_cookie(&h.url("/cgi-bin/slow-counter.cgi"), cookie);
+                assert_eq!(r.status, 200, "{r:?}");
+            });
+        }
+    });
+    let end = get_with_cookie(&a.url("/cgi-bin/env.cgi"), &cookie);
+    assert_eq!(
+        end.env("RSESSION_DATA").as_deref(),
+        Some("n=3"),
+        "both 3 s increments kept, though each outlasted the 2 s lock TTL"
+    );
+    for h in [&a, &b] {
+        assert!(!h.error_log().contains("RS0022"), "{}", h.error_log());
+    }
+}
+
+#[test]
+fn renewal_ends_with_the_holder() {
+    let redis = Redis::start();
+    let h = node_with(&redis, Mpm::Prefork, "RSessionLockTTL 2", "");
+    let (cookie, id, dir) = new_session(&h);
+    let lock = format!("t:lock:{id}");
+    std::thread::scope(|s| {
+        let holder = s.spawn(|| {
+            let url = h.url("/cgi-bin/hold.cgi");
+            let _ = try_send("GET", &url, &[("Cookie", &cookie)], None);
+        });
+        wait_holding(&dir);
+        let pid: i32 = std::fs::read_to_string(Path::new(&dir).join("holder.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // Renewed while its holder lives, past its 2 s TTL...
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(redis.cmd(&["EXISTS", &lock]), ":1", "renewed");
+        // ...and gone within its TTL once the holder is killed.
+        // SAFETY: killing the httpd child that serves our request.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+        wait_for(
+            "the dead holder's lock to expire",
+            Duration::from_secs(5),
+            || (redis.cmd(&["EXISTS", &lock]) == ":0").then_some(()),
+        );
+        std::fs::write(Path::new(&dir).join("release"), "").unwrap();
+        holder.join().unwrap();
+    });
+    assert_served_promptly(&h, &cookie, "after its holder was killed");
+    // Children whose lock keeper ran still end promptly on a graceful
+    // restart.
+    let mut h = h;
+    let old = h.worker_children();
+    h.graceful();
+    wait_for("the old children to exit", Duration::from_secs(10), || {
+        let now = harness::children_of(h.pid());
+        (!old.iter().any(|c| now.contains(c))).then_some(())
+    });
+    assert_served_promptly(&h, &cookie, "after a graceful restart");
+}
+
+#[test]
+fn a_request_that_lost_its_lock_changes_nothing() {
+    let redis = Redis::start();
+    let h = node(&redis, Mpm::Event, "");
+    for command in ["set", "invalidate", "regenerate"] {
+        let (cookie, id, dir) = new_session(&h);
+        let lock = format!("t:lock:{id}");
+        let before = redis.cmd(&["GET", &format!("t:{id}")]);
+        let logged = h.error_log().matches("RS0022").count();
+        let records_before = records(&redis);
+        let url = h.url(&format!("/cgi-bin/hold-then.cgi?{command}"));
+        let r = std::thread::scope(|s| {
+            let holder = s.spawn(|| get_with_cookie(&url, &cookie));
+            wait_holding(&dir);
+            // Another request took the session over (its lock expired in a
+            // stall, say) and holds it now.
+            assert_eq!(redis.cmd(&["SET", &lock, "thief", "PX", "60000"]), "+OK");
+            release_holder(&dir);
+            holder.join().unwrap()
+        });
+        assert_eq!(
+            redis.cmd(&["GET", &format!("t:{id}")]),
+            before,
+            "{command}: the record is as it was"
+        );
+        assert_eq!(redis.cmd(&["GET", &lock]), "thief", "{command}: lock kept");
+        assert_eq!(records(&redis), records_before, "{command}: no new record");
+        assert!(
+            r.set_cookie().is_none(),
+            "{command}: no cookie for a change that did not happen: {r:?}"
+        );
+        wait_for("the refusal in the log", Duration::from_secs(5), || {
+            (h.error_log().matches("RS0022").count() > logged).then_some(())
+        });
+        let line = h
+            .error_log()
+            .lines()
+            .rfind(|l| l.contains("RS0022"))
+            .unwrap()
+            .to_string();
+        assert!(line.contains("lock was lost"), "{line}");
+        assert_eq!(redis.cmd(&["DEL", &lock]), ":1");
+        let after = get_with_cookie(&h.url("/cgi-bin/env.cgi"), &cookie);
+        assert_eq!(
+            (
+                after.env("RSESSION_NEW").as_deref(),
+                after.env("RSESSION_DATA").as_deref()
+            ),
+            (Some("0"), Some("n=1")),
+            "{command}: the session lives on unchanged"
+        );
+    }
+}
+
+#[test]
+fn locks_of_requests_that_ended_while_redis_was_down_do_not_outlive_its_restart() {
+    let mut redis = Redis::start_persistent();
+    let h = node(&redis, Mpm::Event, "  RSessionLockTimeout 4");
+    let sessions: Vec<_> = (0..4).map(|_| new_session(&h)).collect();
+    std::thread::scope(|s| {
+        let holders: Vec<_> = sessions
+            .iter()
+            .map(|(cookie, ..)| {
+                let url = h.url("/cgi-bin/hold.cgi");
+                s.spawn(move || try_send("GET", &url, &[("Cookie", cookie)], None))
+            })
+            .collect();
+        for (_, id, dir) in &sessions {
+            wait_holding(dir);
+            assert_eq!(redis.cmd(&["EXISTS", &format!("t:lock:{id}")]), ":1");
+        }
+        // Stopped with the locks held: they are in its snapshot.
+        redis.stop();
+        for (_, _, dir) in &sessions {
+            release_holder(dir);
+        }
+        // Their saves and releases fail: Redis is down.
+        for holder in holders {
+            let _ = holder.join().unwrap();
+        }
+    });
+    redis.start_again();
+    wait_for_no_locks(&redis, "after the restart");
+    std::thread::scope(|s| {
+        for (cookie, ..) in &sessions {
+            let h = &h;
+            s.spawn(move || assert_served_promptly(h, cookie, "after the restart"));
+        }
     });
 }

@@ -23,7 +23,7 @@
 //! exclude each other, the kernel drops the lock when a process dies, and
 //! descriptors are `O_CLOEXEC`, so CGI children never inherit a lock.
 
-use super::{Created, HeldLock, SessionStore, StoreError, SweepCounts};
+use super::{Created, Fence, HeldLock, SessionStore, StoreError, SweepCounts};
 use crate::id::SessionId;
 use crate::record::Record;
 use nix::fcntl::{fcntl, renameat2, FcntlArg, RenameFlags, AT_FDCWD};
@@ -366,7 +366,13 @@ impl SessionStore for FileStore {
 
     /// Writes the spare and swaps it in. A record that vanished meanwhile
     /// (invalidated, or swept while unlocked) is not resurrected.
-    fn save(&self, id: &SessionId, record: &Record) -> Result<(), StoreError> {
+    /// Kernel locks are never lost while their holder lives: no fence.
+    fn save(
+        &self,
+        id: &SessionId,
+        record: &Record,
+        _fence: Option<&Fence>,
+    ) -> Result<(), StoreError> {
         let bytes = record.encode();
         let expires = expiry_time(record);
         if !self.can_exchange.load(Ordering::Relaxed) {
@@ -399,7 +405,7 @@ impl SessionStore for FileStore {
         }
     }
 
-    fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
+    fn delete(&self, id: &SessionId, _fence: Option<&Fence>) -> Result<(), StoreError> {
         for path in [self.record_path(id), self.spare_path(id)] {
             match fs::remove_file(&path) {
                 Ok(()) => {}
@@ -557,7 +563,7 @@ impl SessionStore for FileStore {
                     Err(_) => false,
                 };
                 if expired {
-                    self.delete(&id)?;
+                    self.delete(&id, None)?;
                     removed(&id);
                     counts.expired += 1;
                     continue;
@@ -640,16 +646,16 @@ mod tests {
             "mtime is the expiry"
         );
         r.data.insert("k".into(), "a long value".into());
-        s.save(&id, &r).unwrap();
+        s.save(&id, &r, None).unwrap();
         assert_eq!(s.load(&id).unwrap(), Some(r.clone()));
         // Shorter data after longer: the padding must not show.
         r.data.clear();
-        s.save(&id, &r).unwrap();
-        s.save(&id, &r).unwrap();
+        s.save(&id, &r, None).unwrap();
+        s.save(&id, &r, None).unwrap();
         assert_eq!(s.load(&id).unwrap(), Some(r));
         assert_eq!(s.count().unwrap(), 1);
-        s.delete(&id).unwrap();
-        s.delete(&id).unwrap();
+        s.delete(&id, None).unwrap();
+        s.delete(&id, None).unwrap();
         assert_eq!(s.load(&id).unwrap(), None);
         assert_eq!(s.count().unwrap(), 0);
         assert!(!s.spare_path(&id).exists());
@@ -661,8 +667,8 @@ mod tests {
         let id = SessionId::generate().unwrap();
         let r = Record::new(10, 60, 0);
         s.create(&id, &r).unwrap();
-        s.delete(&id).unwrap();
-        assert!(matches!(s.save(&id, &r), Err(StoreError::Vanished)));
+        s.delete(&id, None).unwrap();
+        assert!(matches!(s.save(&id, &r, None), Err(StoreError::Vanished)));
         assert!(!s.exists(&id).unwrap());
     }
 
@@ -674,7 +680,7 @@ mod tests {
         let mut r = Record::new(10, 60, 0);
         s.create(&id, &r).unwrap();
         r.data.insert("k".into(), "v".into());
-        s.save(&id, &r).unwrap();
+        s.save(&id, &r, None).unwrap();
         assert_eq!(s.load(&id).unwrap(), Some(r));
     }
 
@@ -743,7 +749,7 @@ mod tests {
                     for i in 0..50 {
                         let mut r = Record::new(10, 60, 0);
                         r.data.insert("w".into(), "x".repeat((n * 50 + i) % 97));
-                        s.save(&id, &r).unwrap();
+                        s.save(&id, &r, None).unwrap();
                         assert!(s.load(&id).unwrap().is_some(), "always a whole record");
                     }
                 });

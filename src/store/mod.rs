@@ -15,7 +15,37 @@ use std::time::Duration;
 
 /// A lock on one session, held until dropped. Implementations release in
 /// `Drop`, so errors, panics and aborted requests all unlock.
-pub trait HeldLock: Send {}
+pub trait HeldLock: Send {
+    /// What `save` and `delete` under this lock pass to the store, so that a
+    /// store whose locks can be lost (they expire) applies the write only
+    /// while the lock is still this holder's. `None`: the lock cannot be
+    /// lost (a kernel lock lasts as long as its holder).
+    fn fence(&self) -> Option<&Fence> {
+        None
+    }
+}
+
+/// Opaque proof of a held lock, issued by the store that took it and read
+/// only by that store.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Fence(String);
+
+impl Fence {
+    pub(crate) fn new(token: String) -> Fence {
+        Fence(token)
+    }
+
+    pub(crate) fn token(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Tokens are not secrets, but nothing needs to see them.
+impl fmt::Debug for Fence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Fence(..)")
+    }
+}
 
 /// What a load found: a record, none, or an error (a corrupt record
 /// included), kept apart from the lock it came with.
@@ -41,9 +71,17 @@ pub trait SessionStore: Send + Sync {
     fn create(&self, id: &SessionId, record: &Record) -> Result<Created, StoreError>;
     fn load(&self, id: &SessionId) -> Result<Option<Record>, StoreError>;
     /// Replaces the record atomically: readers see the old or the new one.
-    fn save(&self, id: &SessionId, record: &Record) -> Result<(), StoreError>;
-    /// Removes the record; removing a missing record is not an error.
-    fn delete(&self, id: &SessionId) -> Result<(), StoreError>;
+    /// With a `fence` (from the session's lock), a store whose locks can be
+    /// lost refuses (`LockLost`) once the lock is no longer the caller's.
+    fn save(
+        &self,
+        id: &SessionId,
+        record: &Record,
+        fence: Option<&Fence>,
+    ) -> Result<(), StoreError>;
+    /// Removes the record; removing a missing record is not an error. The
+    /// `fence` works as for `save`.
+    fn delete(&self, id: &SessionId, fence: Option<&Fence>) -> Result<(), StoreError>;
     /// Takes the session's exclusive lock if it is free. `ttl` bounds how
     /// long a shared store keeps the lock of a holder that vanished.
     fn try_lock(
@@ -131,6 +169,9 @@ pub enum StoreError {
     Corrupt(String),
     /// The record disappeared (expired or deleted) before it could be saved.
     Vanished,
+    /// The session's lock expired or was taken over before the write: the
+    /// write was refused, since another request may own the session now.
+    LockLost,
 }
 
 impl fmt::Display for StoreError {
@@ -142,6 +183,10 @@ impl fmt::Display for StoreError {
             StoreError::Vanished => write!(
                 f,
                 "the session expired or was removed before it could be saved"
+            ),
+            StoreError::LockLost => write!(
+                f,
+                "the session lock was lost (expired or taken over) before the write; write refused"
             ),
         }
     }

@@ -1,111 +1,615 @@
 //! The Redis store, for server farms: records under `PREFIX<id>` with a
 //! Redis expiry at the record's own deadline (so Redis does the sweeping),
-//! per-session locks as `SET PREFIXlock:<id> TOKEN NX PX ttl` released by a
-//! compare-and-delete script. Connections are made lazily in each child
-//! (never in the parent, so none is shared across fork) and reused; a
-//! connection that failed is dropped and the next call reconnects.
+//! per-session locks under `PREFIXlock:<id>` holding a random token, with a
+//! TTL so that a holder that vanished frees them. Connections are made
+//! lazily in each child (never in the parent, so none is shared across
+//! fork) and reused; a connection that failed is dropped and the next call
+//! reconnects.
+//!
+//! Locks can be lost (they expire), so each process has a keeper thread
+//! (`Keeper`) that renews the locks it holds well before they run out, and
+//! every write under a lock is fenced: a script applies it only while the
+//! lock key still holds the writer's token. An acquire or release that
+//! failed may leave a lock in Redis that nobody will release (the command
+//! may still run after we gave up, or never have arrived): the keeper
+//! remembers it and deletes it, if it is still ours, once Redis answers.
 
-use super::{Created, HeldLock, LockedLoad, RedisUrl, SessionStore, StoreError, SweepCounts};
+use super::{
+    Created, Fence, HeldLock, LockedLoad, RedisUrl, SessionStore, StoreError, SweepCounts,
+};
 use crate::id::SessionId;
 use crate::record::Record;
-use parking_lot::Mutex;
-use redis::{Connection, IntoConnectionInfo, RedisConnectionInfo, Script};
+use parking_lot::{Condvar, Mutex};
+use redis::{Connection, IntoConnectionInfo, RedisConnectionInfo, RedisError, Script};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, LazyLock};
-use std::time::Duration;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// Deletes the lock only if we still own it (our token), atomically.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end")
 });
 
-/// Takes the lock and reads the record in one round trip.
-static LOCK_AND_GET: LazyLock<Script> = LazyLock::new(|| {
+/// Takes the lock KEYS[1] (token ARGV[1], TTL ARGV[2] ms) if it is free,
+/// already ours (a retry), or held by one of this process's abandoned
+/// attempts (ARGV[3..]: no holder will release those); with KEYS[2], reads
+/// that record in the same step. Replies {1, record} or {0, nil}.
+static LOCK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then \
-           return {1, redis.call('GET', KEYS[2])} \
-         end \
-         return {0, false}",
+        "local held = redis.call('GET', KEYS[1]) \
+         local free = not held or held == ARGV[1] \
+         for i = 3, #ARGV do free = free or held == ARGV[i] end \
+         if not free then return {0, false} end \
+         redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
+         if KEYS[2] then return {1, redis.call('GET', KEYS[2])} end \
+         return {1, false}",
     )
 });
 
+/// Saves record KEYS[1] (body ARGV[1], expiry ARGV[2]) only while lock
+/// KEYS[2] holds our token ARGV[3] (else -1) and the record exists (XX,
+/// else 0).
+static FENCED_SET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('GET', KEYS[2]) ~= ARGV[3] then return -1 end \
+         if redis.call('SET', KEYS[1], ARGV[1], 'XX', 'EXAT', ARGV[2]) then return 1 end \
+         return 0",
+    )
+});
+
+/// Deletes record KEYS[1] only while lock KEYS[2] holds our token ARGV[1].
+static FENCED_DEL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end \
+         redis.call('DEL', KEYS[1]) \
+         return 1",
+    )
+});
+
+/// Extends lock KEYS[1] to ARGV[2] ms if it still holds our token ARGV[1].
+/// Sent as EVAL in a pipeline (one round trip for all held locks).
+const RENEW: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+                     return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0";
+
 /// Idle connections kept per process.
 const MAX_IDLE: usize = 16;
+/// Locks are renewed when this fraction of their TTL has passed.
+const RENEW_AT: u32 = 3;
+/// Locks due within this are renewed in the same round trip.
+const RENEW_SLACK: Duration = Duration::from_millis(50);
+/// A renewal that failed is tried again after this long.
+const RENEW_RETRY: Duration = Duration::from_millis(200);
+/// Pauses between attempts to clean up an abandoned lock grow to this.
+const MAX_CLEAN_PAUSE: Duration = Duration::from_secs(1);
+/// Abandoned locks remembered per process; beyond this, their TTL frees
+/// them.
+const MAX_ABANDONED: usize = 4096;
 
 pub struct RedisStore {
     url: RedisUrl,
     pool: Arc<Pool>,
+    keeper: Arc<Keeper>,
 }
 
 struct Pool {
     client: redis::Client,
     timeout: Duration,
-    idle: Mutex<Vec<Connection>>,
+    idle: Mutex<Vec<Conn>>,
 }
 
-fn unavailable(e: redis::RedisError) -> StoreError {
+struct Conn {
+    con: Connection,
+    /// Who the server says we are, so that a command left running on this
+    /// connection can be stopped by killing it (`CLIENT KILL`).
+    client: Option<ClientId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ClientId {
+    id: u64,
+    addr: String,
+}
+
+/// How a call that failed left the server.
+enum Sent {
+    /// Nothing reached the server.
+    No,
+    /// The server answered (with an error): the command has run.
+    Completed,
+    /// The connection broke or timed out with the command possibly on its
+    /// way: the server may still run it, on this client.
+    Maybe(Option<ClientId>),
+}
+
+struct Failure {
+    error: RedisError,
+    sent: Sent,
+}
+
+fn unavailable(e: RedisError) -> StoreError {
     StoreError::Unavailable(format!("redis: {e}"))
 }
 
+/// A connection that failed this way may be mid-reply: it must go.
+fn is_broken(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().clamp(1, u64::MAX as u128) as u64
+}
+
+/// `id` and `addr` from a `CLIENT INFO` line.
+fn parse_client_info(info: &str) -> Option<ClientId> {
+    let field = |name: &str| {
+        info.split_whitespace()
+            .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+    };
+    Some(ClientId {
+        id: field("id")?.parse().ok()?,
+        addr: field("addr")?.to_string(),
+    })
+}
+
 impl Pool {
+    /// A new connection; setting it up takes at most `timeout`.
+    fn connect(&self) -> redis::RedisResult<Conn> {
+        let started = Instant::now();
+        let mut con = self.client.get_connection_with_timeout(self.timeout)?;
+        let left = self
+            .timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(1));
+        con.set_read_timeout(Some(left))?;
+        con.set_write_timeout(Some(left))?;
+        let client = match redis::cmd("CLIENT").arg("INFO").query::<String>(&mut con) {
+            Ok(info) => parse_client_info(&info),
+            Err(e) if is_broken(&e) => return Err(e),
+            // An older server, or an ACL that forbids CLIENT.
+            Err(_) => None,
+        };
+        con.set_read_timeout(Some(self.timeout))?;
+        con.set_write_timeout(Some(self.timeout))?;
+        Ok(Conn { con, client })
+    }
+
     /// Runs `f` on a pooled connection; a connection that failed goes away.
+    /// A pooled connection the server has closed (it restarted) is retried
+    /// once on a fresh one, so the first request after an outage succeeds;
+    /// every command we send is safe to repeat.
+    fn run<T>(
+        &self,
+        mut f: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, Failure> {
+        let mut pooled = self.idle.lock().pop();
+        let mut first_sent = None;
+        loop {
+            let from_pool = pooled.is_some();
+            let mut conn = match pooled.take() {
+                Some(c) => c,
+                None => match self.connect() {
+                    Ok(c) => c,
+                    Err(error) => {
+                        let sent = first_sent.unwrap_or(Sent::No);
+                        return Err(Failure { error, sent });
+                    }
+                },
+            };
+            match f(&mut conn.con) {
+                Ok(v) => {
+                    let mut idle = self.idle.lock();
+                    if idle.len() < MAX_IDLE {
+                        idle.push(conn);
+                    }
+                    return Ok(v);
+                }
+                Err(error) if is_broken(&error) => {
+                    let sent = Sent::Maybe(conn.client.take());
+                    if from_pool && error.is_connection_dropped() && !error.is_timeout() {
+                        first_sent = Some(sent);
+                        continue;
+                    }
+                    return Err(Failure { error, sent });
+                }
+                Err(error) => {
+                    // A server's error reply leaves the connection usable.
+                    let mut idle = self.idle.lock();
+                    if idle.len() < MAX_IDLE {
+                        idle.push(conn);
+                    }
+                    return Err(Failure {
+                        error,
+                        sent: Sent::Completed,
+                    });
+                }
+            }
+        }
+    }
+
     fn with<T>(
         &self,
-        f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
+        f: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
-        let pooled = self.idle.lock().pop();
-        let mut con = match pooled {
-            Some(c) => c,
-            None => {
-                let con = self
-                    .client
-                    .get_connection_with_timeout(self.timeout)
-                    .map_err(unavailable)?;
-                con.set_read_timeout(Some(self.timeout))
-                    .map_err(unavailable)?;
-                con.set_write_timeout(Some(self.timeout))
-                    .map_err(unavailable)?;
-                con
+        self.run(f).map_err(|f| unavailable(f.error))
+    }
+}
+
+/// Keeps this process's locks alive and cleans up the ones it may have left
+/// behind, from one thread per store and process. The thread starts with
+/// the first lock (so in a child, never in the parent), sleeps while there
+/// is nothing to do, and stops with the store.
+struct Keeper {
+    pool: Arc<Pool>,
+    state: Mutex<Kept>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Kept {
+    held: HashMap<u64, Held>,
+    serial: u64,
+    /// By lock key.
+    abandoned: HashMap<String, Vec<Abandoned>>,
+    abandoned_count: usize,
+    stop: bool,
+    /// The thread, with the pid of the process that started it.
+    thread: Option<(u32, JoinHandle<()>)>,
+}
+
+/// A lock a request holds.
+struct Held {
+    key: String,
+    token: String,
+    ttl: Duration,
+    /// When to renew it next.
+    due: Instant,
+}
+
+/// A lock this process may have left in Redis with no holder to release it.
+struct Abandoned {
+    token: String,
+    ttl: Duration,
+    /// When its TTL has freed it anyway.
+    until: Instant,
+    due: Instant,
+    pause: Duration,
+    late: LateSet,
+}
+
+/// Whether a SET of ours that takes the lock may still run in Redis after a
+/// cleanup (then one compare-and-delete is not enough).
+#[derive(Clone, Debug)]
+enum LateSet {
+    No,
+    /// It may, on this connection, until that is killed.
+    On(ClientId),
+    /// It may, and we cannot tell: clean up until the TTL has passed.
+    Unknown,
+}
+
+/// What the keeper thread does next, taken out of the lock.
+#[derive(Default)]
+struct Work {
+    renew: Vec<(u64, String, String, Duration)>,
+    clean: Vec<(String, String, LateSet)>,
+}
+
+impl Kept {
+    fn next_due(&self) -> Option<Instant> {
+        let held = self.held.values().map(|h| h.due);
+        let abandoned = self.abandoned.values().flatten().map(|a| a.due);
+        held.chain(abandoned).min()
+    }
+
+    fn forget_expired(&mut self, now: Instant) {
+        let mut left = 0;
+        self.abandoned.retain(|_, list| {
+            list.retain(|a| a.until > now);
+            left += list.len();
+            !list.is_empty()
+        });
+        self.abandoned_count = left;
+    }
+
+    /// Redis is not answering: a SET of ours still on its way will run
+    /// when it does, and its TTL counts from then.
+    fn postpone_late_sets(&mut self, now: Instant) {
+        for a in self.abandoned.values_mut().flatten() {
+            if !matches!(a.late, LateSet::No) {
+                a.until = a.until.max(now + a.ttl);
             }
+        }
+    }
+
+    fn take_due(&mut self, now: Instant) -> Work {
+        let mut work = Work::default();
+        for (serial, h) in &mut self.held {
+            // Early by a little, so that locks taken together renew together.
+            if h.due <= now + RENEW_SLACK {
+                work.renew
+                    .push((*serial, h.key.clone(), h.token.clone(), h.ttl));
+                // Moved on again when the renewal succeeds.
+                h.due = now + RENEW_RETRY;
+            }
+        }
+        for (key, list) in &mut self.abandoned {
+            for a in list.iter_mut().filter(|a| a.due <= now) {
+                work.clean
+                    .push((key.clone(), a.token.clone(), a.late.clone()));
+                a.due = now + a.pause;
+                a.pause = (a.pause * 2).min(MAX_CLEAN_PAUSE);
+            }
+        }
+        work
+    }
+
+    fn settle(&mut self, key: &str, token: &str, late: Option<LateSet>) {
+        let Some(list) = self.abandoned.get_mut(key) else {
+            return;
         };
-        match f(&mut con) {
-            Ok(v) => {
-                let mut idle = self.idle.lock();
-                if idle.len() < MAX_IDLE {
-                    idle.push(con);
+        match late {
+            None => {
+                list.retain(|a| a.token != token);
+                if list.is_empty() {
+                    self.abandoned.remove(key);
                 }
-                Ok(v)
+                self.abandoned_count = self.abandoned.values().map(Vec::len).sum();
             }
-            Err(e) => {
-                // A server's error reply leaves the connection usable; a
-                // broken or timed-out one may be mid-reply, so it goes.
-                let broken = e.is_io_error()
-                    || e.is_timeout()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal();
-                if !broken {
-                    self.idle.lock().push(con);
+            Some(late) => {
+                for a in list.iter_mut().filter(|a| a.token == token) {
+                    a.late = late.clone();
                 }
-                Err(unavailable(e))
             }
         }
     }
 }
 
-struct RedisLock {
-    pool: Arc<Pool>,
-    key: String,
-    token: String,
+impl Keeper {
+    fn new(pool: Arc<Pool>) -> Keeper {
+        Keeper {
+            pool,
+            state: Mutex::new(Kept::default()),
+            wake: Condvar::new(),
+        }
+    }
+
+    /// Starts the thread unless this process has it. After a fork the
+    /// parent's thread and locks are not ours: forget them.
+    fn ensure_thread(self: &Arc<Self>, kept: &mut Kept) {
+        let pid = std::process::id();
+        if kept.stop || kept.thread.as_ref().is_some_and(|(p, _)| *p == pid) {
+            return;
+        }
+        if let Some((_, inherited)) = kept.thread.take() {
+            // Not a thread of this process: never join or detach it.
+            std::mem::forget(inherited);
+            kept.held.clear();
+            kept.abandoned.clear();
+            kept.abandoned_count = 0;
+        }
+        let keeper = Arc::clone(self);
+        // Without the thread, locks still work, but only for their TTL; the
+        // next lock tries again.
+        if let Ok(t) = std::thread::Builder::new()
+            .name("rsession-locks".into())
+            .spawn(move || keeper.run())
+        {
+            kept.thread = Some((pid, t));
+        }
+    }
+
+    /// Registers a lock taken at `taken`, for renewal; returns its serial.
+    fn hold(self: &Arc<Self>, key: &str, token: &str, ttl: Duration, taken: Instant) -> u64 {
+        let mut kept = self.state.lock();
+        self.ensure_thread(&mut kept);
+        kept.serial += 1;
+        let serial = kept.serial;
+        let due = taken + ttl / RENEW_AT;
+        // The thread sleeps until the earliest due time: wake it only if
+        // this one comes sooner.
+        if kept.next_due().is_none_or(|next| due < next) {
+            self.wake.notify_all();
+        }
+        let (key, token) = (key.to_string(), token.to_string());
+        kept.held.insert(
+            serial,
+            Held {
+                key,
+                token,
+                ttl,
+                due,
+            },
+        );
+        serial
+    }
+
+    fn forget(&self, serial: u64) {
+        self.state.lock().held.remove(&serial);
+    }
+
+    /// Remembers a lock that may be in Redis with nobody to release it.
+    fn abandon(self: &Arc<Self>, key: &str, token: &str, ttl: Duration, late: LateSet) {
+        let mut kept = self.state.lock();
+        if kept.abandoned_count >= MAX_ABANDONED {
+            return;
+        }
+        self.ensure_thread(&mut kept);
+        let now = Instant::now();
+        kept.abandoned
+            .entry(key.to_string())
+            .or_default()
+            .push(Abandoned {
+                token: token.to_string(),
+                ttl,
+                until: now + ttl,
+                due: now,
+                pause: Duration::from_millis(50),
+                late,
+            });
+        kept.abandoned_count += 1;
+        self.wake.notify_all();
+    }
+
+    /// Tokens of this process's abandoned locks on `key`.
+    fn abandoned_tokens(&self, key: &str) -> Vec<String> {
+        let kept = self.state.lock();
+        kept.abandoned
+            .get(key)
+            .map(|l| l.iter().map(|a| a.token.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn stop(&self) {
+        let thread = {
+            let mut kept = self.state.lock();
+            kept.stop = true;
+            self.wake.notify_all();
+            kept.thread.take()
+        };
+        if let Some((pid, t)) = thread {
+            if pid == std::process::id() && t.thread().id() != std::thread::current().id() {
+                // Bounded: the thread waits at most one `timeout` for Redis.
+                let _ = t.join();
+            } else {
+                std::mem::forget(t);
+            }
+        }
+    }
+
+    fn run(&self) {
+        while let Some(work) = self.next_work() {
+            if !work.renew.is_empty() {
+                self.renew(&work.renew);
+            }
+            for (key, token, late) in work.clean {
+                if self.state.lock().stop {
+                    break;
+                }
+                if !self.clean(&key, &token, late) {
+                    // Redis is not answering: the rest waits for next time.
+                    self.state.lock().postpone_late_sets(Instant::now());
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Waits until something is due; `None` when the store is closing.
+    fn next_work(&self) -> Option<Work> {
+        let mut kept = self.state.lock();
+        loop {
+            if kept.stop {
+                return None;
+            }
+            let now = Instant::now();
+            kept.forget_expired(now);
+            match kept.next_due() {
+                Some(due) if due <= now => return Some(kept.take_due(now)),
+                Some(due) => {
+                    self.wake.wait_until(&mut kept, due);
+                }
+                None => self.wake.wait(&mut kept),
+            }
+        }
+    }
+
+    /// Extends every due lock in one round trip. A lock found lost (it
+    /// expired, or another holder has it) is no longer renewed; its
+    /// holder's fenced write will be refused.
+    fn renew(&self, due: &[(u64, String, String, Duration)]) {
+        let sent = Instant::now();
+        let replies: Result<Vec<i64>, _> = self.pool.with(|c| {
+            let mut p = redis::pipe();
+            for (_, key, token, ttl) in due {
+                p.cmd("EVAL")
+                    .arg(RENEW)
+                    .arg(1)
+                    .arg(key)
+                    .arg(token)
+                    .arg(millis(*ttl));
+            }
+            p.query(c)
+        });
+        let Ok(replies) = replies else { return };
+        let mut kept = self.state.lock();
+        for ((serial, ..), reply) in due.iter().zip(replies) {
+            if reply == 1 {
+                if let Some(h) = kept.held.get_mut(serial) {
+                    h.due = sent + h.ttl / RENEW_AT;
+                }
+            } else {
+                kept.held.remove(serial);
+            }
+        }
+    }
+
+    /// One attempt to delete an abandoned lock if it is still ours; false
+    /// when Redis did not answer. A SET of ours still on its way on a dead
+    /// connection is first stopped by killing that connection: after
+    /// that, one compare-and-delete is final.
+    fn clean(&self, key: &str, token: &str, late: LateSet) -> bool {
+        let result = self.pool.with(|c| {
+            let mut late = late.clone();
+            if let LateSet::On(client) = &late {
+                let killed = redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("ID")
+                    .arg(client.id)
+                    .arg("ADDR")
+                    .arg(&client.addr)
+                    .query::<i64>(c);
+                late = match killed {
+                    Ok(_) => LateSet::No,
+                    Err(e) if is_broken(&e) => return Err(e),
+                    Err(_) => LateSet::Unknown,
+                };
+            }
+            let deleted: i64 = RELEASE.key(key).arg(token).invoke(c)?;
+            Ok((deleted, late))
+        });
+        let Ok((deleted, late)) = result else {
+            return false;
+        };
+        let done = deleted == 1 || matches!(late, LateSet::No);
+        self.state
+            .lock()
+            .settle(key, token, (!done).then_some(late));
+        true
+    }
 }
 
-impl HeldLock for RedisLock {}
+/// A lock just taken, with the record's bytes read under it (if asked).
+type Taken = (Box<dyn HeldLock>, Option<Vec<u8>>);
+
+struct RedisLock {
+    keeper: Arc<Keeper>,
+    serial: u64,
+    key: String,
+    fence: Fence,
+    ttl: Duration,
+}
+
+impl HeldLock for RedisLock {
+    fn fence(&self) -> Option<&Fence> {
+        Some(&self.fence)
+    }
+}
 
 impl Drop for RedisLock {
     fn drop(&mut self) {
-        // If Redis is unreachable now, the lock frees itself after its TTL.
-        let _ = self
+        self.keeper.forget(self.serial);
+        let token = self.fence.token();
+        let released = self
+            .keeper
             .pool
-            .with(|c| RELEASE.key(&self.key).arg(&self.token).invoke::<i64>(c));
+            .run(|c| RELEASE.key(&self.key).arg(token).invoke::<i64>(c));
+        if released.is_err() {
+            // Redis may never see this release: the keeper retries it. A
+            // release that still runs late is harmless.
+            self.keeper.abandon(&self.key, token, self.ttl, LateSet::No);
+        }
     }
 }
 
@@ -122,6 +626,12 @@ fn node_name() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.keeper.stop();
+    }
+}
+
 impl RedisStore {
     pub fn open(url: &RedisUrl) -> Result<RedisStore, StoreError> {
         let mut settings = RedisConnectionInfo::default()
@@ -135,13 +645,15 @@ impl RedisStore {
             .map_err(unavailable)?
             .set_redis_settings(settings);
         let client = redis::Client::open(info).map_err(unavailable)?;
+        let pool = Arc::new(Pool {
+            client,
+            timeout: url.timeout,
+            idle: Mutex::new(Vec::new()),
+        });
         Ok(RedisStore {
             url: url.clone(),
-            pool: Arc::new(Pool {
-                client,
-                timeout: url.timeout,
-                idle: Mutex::new(Vec::new()),
-            }),
+            keeper: Arc::new(Keeper::new(pool.clone())),
+            pool,
         })
     }
 
@@ -168,6 +680,56 @@ impl RedisStore {
         })?;
         Ok(reply.is_some())
     }
+
+    /// Takes the lock of `id` if free and, with `load`, reads its record in
+    /// the same round trip. An attempt that failed after it may have
+    /// reached Redis is handed to the keeper to undo.
+    fn lock(&self, id: &SessionId, ttl: Duration, load: bool) -> Result<Option<Taken>, StoreError> {
+        let key = self.lock_key(id);
+        let token = random_token()?;
+        let abandoned = self.keeper.abandoned_tokens(&key);
+        let record_key = load.then(|| self.key(id));
+        let taken = Instant::now();
+        let reply = self.pool.run(|c| {
+            let mut call = LOCK.prepare_invoke();
+            call.key(&key);
+            if let Some(k) = &record_key {
+                call.key(k);
+            }
+            call.arg(&token).arg(millis(ttl));
+            for t in &abandoned {
+                call.arg(t);
+            }
+            call.invoke::<(i64, Option<Vec<u8>>)>(c)
+        });
+        let (locked, bytes) = match reply {
+            Ok(r) => r,
+            Err(Failure { error, sent }) => {
+                let late = match sent {
+                    Sent::No => None,
+                    Sent::Completed => Some(LateSet::No),
+                    Sent::Maybe(Some(client)) => Some(LateSet::On(client)),
+                    Sent::Maybe(None) => Some(LateSet::Unknown),
+                };
+                if let Some(late) = late {
+                    self.keeper.abandon(&key, &token, ttl, late);
+                }
+                return Err(unavailable(error));
+            }
+        };
+        if locked != 1 {
+            return Ok(None);
+        }
+        let serial = self.keeper.hold(&key, &token, ttl, taken);
+        let lock = RedisLock {
+            keeper: self.keeper.clone(),
+            serial,
+            key,
+            fence: Fence::new(token),
+            ttl,
+        };
+        Ok(Some((Box::new(lock), bytes)))
+    }
 }
 
 impl SessionStore for RedisStore {
@@ -189,20 +751,56 @@ impl SessionStore for RedisStore {
         super::decode_stored(bytes.as_deref(), id, || self.describe())
     }
 
-    fn save(&self, id: &SessionId, record: &Record) -> Result<(), StoreError> {
-        // XX: a record that expired (or was deleted) meanwhile stays gone.
-        if self.set(id, record, "XX")? {
-            Ok(())
-        } else {
-            Err(StoreError::Vanished)
+    fn save(
+        &self,
+        id: &SessionId,
+        record: &Record,
+        fence: Option<&Fence>,
+    ) -> Result<(), StoreError> {
+        let Some(fence) = fence else {
+            // XX: a record that expired (or was deleted) meanwhile stays gone.
+            return match self.set(id, record, "XX")? {
+                true => Ok(()),
+                false => Err(StoreError::Vanished),
+            };
+        };
+        let (key, lock_key, body) = (self.key(id), self.lock_key(id), record.encode());
+        let reply: i64 = self.pool.with(|c| {
+            FENCED_SET
+                .key(&key)
+                .key(&lock_key)
+                .arg(&body)
+                .arg(record.expires_at())
+                .arg(fence.token())
+                .invoke(c)
+        })?;
+        match reply {
+            1 => Ok(()),
+            0 => Err(StoreError::Vanished),
+            _ => Err(StoreError::LockLost),
         }
     }
 
-    fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
+    fn delete(&self, id: &SessionId, fence: Option<&Fence>) -> Result<(), StoreError> {
         let key = self.key(id);
-        self.pool
-            .with(|c| redis::cmd("DEL").arg(&key).query::<i64>(c))
-            .map(|_| ())
+        let Some(fence) = fence else {
+            return self
+                .pool
+                .with(|c| redis::cmd("DEL").arg(&key).query::<i64>(c))
+                .map(|_| ());
+        };
+        let lock_key = self.lock_key(id);
+        let reply: i64 = self.pool.with(|c| {
+            FENCED_DEL
+                .key(&key)
+                .key(&lock_key)
+                .arg(fence.token())
+                .invoke(c)
+        })?;
+        match reply {
+            1 => Ok(()),
+            _ => Err(StoreError::LockLost),
+        }
     }
 
     fn try_lock(
@@ -210,25 +808,7 @@ impl SessionStore for RedisStore {
         id: &SessionId,
         ttl: Duration,
     ) -> Result<Option<Box<dyn HeldLock>>, StoreError> {
-        let key = self.lock_key(id);
-        let token = random_token()?;
-        let ttl_ms = ttl.as_millis().max(1) as u64;
-        let reply: Option<String> = self.pool.with(|c| {
-            redis::cmd("SET")
-                .arg(&key)
-                .arg(&token)
-                .arg("NX")
-                .arg("PX")
-                .arg(ttl_ms)
-                .query(c)
-        })?;
-        Ok(reply.map(|_| {
-            Box::new(RedisLock {
-                pool: self.pool.clone(),
-                key,
-                token,
-            }) as Box<dyn HeldLock>
-        }))
+        Ok(self.lock(id, ttl, false)?.map(|(lock, _)| lock))
     }
 
     fn try_lock_and_load(
@@ -236,27 +816,10 @@ impl SessionStore for RedisStore {
         id: &SessionId,
         ttl: Duration,
     ) -> Result<Option<LockedLoad>, StoreError> {
-        let key = self.lock_key(id);
-        let token = random_token()?;
-        let ttl_ms = ttl.as_millis().max(1) as u64;
-        let (locked, bytes): (i64, Option<Vec<u8>>) = self.pool.with(|c| {
-            LOCK_AND_GET
-                .key(&key)
-                .key(self.key(id))
-                .arg(&token)
-                .arg(ttl_ms)
-                .invoke::<(i64, Option<Vec<u8>>)>(c)
-        })?;
-        if locked != 1 {
-            return Ok(None);
-        }
-        let lock: Box<dyn HeldLock> = Box::new(RedisLock {
-            pool: self.pool.clone(),
-            key,
-            token,
-        });
-        let loaded = super::decode_stored(bytes.as_deref(), id, || self.describe());
-        Ok(Some((lock, loaded)))
+        Ok(self.lock(id, ttl, true)?.map(|(lock, bytes)| {
+            let loaded = super::decode_stored(bytes.as_deref(), id, || self.describe());
+            (lock, loaded)
+        }))
     }
 
     fn count(&self) -> Result<u64, StoreError> {
@@ -334,5 +897,110 @@ impl SessionStore for RedisStore {
             records: self.count()?,
             ..SweepCounts::default()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_who_we_are_from_client_info() {
+        let info = "id=42 addr=127.0.0.1:50412 laddr=127.0.0.1:6379 fd=8 name= age=0";
+        assert_eq!(
+            parse_client_info(info),
+            Some(ClientId {
+                id: 42,
+                addr: "127.0.0.1:50412".into()
+            })
+        );
+        assert_eq!(parse_client_info("laddr=127.0.0.1:6379 id=x"), None);
+        assert_eq!(parse_client_info(""), None);
+    }
+
+    /// An abandoned lock, due for cleanup since before `until - 2 s`.
+    fn abandoned(kept: &mut Kept, key: &str, token: &str, late: LateSet, until: Instant) {
+        kept.abandoned
+            .entry(key.into())
+            .or_default()
+            .push(Abandoned {
+                token: token.into(),
+                ttl: Duration::from_secs(2),
+                until,
+                due: until - Duration::from_secs(2),
+                pause: Duration::from_millis(50),
+                late,
+            });
+        kept.abandoned_count += 1;
+    }
+
+    #[test]
+    fn due_locks_are_renewed_and_abandoned_ones_retried_with_growing_pauses() {
+        let now = Instant::now();
+        let mut kept = Kept::default();
+        let ttl = Duration::from_secs(3);
+        for (serial, due) in [(1, now), (2, now + Duration::from_secs(1))] {
+            let (key, token) = (format!("k{serial}"), format!("t{serial}"));
+            kept.held.insert(
+                serial,
+                Held {
+                    key,
+                    token,
+                    ttl,
+                    due,
+                },
+            );
+        }
+        abandoned(
+            &mut kept,
+            "a",
+            "x",
+            LateSet::No,
+            now + Duration::from_secs(2),
+        );
+        let work = kept.take_due(now);
+        assert_eq!(work.renew.len(), 1, "only the due lock");
+        assert_eq!(work.renew[0].0, 1);
+        assert_eq!(work.clean.len(), 1);
+        assert_eq!(
+            kept.held[&1].due,
+            now + RENEW_RETRY,
+            "retried unless renewed"
+        );
+        assert_eq!(kept.abandoned["a"][0].pause, Duration::from_millis(100));
+        assert_eq!(kept.next_due(), Some(now + Duration::from_millis(50)));
+    }
+
+    #[test]
+    fn abandoned_locks_are_forgotten_once_settled_or_past_their_ttl() {
+        let now = Instant::now();
+        let mut kept = Kept::default();
+        abandoned(
+            &mut kept,
+            "a",
+            "x",
+            LateSet::No,
+            now + Duration::from_secs(2),
+        );
+        abandoned(
+            &mut kept,
+            "a",
+            "y",
+            LateSet::Unknown,
+            now + Duration::from_secs(2),
+        );
+        abandoned(&mut kept, "b", "z", LateSet::No, now);
+        kept.forget_expired(now);
+        assert_eq!(kept.abandoned_count, 2, "b's TTL has passed");
+        kept.settle("a", "x", None);
+        assert_eq!(kept.abandoned_count, 1);
+        // Redis not answering pushes back the end of a late SET's cleanup.
+        let later = now + Duration::from_secs(10);
+        kept.postpone_late_sets(later);
+        kept.forget_expired(later);
+        assert_eq!(kept.abandoned_count, 1);
+        kept.settle("a", "y", None);
+        assert!(kept.abandoned.is_empty());
+        assert_eq!(kept.abandoned_count, 0);
     }
 }

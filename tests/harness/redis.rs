@@ -1,5 +1,7 @@
 //! A real redis-server on a free loopback port, and a minimal RESP client
-//! for the tests' own checks (TTL, KEYS, planting a stale lock).
+//! for the tests' own checks (TTL, KEYS, planting a stale lock). It can be
+//! paused (a stall: connections are accepted, nothing is answered) and
+//! restarted, optionally keeping its data across the restart.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -10,20 +12,34 @@ pub struct Redis {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    persistent: bool,
 }
 
 impl Redis {
     pub fn start() -> Redis {
+        Self::start_with(false)
+    }
+
+    /// A Redis that writes its data (keys with their expiry) to disk when
+    /// stopped and reads it back on `start_again`, as a production one does.
+    pub fn start_persistent() -> Redis {
+        Self::start_with(true)
+    }
+
+    fn start_with(persistent: bool) -> Redis {
         let mut r = Redis {
             port: super::free_port(),
             child: None,
             dir: tempfile::tempdir().unwrap(),
+            persistent,
         };
         r.launch();
         r
     }
 
     fn launch(&mut self) {
+        // A save point makes the shutdown on SIGTERM write the snapshot.
+        let save = if self.persistent { "3600 1" } else { "" };
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -31,7 +47,7 @@ impl Redis {
                 "--bind",
                 "127.0.0.1",
                 "--save",
-                "",
+                save,
                 "--appendonly",
                 "no",
             ])
@@ -57,10 +73,31 @@ impl Redis {
     /// Stops the server (SIGTERM to our pid) and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            // SAFETY: signalling the pid of the child we started.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            // SAFETY: signalling the pid of the child we started (SIGCONT
+            // first, so a paused server can act on the SIGTERM).
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGCONT);
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
             let _ = child.wait();
         }
+    }
+
+    /// Stalls the server (SIGSTOP): the kernel still accepts connections
+    /// and buffers what clients send, but nothing is answered until
+    /// `resume`, when the server runs everything it was sent meanwhile.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: i32) {
+        let child = self.child.as_ref().expect("redis runs");
+        // SAFETY: signalling the pid of the child we started.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
     }
 
     /// Starts again on the same port (after `stop`).

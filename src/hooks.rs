@@ -3,7 +3,7 @@
 //! headers, cookies). No `unsafe` here; `ffi` provides the safe wrappers.
 
 use crate::config::DirConfig;
-use crate::cookie::{cookie_value, private_cache_control, signed_ids};
+use crate::cookie::{cookie_value, private_cache_control, signed_ids, Candidates};
 use crate::ffi::body::BodyError;
 use crate::ffi::log::{rlog, slog, Level, ServerLog};
 use crate::ffi::pool::Pool;
@@ -224,10 +224,22 @@ pub fn fixups(r: Request<'_>) -> c_int {
                 rlog!(r, Level::Err, "RS0003 sessions are not initialised for this server; request served without one");
                 return DECLINED;
             };
-            if let Err(status) = spool_body(r, dir, runtime) {
-                return status;
+            // A lookup subrequest (mod_negotiation, mod_dir) before the main
+            // request's own fixups must not decide the chain's session.
+            if !r.is_main() {
+                return DECLINED;
             }
-            initial.set_session_state(begin(r, dir, runtime))
+            if r.is_static_file() {
+                match begin_static(r, dir, runtime) {
+                    Some(state) => initial.set_session_state(state),
+                    None => return DECLINED,
+                }
+            } else {
+                if let Err(status) = spool_body(r, dir, runtime) {
+                    return status;
+                }
+                initial.set_session_state(begin(r, dir, runtime))
+            }
         }
     };
     let state = state.borrow();
@@ -278,13 +290,42 @@ fn spool_body(r: Request<'_>, dir: &DirConfig, runtime: &Runtime) -> Result<(), 
     }
 }
 
-fn begin(r: Request<'_>, dir: &DirConfig, runtime: &Arc<Runtime>) -> RequestState {
+/// The signed session ids among the request's cookies.
+fn cookie_candidates(r: Request<'_>, dir: &DirConfig, runtime: &Runtime) -> Candidates {
     let cookies = r.headers_in().get_all("Cookie");
-    let found = signed_ids(
+    signed_ids(
         cookies.iter().map(|c| c.as_ref()),
         dir.cookie_name(),
         &runtime.keys,
-    );
+    )
+}
+
+/// A static file sees its session read-only and never waits for its lock;
+/// without a valid session it gets none (and makes none). If the store
+/// cannot be read, the file is served without a session.
+fn begin_static(r: Request<'_>, dir: &DirConfig, runtime: &Arc<Runtime>) -> Option<RequestState> {
+    let found = cookie_candidates(r, dir, runtime);
+    match ActiveSession::begin_read_only(runtime, dir, &found, now()) {
+        Ok(session) => session.map(|session| {
+            RequestState::Active(Box::new(RequestSession {
+                runtime: runtime.clone(),
+                dir: dir.clone(),
+                session,
+            }))
+        }),
+        Err(e) => {
+            rlog!(
+                r,
+                Level::Debug,
+                "static file served without its session: {e}"
+            );
+            None
+        }
+    }
+}
+
+fn begin(r: Request<'_>, dir: &DirConfig, runtime: &Arc<Runtime>) -> RequestState {
+    let found = cookie_candidates(r, dir, runtime);
     let mut notes = Notes::default();
     let result = ActiveSession::begin(runtime, dir, &found, now(), &mut notes);
     for what in notes.corrupt {

@@ -85,6 +85,9 @@ pub struct ActiveSession {
     /// Whether the store has a record of it (a new session is kept only
     /// once written to, unless `RSessionCreate Always`).
     kept: bool,
+    /// Seen by a static file: loaded without the lock, never changed
+    /// (but for its access time, when the lock happens to be free).
+    read_only: bool,
     data_changed: bool,
     regenerate: bool,
     state: State,
@@ -217,6 +220,7 @@ impl ActiveSession {
                 record,
                 is_new: false,
                 kept: true,
+                read_only: false,
                 data_changed: false,
                 regenerate: false,
                 state: State::Live,
@@ -227,6 +231,45 @@ impl ActiveSession {
         }
         rt.stats.add(Counter::RejectedCookies, rejected);
         Self::create(rt, dir, now)
+    }
+
+    /// The session a static file sees: the first signed candidate that the
+    /// store knows, in scope and unexpired, loaded without waiting for its
+    /// lock. None creates nothing: static files never make a session.
+    pub fn begin_read_only(
+        rt: &Runtime,
+        dir: &DirConfig,
+        found: &Candidates,
+        now: u64,
+    ) -> Result<Option<ActiveSession>, SessionError> {
+        for id in &found.signed {
+            let record = match rt.store.load(id) {
+                Ok(Some(r)) => r,
+                Ok(None) | Err(StoreError::Corrupt(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let grace = record.grace.max(dir.effective_touch_interval());
+            if record.scope != rt.scope
+                || record.is_expired_under(now, dir.timeout(), dir.max_lifetime(), grace)
+            {
+                continue;
+            }
+            rt.stats.bump(Counter::Resumed);
+            return Ok(Some(ActiveSession {
+                id: *id,
+                record,
+                is_new: false,
+                kept: true,
+                read_only: true,
+                data_changed: false,
+                regenerate: false,
+                state: State::Live,
+                scratch_dir: dir.scratch().then(|| rt.scratch.path(id)),
+                cookie: None,
+                lock: None,
+            }));
+        }
+        Ok(None)
     }
 
     /// A session for a request that brought none. It has an id, a lock and
@@ -244,6 +287,7 @@ impl ActiveSession {
             record,
             is_new: true,
             kept: false,
+            read_only: false,
             data_changed: false,
             regenerate: false,
             state: State::Live,
@@ -339,6 +383,9 @@ impl ActiveSession {
         if self.state != State::Live {
             return Err("the session is no longer live");
         }
+        if self.read_only {
+            return Err("a static file sees the session read-only");
+        }
         let mut data = self.record.data.clone();
         change(&mut data);
         if data == self.record.data {
@@ -383,6 +430,9 @@ impl ActiveSession {
     }
 
     pub fn invalidate(&mut self) -> Result<(), &'static str> {
+        if self.read_only {
+            return Err("a static file sees the session read-only");
+        }
         match self.state {
             State::Finished => Err("the session was already saved"),
             _ => {
@@ -394,6 +444,7 @@ impl ActiveSession {
 
     pub fn request_regenerate(&mut self) -> Result<(), &'static str> {
         match self.state {
+            State::Live if self.read_only => Err("a static file sees the session read-only"),
             State::Live => {
                 self.regenerate = true;
                 Ok(())
@@ -430,7 +481,39 @@ impl ActiveSession {
         self.lock.as_ref().and_then(SessionLock::fence)
     }
 
+    /// A static file's visit keeps the session alive when its access time
+    /// is due, but only if the lock is free right now (a static file never
+    /// waits): re-read and touched under it, never a write over someone
+    /// else's change.
+    fn touch_read_only(
+        &mut self,
+        rt: &Runtime,
+        dir: &DirConfig,
+        now: u64,
+    ) -> Result<(), SessionError> {
+        let due = stamp(now).saturating_sub(self.record.accessed) >= dir.effective_touch_interval();
+        if !due {
+            return Ok(());
+        }
+        let Some(lock) = rt.store.try_lock(&self.id, rt.lock_ttl)? else {
+            return Ok(());
+        };
+        if let Some(mut record) = rt.store.load(&self.id)? {
+            if stamp(now).saturating_sub(record.accessed) >= dir.effective_touch_interval() {
+                record.accessed = stamp(now);
+                rt.store.save(&self.id, &record, lock.fence())?;
+            }
+        }
+        Ok(())
+    }
+
     fn save(&mut self, rt: &Runtime, dir: &DirConfig, now: u64) -> Result<(), SessionError> {
+        if self.read_only {
+            return match self.state {
+                State::Live => self.touch_read_only(rt, dir, now),
+                _ => Ok(()),
+            };
+        }
         match self.state {
             State::Finished => return Ok(()),
             State::Invalidated if !self.kept => {

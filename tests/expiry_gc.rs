@@ -315,10 +315,12 @@ fn graceful_restarts_under_load_fail_no_request_and_the_sweeper_goes_on() {
     // Static files under RSession On: mod_cgid itself drops a request now
     // and then while its daemon restarts (AH10246), which is not ours to test.
     let mut h = Httpd::start(Options {
-        fragment: "RSessionGCInterval 1\nAlias /s/ {ROOT}/htdocs/\n<Location /s/>\n  RSession On\n  RSessionTimeout 2\n</Location>".into(),
+        fragment: "RSessionGCInterval 1\nAlias /s/ {ROOT}/htdocs/\n<LocationMatch ^/(s|cgi-bin)/>\n  RSession On\n  RSessionTimeout 2\n</LocationMatch>".into(),
         ..Options::default()
     });
-    let cookie = get(&h.url("/s/index.html"), &[]).cookie_pair();
+    h.cgi("env.cgi", ENV_CGI);
+    // Static files never make a session; a CGI makes it, once.
+    let cookie = get(&h.url("/cgi-bin/env.cgi"), &[]).cookie_pair();
     let done = AtomicBool::new(false);
     let failures = std::sync::Mutex::new(Vec::new());
     let served = AtomicUsize::new(0);
@@ -360,7 +362,7 @@ fn graceful_restarts_under_load_fail_no_request_and_the_sweeper_goes_on() {
         "no request may fail across graceful restarts: {failures:?}"
     );
     // The new generation's sweeper works: an abandoned session goes.
-    let fresh = get(&h.url("/s/index.html"), &[]).cookie_pair();
+    let fresh = get(&h.url("/cgi-bin/env.cgi"), &[]).cookie_pair();
     let id = harness::id_of(&fresh);
     wait_for(
         "the new generation to sweep",

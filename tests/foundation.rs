@@ -525,15 +525,21 @@ fn subrequests_and_redirects_see_the_same_session() {
         "ssi/page.shtml",
         "<p>page</p>\n<!--#include virtual=\"/cgi-bin/env.cgi\" -->\n",
     );
-    let r = get(&h.url("/ssi/page.shtml"), &[]);
+    // An SSI page is a static file: it sees the visitor's session (read
+    // only) and never makes one.
+    let fresh = get(&h.url("/ssi/page.shtml"), &[]);
+    assert_eq!(fresh.status, 200);
+    assert_eq!(fresh.set_cookie(), None);
+    let pair = get(&h.url("/cgi-bin/env.cgi"), &[]).cookie_pair();
+    let r = get_with_cookie(&h.url("/ssi/page.shtml"), &pair);
     assert_eq!(r.status, 200);
-    let pair = r.cookie_pair();
     assert_eq!(
         r.env("RSESSION_ID"),
         Some(id_of(&pair)),
         "include virtual sees the page's session: {}",
         r.body
     );
+    assert_eq!(r.set_cookie(), None);
 
     let r = get_with_cookie(&h.url("/cgi-bin/missing.cgi"), &pair);
     assert_eq!(r.status, 404);

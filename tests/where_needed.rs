@@ -143,3 +143,76 @@ fn create_always_keeps_every_new_session() {
     let cookie = r.cookie_pair();
     assert!(h.record(&harness::id_of(&cookie)).exists());
 }
+
+#[test]
+fn static_files_never_make_a_session() {
+    // Even where every other new session is kept.
+    let h = Httpd::start(Options {
+        fragment: "<Location />\n  RSession On\n</Location>".into(),
+        ..Options::default()
+    });
+    h.htdoc("static/logo.png", "not really a png");
+    let store_before = entries_below(&h.path("logs/rsession"));
+    for _ in 0..100 {
+        let r = get(&h.url("/static/logo.png"), &[]);
+        assert_eq!(r.status, 200);
+        assert!(r.set_cookie().is_none(), "{r:?}");
+    }
+    let store_after = entries_below(&h.path("logs/rsession"));
+    assert_eq!(store_before, store_after, "no record, no lock file");
+    let sessions: Vec<_> = entries_below(&h.path("logs/rsession-scratch"))
+        .into_iter()
+        .filter(|p| p.rsplit('/').next().is_some_and(|n| n.len() == 32))
+        .collect();
+    assert!(sessions.is_empty(), "{sessions:?}");
+}
+
+#[test]
+fn a_static_file_of_a_busy_session_answers_at_once() {
+    let h = Httpd::start(Options {
+        fragment: "Alias /static/ {ROOT}/htdocs/static/\n<LocationMatch ^/(cgi-bin|static)/>\n  RSession On\n  RSessionLockTimeout 2\n</LocationMatch>".into(),
+        ..Options::default()
+    });
+    h.cgi("hold.cgi", harness::scripts::HOLD_CGI);
+    h.cgi("counter.cgi", COUNTER_CGI);
+    h.htdoc("static/logo.png", "logo");
+    let cookie = get(&h.url("/cgi-bin/counter.cgi"), &[]).cookie_pair();
+    std::thread::scope(|s| {
+        let holder = s.spawn(|| get_with_cookie(&h.url("/cgi-bin/hold.cgi"), &cookie));
+        let dir = harness::wait_for(
+            "the holder to start",
+            std::time::Duration::from_secs(10),
+            || {
+                entries_below(&h.path("logs/rsession-scratch"))
+                    .into_iter()
+                    .find(|p| p.ends_with("/holder.pid"))
+                    .map(|p| p.trim_end_matches("/holder.pid").to_string())
+            },
+        );
+        // The lock is held for as long as the test likes: a static file
+        // that waited for it would get 503 after 2 s.
+        for _ in 0..5 {
+            let r = get_with_cookie(&h.url("/static/logo.png"), &cookie);
+            assert_eq!(r.status, 200, "{r:?}");
+            assert_eq!(r.body, "logo");
+        }
+        assert!(!holder.is_finished(), "the CGI still holds the session");
+        std::fs::write(Path::new(&dir).join("release"), "").unwrap();
+        assert_eq!(holder.join().unwrap().status, 200);
+    });
+    // Parallel increments through the CGI still lose nothing.
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..10 {
+                    assert_eq!(
+                        get_with_cookie(&h.url("/cgi-bin/counter.cgi"), &cookie).status,
+                        200
+                    );
+                }
+            });
+        }
+    });
+    let last = get_with_cookie(&h.url("/cgi-bin/counter.cgi"), &cookie);
+    assert_eq!(last.body.trim(), "42");
+}

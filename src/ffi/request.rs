@@ -102,6 +102,13 @@ impl<'r> Request<'r> {
         text(self.rec().handler)
     }
 
+    /// Served by the core's default handler from an existing regular
+    /// file: a static file, which can never change a session.
+    pub fn is_static_file(&self) -> bool {
+        let default_handler = self.handler().is_none_or(|h| h == "default-handler");
+        default_handler && self.rec().finfo.filetype == sys::apr_filetype_e_APR_REG
+    }
+
     pub fn args(&self) -> Option<Cow<'r, str>> {
         text(self.rec().args)
     }

@@ -17,6 +17,7 @@ mod error;
 mod gc;
 mod generation;
 mod id;
+mod interim;
 mod lock;
 mod record;
 mod scratch;

@@ -2,7 +2,9 @@
 //! the other modules wrap them in small safe types (`Request`, `Table`,
 //! `Pool`), so `hooks` never touches a raw pointer.
 
+pub mod bucket;
 pub mod cmd;
+pub mod conn;
 mod entry;
 pub mod guard;
 pub mod log;

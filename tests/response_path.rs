@@ -290,6 +290,54 @@ fn an_invalidate_that_cannot_delete_is_not_reported_as_done() {
 }
 
 #[test]
+fn a_touch_that_cannot_be_written_is_not_a_200() {
+    // Interval 0: every request writes the access time.
+    let h = server(
+        "<Location /cgi-bin/>\n  RSessionTouchInterval 0\n</Location>\n",
+        vec![],
+    );
+    let cookie = get(&h.url("/cgi-bin/cmd.cgi"), &[("X-Cmd", "set k=1")]).cookie_pair();
+    let _guard = Unwritable::new(shard(&h, &cookie));
+    let r = get_with_cookie(&h.url("/cgi-bin/env.cgi"), &cookie);
+    assert_eq!(r.status, 503, "the session was not kept alive: {r:?}");
+    assert!(r.header("Retry-After").is_some());
+}
+
+/// Removes its own session's record (the path comes in X-Record) while it
+/// runs, as an expiry or another request's invalidation would.
+const VANISH_CGI: &str = r#"#!/bin/sh
+rm -f "$HTTP_X_RECORD"
+printf 'Content-Type: text/plain\n'
+[ -n "$HTTP_X_CMD" ] && printf 'X-RSession: %s\n' "$HTTP_X_CMD"
+printf '\ngone\n'
+"#;
+
+#[test]
+fn a_session_that_vanishes_during_the_request_fails_only_if_it_changed() {
+    // Interval 0: the request without a command still writes the access time.
+    let h = server(
+        "<Location /cgi-bin/>\n  RSessionTouchInterval 0\n</Location>\n",
+        vec![],
+    );
+    h.cgi("vanish.cgi", VANISH_CGI);
+    for (cmd, want) in [("set late=1", 503), ("", 200)] {
+        let cookie = get(&h.url("/cgi-bin/cmd.cgi"), &[("X-Cmd", "set k=1")]).cookie_pair();
+        let record = h.record(&harness::id_of(&cookie));
+        let r = get(
+            &h.url("/cgi-bin/vanish.cgi"),
+            &[
+                ("Cookie", &cookie),
+                ("X-Cmd", cmd),
+                ("X-Record", record.to_str().unwrap()),
+            ],
+        );
+        assert_eq!(r.status, want, "command {cmd:?}: {r:?}");
+        assert!(!record.exists(), "not resurrected");
+    }
+    assert!(h.error_log().contains("RS0023"));
+}
+
+#[test]
 fn failed_saves_of_cgi_lua_and_proxy_are_whole_error_responses() {
     let backend_port = harness::free_port();
     let _backend = harness::scripts::Backend::start(backend_port);
@@ -396,6 +444,24 @@ fn a_websocket_switch_releases_the_lock_and_hides_the_update_header() {
     assert_eq!(&echo, b"ping over the tunnel");
     drop(tunnel);
     assert_eq!(data(&h, &cookie), "n=2", "the 101's command is not applied");
+    // A session the upgrade itself creates gets its cookie on the 101.
+    let mut fresh = connect(&h);
+    write!(
+        fresh.get_mut(),
+        "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let (head, status) = read_head(&mut fresh);
+    assert_eq!(status, 101, "{head}");
+    let line = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Set-Cookie: "))
+        .unwrap_or_else(|| panic!("no Set-Cookie on the 101: {head}"));
+    let pair = line.split(';').next().unwrap().to_string();
+    let again = get_with_cookie(&h.url("/cgi-bin/env.cgi"), &pair);
+    assert_eq!(again.env("RSESSION_NEW").as_deref(), Some("0"), "{again:?}");
+    assert_eq!(again.env("RSESSION_ID"), Some(harness::id_of(&pair)));
     wait_for("the not-applied warning", Duration::from_secs(5), || {
         h.error_log().contains("RS0081").then_some(())
     });

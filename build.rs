@@ -19,7 +19,12 @@ fn apxs_query(apxs: &str, var: &str) -> String {
 fn main() {
     let apxs = env::var("APXS").unwrap_or_else(|_| "apxs".to_string());
     println!("cargo:rerun-if-env-changed=APXS");
-    for f in ["c_shim/wrapper.h", "c_shim/shim.c", "c_shim/mod_rsession.h", "c_shim/shim_buckets.h"] {
+    for f in [
+        "c_shim/wrapper.h",
+        "c_shim/shim.c",
+        "c_shim/mod_rsession.h",
+        "c_shim/shim_buckets.h",
+    ] {
         println!("cargo:rerun-if-changed={f}");
     }
 

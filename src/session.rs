@@ -25,8 +25,9 @@ pub enum SessionError {
 impl SessionError {
     /// 503 for conditions that pass (the client should retry), else 500.
     /// A store that is full, read-only, over quota or refused us passes:
-    /// an operator frees space or fixes modes. (A lost lock, once stores
-    /// report one, belongs here too.)
+    /// an operator frees space or fixes modes. A lost lock passes too:
+    /// when stores report one (`StoreError::LockLost`, Redis fencing), it
+    /// joins the first arm.
     pub fn http_status(&self) -> u16 {
         match self {
             SessionError::LockTimeout | SessionError::Store(StoreError::Unavailable(_)) => 503,
@@ -580,11 +581,19 @@ mod tests {
     #[test]
     fn failures_that_pass_answer_503_and_others_500() {
         use std::io::{Error, ErrorKind};
-        let io = |kind| SessionError::Store(StoreError::Io {
-            what: "save".into(),
-            source: Error::from(kind),
-        });
-        for errno in [libc::ENOSPC, libc::EROFS, libc::EDQUOT, libc::EACCES, libc::EPERM] {
+        let io = |kind| {
+            SessionError::Store(StoreError::Io {
+                what: "save".into(),
+                source: Error::from(kind),
+            })
+        };
+        for errno in [
+            libc::ENOSPC,
+            libc::EROFS,
+            libc::EDQUOT,
+            libc::EACCES,
+            libc::EPERM,
+        ] {
             let e = SessionError::Store(StoreError::Io {
                 what: "save".into(),
                 source: Error::from_raw_os_error(errno),
@@ -592,9 +601,18 @@ mod tests {
             assert_eq!(e.http_status(), 503, "errno {errno}");
         }
         assert_eq!(io(ErrorKind::InvalidData).http_status(), 500);
-        assert_eq!(SessionError::Store(StoreError::Unavailable("down".into())).http_status(), 503);
-        assert_eq!(SessionError::Store(StoreError::Corrupt("x".into())).http_status(), 500);
-        assert_eq!(SessionError::Scratch(Error::from_raw_os_error(libc::ENOSPC)).http_status(), 503);
+        assert_eq!(
+            SessionError::Store(StoreError::Unavailable("down".into())).http_status(),
+            503
+        );
+        assert_eq!(
+            SessionError::Store(StoreError::Corrupt("x".into())).http_status(),
+            500
+        );
+        assert_eq!(
+            SessionError::Scratch(Error::from_raw_os_error(libc::ENOSPC)).http_status(),
+            503
+        );
     }
 
     #[test]

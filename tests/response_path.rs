@@ -233,9 +233,11 @@ fn an_unwritable_store_answers_503_and_every_200_is_kept() {
             for _ in 0..3 {
                 let seen = unavailable.load(Ordering::SeqCst);
                 let guard = Unwritable::new(dir.clone());
-                wait_for("503s while the store is unwritable", Duration::from_secs(20), || {
-                    (unavailable.load(Ordering::SeqCst) >= seen + 5).then_some(())
-                });
+                wait_for(
+                    "503s while the store is unwritable",
+                    Duration::from_secs(20),
+                    || (unavailable.load(Ordering::SeqCst) >= seen + 5).then_some(()),
+                );
                 drop(guard);
                 let seen = ok.load(Ordering::SeqCst);
                 wait_for("200s once it is writable", Duration::from_secs(20), || {
@@ -388,7 +390,10 @@ fn failed_saves_of_cgi_lua_and_proxy_are_whole_error_responses() {
         "no failed update, and not the ErrorDocument's, was applied"
     );
     let log = h.error_log();
-    assert!(log.contains("RS0082"), "the ErrorDocument's command is logged");
+    assert!(
+        log.contains("RS0082"),
+        "the ErrorDocument's command is logged"
+    );
 }
 
 // ---- 2. protocol switches and interim responses ---------------------------
@@ -521,7 +526,11 @@ fn commands_from_an_included_cgi_are_removed_logged_and_not_applied() {
     assert_eq!(page.status, 200);
     assert!(page.body.contains("included"), "{}", page.body);
     assert!(page.header("X-RSession").is_none());
-    assert_eq!(data(&h, &cookie), "k=1", "the subrequest's command is not applied");
+    assert_eq!(
+        data(&h, &cookie),
+        "k=1",
+        "the subrequest's command is not applied"
+    );
     wait_for("the not-applied warning", Duration::from_secs(5), || {
         h.error_log()
             .lines()

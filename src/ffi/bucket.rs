@@ -78,7 +78,7 @@ impl<'b> Brigade<'b> {
             return Some(&[]);
         }
         // SAFETY: APR returned `n` readable bytes owned by the bucket.
-        Some(unsafe { std::slice::from_raw_parts(p as *const u8, n as usize) })
+        Some(unsafe { std::slice::from_raw_parts(p as *const u8, n) })
     }
 
     /// Removes and destroys `b`.

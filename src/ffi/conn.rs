@@ -118,11 +118,7 @@ impl InterimWatch {
     /// what may go to the client. `on_event(request, header, event)` hears
     /// of each interim block and returns header lines to add to it. Never
     /// reads a file, pipe or socket bucket: one ends the watch.
-    pub fn inspect(
-        &self,
-        bb: &Brigade<'_>,
-        on_event: fn(Request<'_>, &str, Event) -> Vec<String>,
-    ) {
+    pub fn inspect(&self, bb: &Brigade<'_>, on_event: fn(Request<'_>, &str, Event) -> Vec<String>) {
         let Some(req) = self.request() else {
             return;
         };

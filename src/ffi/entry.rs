@@ -259,9 +259,8 @@ pub extern "C" fn rsession_out_filter(
         OutFilter::First => {}
     }
     let outcome = match req {
-        Some(req) => guard::run(|| hooks::at_first_output(req)).unwrap_or_else(|p| {
-            hooks::FirstOutput::Fail(request_panic(req, "output filter", p))
-        }),
+        Some(req) => guard::run(|| hooks::at_first_output(req))
+            .unwrap_or_else(|p| hooks::FirstOutput::Fail(request_panic(req, "output filter", p))),
         None => hooks::FirstOutput::Pass,
     };
     match (outcome, req) {

@@ -396,6 +396,52 @@ fn failed_saves_of_cgi_lua_and_proxy_are_whole_error_responses() {
     );
 }
 
+/// Changes the session, then writes 200 KB in small pieces: mod_lua
+/// flushes as it goes and ignores write errors, so pieces keep coming after
+/// the failed save has turned the response into an error.
+const CHATTY_LUA: &str = r#"
+function handle(r)
+  r.headers_out['X-RSession'] = 'set chatty=1'
+  r.content_type = 'text/plain'
+  for i = 1, 2000 do
+    r:puts(string.rep('x', 99) .. '\n')
+  end
+  return apache2.OK
+end
+"#;
+
+#[test]
+fn output_written_after_a_failed_save_never_follows_the_error_response() {
+    let h = server("", vec!["lua"]);
+    std::fs::write(h.path("chatty.lua"), CHATTY_LUA).unwrap();
+    let mut h = h;
+    h.stop();
+    h.set_fragment(&format!(
+        "<Location /cgi-bin/>\n  RSession On\n</Location>\n\
+         LuaMapHandler ^/chatty$ {} handle\n<Location /chatty>\n  RSession On\n</Location>\n",
+        h.path("chatty.lua").display()
+    ));
+    h.start_again();
+    let cookie = get(&h.url("/cgi-bin/cmd.cgi"), &[("X-Cmd", "set k=1")]).cookie_pair();
+    let guard = Unwritable::new(shard(&h, &cookie));
+    let mut conn = connect(&h);
+    send(&mut conn, "/chatty", &cookie, "");
+    let failed = read_response(&mut conn);
+    let after = rest(conn);
+    drop(guard);
+    assert_eq!(failed.status, 503, "{}", failed.head);
+    assert!(
+        !String::from_utf8_lossy(&failed.body).contains("xxxx"),
+        "none of the handler's output is in the error response"
+    );
+    assert!(
+        after.is_empty(),
+        "nothing follows the error response: {} bytes",
+        after.len()
+    );
+    assert_eq!(data(&h, &cookie), "k=1");
+}
+
 // ---- 2. protocol switches and interim responses ---------------------------
 
 fn proxy_server(backend_port: u16) -> Httpd {

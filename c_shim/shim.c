@@ -10,6 +10,7 @@
 #include "util_filter.h"
 #include "mpm_common.h"
 #include "mod_rsession.h"
+#include "shim_buckets.h"
 
 /* Rust entry points (src/ffi/entry.rs). */
 const char *rsession_cmd_take1(cmd_parms *cmd, void *dirconf, const char *arg);
@@ -19,9 +20,11 @@ void rsession_child_init(apr_pool_t *pchild, server_rec *s);
 void rsession_child_stopping(apr_pool_t *pchild, int graceful);
 int rsession_fixups(request_rec *r);
 void rsession_insert_filter(request_rec *r);
+void rsession_insert_error_filter(request_rec *r);
 apr_status_t rsession_out_filter(ap_filter_t *f, apr_bucket_brigade *bb);
 apr_status_t rsession_body_filter(ap_filter_t *f, apr_bucket_brigade *bb, ap_input_mode_t mode,
                                   apr_read_type_e block, apr_off_t readbytes);
+apr_status_t rsession_interim_filter(ap_filter_t *f, apr_bucket_brigade *bb);
 int rsession_status_handler(request_rec *r);
 const char *rsession_id(request_rec *r);
 const char *rsession_dir(request_rec *r);
@@ -33,19 +36,54 @@ apr_status_t rsession_regenerate(request_rec *r);
 /* Added to requests by handle: adding by name lowercases and looks the
  * name up on every request. */
 ap_filter_rec_t *rsession_out_filter_handle;
+ap_filter_rec_t *rsession_interim_filter_handle;
 /* Replays a request body read before the session lock was taken. */
 ap_filter_rec_t *rsession_body_filter_handle;
 
-/* APR_BUCKET_IS_EOS over a brigade: the ring walk is all macros. */
-int rsession_brigade_has_eos(apr_bucket_brigade *bb)
+/* APR's bucket and brigade macros, as functions Rust can call. */
+apr_bucket *rsession_bucket_first(apr_bucket_brigade *bb)
 {
-    apr_bucket *e;
-    for (e = APR_BRIGADE_FIRST(bb); e != APR_BRIGADE_SENTINEL(bb); e = APR_BUCKET_NEXT(e)) {
-        if (APR_BUCKET_IS_EOS(e)) {
-            return 1;
-        }
-    }
-    return 0;
+    return APR_BRIGADE_EMPTY(bb) ? NULL : APR_BRIGADE_FIRST(bb);
+}
+
+apr_bucket *rsession_bucket_next(apr_bucket_brigade *bb, apr_bucket *e)
+{
+    e = APR_BUCKET_NEXT(e);
+    return e == APR_BRIGADE_SENTINEL(bb) ? NULL : e;
+}
+
+int rsession_bucket_kind(const apr_bucket *e)
+{
+    if (APR_BUCKET_IS_EOS(e))
+        return RSESSION_BUCKET_EOS;
+    if (APR_BUCKET_IS_FLUSH(e))
+        return RSESSION_BUCKET_FLUSH;
+    if (APR_BUCKET_IS_METADATA(e))
+        return RSESSION_BUCKET_OTHER_META;
+    if (APR_BUCKET_IS_HEAP(e) || APR_BUCKET_IS_TRANSIENT(e)
+        || APR_BUCKET_IS_POOL(e) || APR_BUCKET_IS_IMMORTAL(e))
+        return RSESSION_BUCKET_MEMORY;
+    return RSESSION_BUCKET_OTHER_DATA;
+}
+
+apr_status_t rsession_bucket_read(apr_bucket *e, const char **str, apr_size_t *len)
+{
+    return apr_bucket_read(e, str, len, APR_BLOCK_READ);
+}
+
+void rsession_bucket_delete(apr_bucket *e)
+{
+    apr_bucket_delete(e);
+}
+
+void rsession_bucket_insert_before(apr_bucket *at, apr_bucket *e)
+{
+    APR_BUCKET_INSERT_BEFORE(at, e);
+}
+
+void rsession_brigade_append(apr_bucket_brigade *bb, apr_bucket *e)
+{
+    APR_BRIGADE_INSERT_TAIL(bb, e);
 }
 
 /* S V: main server or <VirtualHost>. S V D H: also <Directory>/<Location>
@@ -101,11 +139,15 @@ void rsession_register_hooks(apr_pool_t *p)
     ap_hook_fixups(rsession_fixups, NULL, NULL, APR_HOOK_MIDDLE);
     /* Save and set cookies from one output filter, on normal and error responses. */
     ap_hook_insert_filter(rsession_insert_filter, NULL, NULL, APR_HOOK_MIDDLE);
-    ap_hook_insert_error_filter(rsession_insert_filter, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_insert_error_filter(rsession_insert_error_filter, NULL, NULL, APR_HOOK_MIDDLE);
     rsession_out_filter_handle =
         ap_register_output_filter("RSESSION_OUT", rsession_out_filter, NULL, AP_FTYPE_CONTENT_SET);
     rsession_body_filter_handle =
         ap_register_input_filter("RSESSION_BODY", rsession_body_filter, NULL, AP_FTYPE_RESOURCE);
+    /* Interim responses (1xx) and tunnels after a 101 reach only the
+     * connection's filters; this one sits above TLS, so it sees plain text. */
+    rsession_interim_filter_handle =
+        ap_register_output_filter("RSESSION_INTERIM", rsession_interim_filter, NULL, AP_FTYPE_CONNECTION);
     ap_hook_handler(rsession_status_handler, NULL, NULL, APR_HOOK_MIDDLE);
     APR_REGISTER_OPTIONAL_FN(rsession_id);
     APR_REGISTER_OPTIONAL_FN(rsession_dir);

@@ -12,12 +12,13 @@
 #include "apr_tables.h"
 #include "apr_pools.h"
 #include "apr_buckets.h"
+#include "shim_buckets.h"
 
 /* The directive table lives in shim.c (AP_INIT_* are macros). */
 extern const command_rec rsession_cmds[];
 void rsession_register_hooks(apr_pool_t *p);
 /* The saving filter, as registered in rsession_register_hooks. */
 extern ap_filter_rec_t *rsession_out_filter_handle;
-/* The body replay filter, and a trampoline for the EOS-bucket test. */
+extern ap_filter_rec_t *rsession_interim_filter_handle;
+/* The body replay filter. */
 extern ap_filter_rec_t *rsession_body_filter_handle;
-int rsession_brigade_has_eos(apr_bucket_brigade *bb);

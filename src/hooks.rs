@@ -7,12 +7,13 @@ use crate::cookie::{cookie_value, private_cache_control, signed_ids, Candidates}
 use crate::ffi::body::BodyError;
 use crate::ffi::log::{rlog, slog, Level, ServerLog};
 use crate::ffi::pool::Pool;
-use crate::ffi::request::Request;
+use crate::ffi::request::{OutFilter, Request};
 use crate::ffi::server::{child_user, is_first_startup_pass, is_root, runtime_dir_path, Server};
 use crate::ffi::shm::SharedCounters;
 use crate::ffi::sys;
 use crate::gc::{self, Sweeper, Target};
 use crate::generation::{Builder, HostDefaults, Runtime};
+use crate::interim::Event;
 use crate::session::{ActiveSession, CookieChange, Notes, SessionError};
 use crate::status::{Counter, Stats};
 use crate::store::file::ensure_private_dir;
@@ -46,6 +47,9 @@ pub struct RequestSession {
     runtime: Arc<Runtime>,
     dir: DirConfig,
     session: ActiveSession,
+    /// The save failed and the response became this error status: what the
+    /// handler still writes is dropped.
+    save_failed: Option<c_int>,
 }
 
 impl Drop for RequestSession {
@@ -246,6 +250,12 @@ pub fn fixups(r: Request<'_>) -> c_int {
     match &*state {
         RequestState::Active(rs) => {
             expose(r, dir, &rs.session);
+            if !rs.session.is_finished() && !rs.session.is_read_only() {
+                // Interim responses bypass request filters: watch the
+                // connection until the final response begins. (A static
+                // file sends none.)
+                r.interim_watch().arm(initial, rs.dir.update_header());
+            }
             OK
         }
         // Only the initial request reports the failure; ErrorDocument and
@@ -311,6 +321,7 @@ fn begin_static(r: Request<'_>, dir: &DirConfig, runtime: &Arc<Runtime>) -> Opti
                 runtime: runtime.clone(),
                 dir: dir.clone(),
                 session,
+                save_failed: None,
             }))
         }),
         Err(e) => {
@@ -368,6 +379,7 @@ fn begin(r: Request<'_>, dir: &DirConfig, runtime: &Arc<Runtime>) -> RequestStat
                 runtime: runtime.clone(),
                 dir: dir.clone(),
                 session,
+                save_failed: None,
             }));
         }
         Err(e) => e,
@@ -449,33 +461,97 @@ fn expose(r: Request<'_>, dir: &DirConfig, session: &ActiveSession) {
     }
 }
 
-/// Adds the saving filter to the request whose response goes out.
-pub fn insert_filter(r: Request<'_>) {
-    if !r.is_main() {
-        return;
-    }
-    let pending = r.initial().session_state().is_some_and(
-        |s| matches!(&*s.borrow(), RequestState::Active(rs) if !rs.session.is_finished()),
-    );
-    if pending {
-        r.add_save_filter();
-    }
-}
-
-/// Runs once, when the first bytes of the response pass: the handler is
-/// done with its headers, the status line has not gone out. Applies the
-/// update header, saves, releases the lock and sets the cookie.
-pub fn save_at_first_output(r: Request<'_>) {
+/// Adds the response filter to every request of a chain with a session:
+/// the main response saves through it, others (subrequests, responses
+/// after the save) have their commands removed and logged. `error` is the
+/// insert_error_filter hook: after a failed save, the error response gets
+/// the guard that ends the handler's output with it.
+pub fn insert_filter(r: Request<'_>, error: bool) {
     let Some(state) = r.initial().session_state() else {
         return;
     };
-    let mut state = state.borrow_mut();
-    let RequestState::Active(rs) = &mut *state else {
-        return;
+    let failed = match &*state.borrow() {
+        RequestState::Active(rs) => rs.save_failed,
+        RequestState::Failed(_) => None,
     };
-    if rs.session.is_finished() {
-        return;
+    if failed == Some(503) {
+        // ap_http_header_filter merged err_headers_out away before it
+        // called ap_die: give the error response (or its ErrorDocument)
+        // its Retry-After again.
+        r.err_headers_out().set("Retry-After", "1");
     }
+    r.add_out_filter(if failed.is_some() && error {
+        OutFilter::Guard
+    } else {
+        OutFilter::First
+    });
+}
+
+/// What the response filter does after its first look at a response.
+pub enum FirstOutput {
+    /// Leave: the brigade passes on.
+    Pass,
+    /// The session change was not stored: answer this status instead.
+    Fail(c_int),
+}
+
+/// Runs when the first bytes of a response pass: the handler is done with
+/// its headers, the status line has not gone out. The main response
+/// applies the update header, saves, releases the lock and sets the
+/// cookie; any other response only has its commands removed (and logged).
+pub fn at_first_output(r: Request<'_>) -> FirstOutput {
+    let Some(state) = r.initial().session_state() else {
+        return FirstOutput::Pass;
+    };
+    let Ok(mut state) = state.try_borrow_mut() else {
+        return FirstOutput::Pass;
+    };
+    match &mut *state {
+        RequestState::Active(rs) if r.is_main() && !rs.session.is_finished() => save(r, rs),
+        RequestState::Active(rs) => {
+            let why = if !r.is_main() {
+                "sent by a subrequest (an include, for one): only the main response, its internal redirects and ErrorDocument pages change the session"
+            } else {
+                "sent after the session was saved"
+            };
+            let id_text = rs.session.id().text();
+            let tag = if r.is_main() { "RS0082" } else { "RS0080" };
+            drop_commands(r, rs.dir.update_header(), tag, &id_text[..8], why);
+            FirstOutput::Pass
+        }
+        RequestState::Failed(_) => {
+            if let Some(dir) = r.dir_config() {
+                drop_commands(
+                    r,
+                    dir.update_header(),
+                    "RS0083",
+                    "-",
+                    "this request has no session",
+                );
+            }
+            FirstOutput::Pass
+        }
+    }
+}
+
+/// Removes the update header from a response whose commands cannot apply,
+/// with a warning: no command is dropped silently.
+fn drop_commands(r: Request<'_>, header: &str, tag: &str, short: &str, why: &str) {
+    let mut lines = 0;
+    for table in [r.headers_out(), r.err_headers_out()] {
+        lines += table.get_all(header).len();
+        table.unset(header);
+    }
+    if lines > 0 {
+        rlog!(
+            r,
+            Level::Warning,
+            "{tag} session {short}...: {lines} {header} line(s) not applied: {why}"
+        );
+    }
+}
+
+fn save(r: Request<'_>, rs: &mut RequestSession) -> FirstOutput {
     let header = rs.dir.update_header().to_string();
     let mut lines: Vec<String> = Vec::new();
     for table in [r.headers_out(), r.err_headers_out()] {
@@ -508,29 +584,122 @@ pub fn save_at_first_output(r: Request<'_>) {
             "RS0021 session {short}...: update refused: {why}"
         );
     }
-    match rs.session.finish(&rs.runtime, &rs.dir, now()) {
-        Ok(Some(change)) => set_cookie(r, rs, &change),
-        Ok(None) => {}
-        Err(SessionError::Store(StoreError::Vanished)) => {
+    let changed = rs.session.has_changes();
+    let result = rs.session.finish(&rs.runtime, &rs.dir, now());
+    r.interim_watch().disarm(r.initial());
+    let e = match result {
+        Ok(Some(change)) => {
+            set_cookie(r, rs, &change);
+            return FirstOutput::Pass;
+        }
+        Ok(None) => return FirstOutput::Pass,
+        Err(SessionError::Store(StoreError::Vanished)) if !changed => {
+            // Only the access time was due: nothing the handler did is lost,
+            // and the next request starts a fresh session anyway.
+            rlog!(
+                r,
+                Level::Info,
+                "RS0023 session {short}... expired during the request; it had nothing to save"
+            );
+            return FirstOutput::Pass;
+        }
+        Err(e) => e,
+    };
+    // A session that vanished (expired, removed) lost the changes; a retry
+    // runs against a fresh session, as a moment later it would have.
+    let vanished = matches!(e, SessionError::Store(StoreError::Vanished));
+    let status = if vanished { 503 } else { e.http_status() };
+    rs.runtime.stats.bump(Counter::StoreErrors);
+    if r.status() >= 500 {
+        rlog!(
+            r,
+            Level::Err,
+            "RS0022 session {short}... not saved: {e}; the response stays {}",
+            r.status()
+        );
+        return FirstOutput::Pass;
+    }
+    let code = if vanished { "RS0023" } else { "RS0022" };
+    rlog!(
+        r,
+        Level::Err,
+        "{code} session {short}... not saved: {e}; answering {status} instead of {}",
+        r.status()
+    );
+    rs.save_failed = Some(status as c_int);
+    FirstOutput::Fail(status as c_int)
+}
+
+/// The connection filter's report of an interim response (or of one too
+/// large to inspect). A `101` ends the request's HTTP exchange: the
+/// session is finished there (what the C API changed is saved, the lock
+/// released) and its cookie, if it changed, joins the 101.
+pub fn interim_event(r: Request<'_>, header: &str, event: Event) -> Vec<String> {
+    let state = r.session_state();
+    let mut state = state.and_then(|s| s.try_borrow_mut().ok());
+    let rs = match state.as_deref_mut() {
+        Some(RequestState::Active(rs)) => Some(rs),
+        _ => None,
+    };
+    let id_text = rs.as_ref().map(|rs| rs.session.id().text());
+    let short = id_text.as_deref().map_or("-", |t| &t[..8]);
+    let (status, removed) = match event {
+        Event::Block { status, removed } => (status, removed),
+        Event::TooLarge => {
             rlog!(
                 r,
                 Level::Warning,
-                "RS0023 session {short}... expired during the request; its changes were not saved"
+                "RS0085 session {short}...: an interim response's header is too large to inspect; passed on as it was"
             );
+            return Vec::new();
+        }
+    };
+    if removed > 0 {
+        rlog!(
+            r,
+            Level::Warning,
+            "RS0081 session {short}...: {removed} {header} line(s) on a {status} interim response not applied (removed): interim responses carry no session changes"
+        );
+    }
+    let Some(rs) = rs else {
+        return Vec::new();
+    };
+    if status != 101 || rs.session.is_finished() {
+        return Vec::new();
+    }
+    match rs.session.finish(&rs.runtime, &rs.dir, now()) {
+        Ok(change) => {
+            rlog!(
+                r,
+                Level::Debug,
+                "session {short}... finished at the protocol switch; lock released"
+            );
+            change
+                .map(|c| vec![format!("Set-Cookie: {}", cookie_line(r, rs, &c))])
+                .unwrap_or_default()
         }
         Err(e) => {
             rs.runtime.stats.bump(Counter::StoreErrors);
-            rlog!(r, Level::Err, "RS0022 session {short}... not saved: {e}");
+            rlog!(
+                r,
+                Level::Err,
+                "RS0084 session {short}... not saved at the protocol switch: {e}; lock released"
+            );
+            Vec::new()
         }
     }
 }
 
-fn set_cookie(r: Request<'_>, rs: &RequestSession, change: &CookieChange) {
+fn cookie_line(r: Request<'_>, rs: &RequestSession, change: &CookieChange) -> String {
     let attrs = rs.dir.cookie_attrs(r.is_https());
-    let line = match change {
+    match change {
         CookieChange::Set(id) => attrs.set(&cookie_value(id, &attrs.name, &rs.runtime.keys)),
         CookieChange::Expire => attrs.expire(),
-    };
+    }
+}
+
+fn set_cookie(r: Request<'_>, rs: &RequestSession, change: &CookieChange) {
+    let line = cookie_line(r, rs, change);
     let (out, err) = (r.headers_out(), r.err_headers_out());
     // err_headers_out survives error responses and internal redirects.
     err.add("Set-Cookie", &line);

@@ -19,6 +19,7 @@ mod expose;
 mod gc;
 mod generation;
 mod id;
+mod interim;
 mod lock;
 mod record;
 mod scratch;

@@ -26,14 +26,32 @@ pub enum SessionError {
 
 impl SessionError {
     /// 503 for conditions that pass (the client should retry), else 500.
+    /// A store that is full, read-only, over quota or refused us passes:
+    /// an operator frees space or fixes modes. A lost lock passes too:
+    /// when stores report one (`StoreError::LockLost`, Redis fencing), it
+    /// joins the first arm.
     pub fn http_status(&self) -> u16 {
         match self {
             SessionError::LockTimeout
             | SessionError::StoreFull(_)
             | SessionError::Store(StoreError::Unavailable(_) | StoreError::LockLost) => 503,
+            SessionError::Store(StoreError::Io { source, .. }) | SessionError::Scratch(source)
+                if io_passes(source) =>
+            {
+                503
+            }
             _ => 500,
         }
     }
+}
+
+/// File system conditions that an operator clears without a restart.
+fn io_passes(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        StorageFull | ReadOnlyFilesystem | QuotaExceeded | PermissionDenied
+    )
 }
 
 impl std::fmt::Display for SessionError {
@@ -353,8 +371,16 @@ impl ActiveSession {
     pub fn encoded_data(&self) -> String {
         encode_data(&self.record.data)
     }
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
     pub fn is_finished(&self) -> bool {
         self.state == State::Finished
+    }
+    /// Whether finishing must write something the handler asked for (data,
+    /// a new id, a removal), beyond the access time.
+    pub fn has_changes(&self) -> bool {
+        self.data_changed || self.regenerate || self.state == State::Invalidated
     }
 
     /// Sets (`Some`) or removes (`None`) one key; refused when the encoded
@@ -906,6 +932,55 @@ mod tests {
             start(&f, &cookies(&f, &id), 1003).is_new(),
             "ends at most a second late"
         );
+    }
+
+    #[test]
+    fn failures_that_pass_answer_503_and_others_500() {
+        use std::io::{Error, ErrorKind};
+        let io = |kind| {
+            SessionError::Store(StoreError::Io {
+                what: "save".into(),
+                source: Error::from(kind),
+            })
+        };
+        for errno in [
+            libc::ENOSPC,
+            libc::EROFS,
+            libc::EDQUOT,
+            libc::EACCES,
+            libc::EPERM,
+        ] {
+            let e = SessionError::Store(StoreError::Io {
+                what: "save".into(),
+                source: Error::from_raw_os_error(errno),
+            });
+            assert_eq!(e.http_status(), 503, "errno {errno}");
+        }
+        assert_eq!(io(ErrorKind::InvalidData).http_status(), 500);
+        assert_eq!(
+            SessionError::Store(StoreError::Unavailable("down".into())).http_status(),
+            503
+        );
+        assert_eq!(
+            SessionError::Store(StoreError::Corrupt("x".into())).http_status(),
+            500
+        );
+        assert_eq!(
+            SessionError::Scratch(Error::from_raw_os_error(libc::ENOSPC)).http_status(),
+            503
+        );
+    }
+
+    #[test]
+    fn only_handler_changes_count_as_changes() {
+        let f = fixture();
+        let mut s = start(&f, &Candidates::default(), 1000);
+        assert!(!s.has_changes(), "a new session alone is no change");
+        s.apply(&[Command::Set(vec![("a".into(), "1".into())])], 1000, false);
+        assert!(s.has_changes());
+        let mut t = start(&f, &Candidates::default(), 1000);
+        t.apply(&[Command::Invalidate], 1000, false);
+        assert!(t.has_changes());
     }
 
     #[test]

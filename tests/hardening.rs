@@ -426,7 +426,7 @@ fn killing_children_mid_write_leaves_every_session_whole() {
 }
 
 #[test]
-fn a_full_store_answers_500_names_the_store_and_recovers() {
+fn a_full_store_answers_503_names_the_store_and_recovers() {
     let mnt = tempfile::Builder::new()
         .prefix("rsession-full-")
         .tempdir_in("/var/tmp")
@@ -464,7 +464,9 @@ fn a_full_store_answers_500_names_the_store_and_recovers() {
         inodes += 1;
     }
     let r = get(&h.url("/cgi-bin/env.cgi"), &[]);
-    assert_eq!(r.status, 500, "a new session cannot be stored: {r:?}");
+    // A full store passes (SPEC §6): 503 with Retry-After, not 500.
+    assert_eq!(r.status, 503, "a new session cannot be stored: {r:?}");
+    assert!(r.header("Retry-After").is_some(), "{r:?}");
     wait_for(
         "a log line naming the store",
         Duration::from_secs(5),

@@ -1,6 +1,7 @@
 //! Request bodies through httpd's input filters: read whole before a
 //! handler runs, and replayed to it by an input filter of ours.
 
+use super::bucket::Brigade;
 use super::request::Request;
 use super::sys;
 use crate::body::Spool;
@@ -60,13 +61,12 @@ impl<'r> Request<'r> {
                 return Err(BodyError::Client(status));
             }
             let mut len = buf.len() as sys::apr_size_t;
+            // SAFETY: our brigade, live and changed by no one else here.
+            let eos = unsafe { Brigade::from_raw(bb) }.is_some_and(|b| b.has_eos());
             // SAFETY: flattens our live brigade into `buf`, at most `len`
-            // bytes (READBYTES returned at most PIECE), and reads its
-            // buckets for an EOS.
-            let (flat, eos) = unsafe {
-                let flat = sys::apr_brigade_flatten(bb, buf.as_mut_ptr() as *mut _, &mut len);
-                (flat, sys::rsession_brigade_has_eos(bb) != 0)
-            };
+            // bytes (READBYTES returned at most PIECE).
+            let flat =
+                unsafe { sys::apr_brigade_flatten(bb, buf.as_mut_ptr() as *mut _, &mut len) };
             // SAFETY: our brigade; its buckets were copied out above.
             unsafe { sys::apr_brigade_cleanup(bb as *mut c_void) };
             if flat != sys::STATUS_SUCCESS {

@@ -1,11 +1,13 @@
 //! Every function httpd or the shim calls. Each wraps its raw pointers,
 //! runs the body under the panic guard and hands plain types to `hooks`.
 
+use super::bucket::Brigade;
 use super::cmd::{self, Directive};
+use super::conn::InterimWatch;
 use super::guard;
 use super::log::{self, Level};
 use super::pool::Pool;
-use super::request::Request;
+use super::request::{OutFilter, Request};
 use super::server::{Server, ServerState};
 use super::sys;
 use crate::config::DirConfig;
@@ -211,33 +213,107 @@ pub extern "C" fn rsession_fixups(r: *mut sys::request_rec) -> c_int {
 
 #[no_mangle]
 pub extern "C" fn rsession_insert_filter(r: *mut sys::request_rec) {
+    insert_filter_entry(r, false);
+}
+
+#[no_mangle]
+pub extern "C" fn rsession_insert_error_filter(r: *mut sys::request_rec) {
+    insert_filter_entry(r, true);
+}
+
+fn insert_filter_entry(r: *mut sys::request_rec, error: bool) {
     // SAFETY: as in rsession_fixups.
     let Some(req) = (unsafe { Request::from_raw(r) }) else {
         return;
     };
-    if let Err(p) = guard::run(|| hooks::insert_filter(req)) {
+    if let Err(p) = guard::run(|| hooks::insert_filter(req, error)) {
         request_panic(req, "insert_filter", p);
     }
 }
 
+/// RSESSION_OUT, in the role its context names (see `OutFilter`).
 #[no_mangle]
 pub extern "C" fn rsession_out_filter(
     f: *mut sys::ap_filter_t,
     bb: *mut sys::apr_bucket_brigade,
 ) -> sys::apr_status_t {
-    // SAFETY: httpd passes the live filter (with its request) and brigade.
-    let (filter, req) = unsafe { (&*f, Request::from_raw((*f).r)) };
-    if let Some(req) = req {
-        if let Err(p) = guard::run(|| hooks::save_at_first_output(req)) {
-            request_panic(req, "output filter", p);
+    // SAFETY: httpd passes the live filter (with its request) and brigade,
+    // which this call may change.
+    let (filter, req, brigade) =
+        unsafe { (&mut *f, Request::from_raw((*f).r), Brigade::from_raw(bb)) };
+    let Some(brigade) = brigade else {
+        return sys::STATUS_SUCCESS;
+    };
+    match OutFilter::from_ctx(filter.ctx) {
+        OutFilter::Swallow => {
+            brigade.clear();
+            return sys::AP_FILTER_ERROR;
+        }
+        OutFilter::Guard => {
+            if brigade.cut_after_eos() {
+                filter.ctx = OutFilter::Swallow.ctx();
+            }
+            // SAFETY: `f` is live and `next` is the rest of its chain.
+            return unsafe { sys::ap_pass_brigade(filter.next, bb) };
+        }
+        OutFilter::First => {}
+    }
+    let outcome = match req {
+        Some(req) => guard::run(|| hooks::at_first_output(req))
+            .unwrap_or_else(|p| hooks::FirstOutput::Fail(request_panic(req, "output filter", p))),
+        None => hooks::FirstOutput::Pass,
+    };
+    match (outcome, req) {
+        (hooks::FirstOutput::Fail(status), Some(req)) => {
+            // Stay, to drop what the handler still sends; the error bucket
+            // makes ap_http_header_filter answer `status` (ErrorDocument
+            // included). Status 200 first, as byterange's 416 does, so
+            // ap_die sees no earlier error and uses the ErrorDocument.
+            filter.ctx = OutFilter::Swallow.ctx();
+            req.set_status(sys::HTTP_OK as c_int);
+            brigade.clear();
+            brigade.append_error(status, req.pool().as_ptr());
+        }
+        _ => {
+            // SAFETY: `f` is live; a one-shot filter removes itself, then
+            // passes the brigade on.
+            unsafe { sys::ap_remove_output_filter(f) };
         }
     }
-    // SAFETY: `f` is live; removing ourselves then passing the brigade on
-    // is the documented pattern for one-shot filters.
-    unsafe {
-        sys::ap_remove_output_filter(f);
-        sys::ap_pass_brigade(filter.next, bb)
+    // SAFETY: `f` is live (removal only unlinks it) and `next` is the rest
+    // of the chain.
+    unsafe { sys::ap_pass_brigade(filter.next, bb) }
+}
+
+/// RSESSION_INTERIM, on the connection: passes brigades on, reading them
+/// only while a request's session is live (see `ffi::conn`).
+#[no_mangle]
+pub extern "C" fn rsession_interim_filter(
+    f: *mut sys::ap_filter_t,
+    bb: *mut sys::apr_bucket_brigade,
+) -> sys::apr_status_t {
+    // SAFETY: httpd passes the live filter and brigade; the context is the
+    // InterimWatch that `of_connection` attached to this connection's pool
+    // when it added the filter.
+    let (next, watch, brigade) = unsafe {
+        (
+            (*f).next,
+            ((*f).ctx as *const InterimWatch).as_ref(),
+            Brigade::from_raw(bb),
+        )
+    };
+    if let (Some(watch), Some(brigade)) = (watch, brigade) {
+        if watch.is_watching() {
+            if let Err(p) = guard::run(|| watch.inspect(&brigade, hooks::interim_event)) {
+                if let Some(req) = watch.request() {
+                    request_panic(req, "interim filter", p);
+                }
+                watch.abandon();
+            }
+        }
     }
+    // SAFETY: `next` is the rest of the connection's chain.
+    unsafe { sys::ap_pass_brigade(next, bb) }
 }
 
 /// Replays a request body read before the session lock (ffi/body.rs).

@@ -3,7 +3,9 @@
 //! `Pool`), so `hooks` never touches a raw pointer.
 
 pub mod body;
+pub mod bucket;
 pub mod cmd;
+pub mod conn;
 mod entry;
 pub mod guard;
 pub mod log;

@@ -135,18 +135,38 @@ impl<'r> Request<'r> {
         Table::new(self.rec().subprocess_env)
     }
 
-    /// Adds mod_rsession's saving filter (registered in shim.c).
-    pub fn add_save_filter(&self) {
+    /// Adds an instance of mod_rsession's response filter (registered in
+    /// shim.c) in the given role.
+    pub fn add_out_filter(&self, role: OutFilter) {
         // SAFETY: the request and its connection are live; the handle was
-        // set by register_hooks before any request and is never changed.
+        // set by register_hooks before any request and is never changed;
+        // the context is one of the static markers the filter reads.
         unsafe {
             sys::ap_add_output_filter_handle(
                 sys::rsession_out_filter_handle,
-                std::ptr::null_mut(),
+                role.ctx(),
                 self.as_ptr(),
                 self.rec().connection,
             );
         }
+    }
+
+    /// Sets the response status (before the status line goes out).
+    pub fn set_status(&self, status: i32) {
+        // SAFETY: the request is live and httpd lets filters and handlers
+        // set r->status while the response has not begun.
+        unsafe { (*self.as_ptr()).status = status };
+    }
+
+    /// The connection's interim watch, added to the connection (with its
+    /// filter) the first time a request on it asks.
+    pub fn interim_watch(&self) -> &'r super::conn::InterimWatch {
+        // SAFETY: r->connection is live for longer than the request.
+        let c = unsafe { &*self.rec().connection };
+        // SAFETY: a connection's pool outlives its requests.
+        let pool: Pool<'r> =
+            unsafe { Pool::from_raw(c.pool) }.expect("connections always have a pool");
+        super::conn::InterimWatch::of_connection(pool, self.rec().connection)
     }
 
     pub fn set_content_type(&self, content_type: &str) {
@@ -165,6 +185,45 @@ impl<'r> Request<'r> {
 
     pub fn is_header_only(&self) -> bool {
         self.rec().header_only != 0
+    }
+}
+
+/// The roles an instance of the response filter (RSESSION_OUT) plays.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum OutFilter {
+    /// Decides at the response's first bytes: saves the session (the main
+    /// response) or removes commands it cannot apply.
+    First,
+    /// After a failed save, on the error response: lets it through up to
+    /// its end, then drops anything the handler still writes.
+    Guard,
+    /// After a failed save, where the handler's own output arrives:
+    /// drops everything.
+    Swallow,
+}
+
+// Distinct values: two statics alike must not share an address.
+static GUARD_MARK: u8 = 1;
+static SWALLOW_MARK: u8 = 2;
+
+impl OutFilter {
+    /// The filter context that stands for the role (httpd only stores it).
+    pub fn ctx(self) -> *mut std::ffi::c_void {
+        match self {
+            OutFilter::First => std::ptr::null_mut(),
+            OutFilter::Guard => &GUARD_MARK as *const u8 as *mut _,
+            OutFilter::Swallow => &SWALLOW_MARK as *const u8 as *mut _,
+        }
+    }
+
+    pub fn from_ctx(ctx: *mut std::ffi::c_void) -> OutFilter {
+        if ctx == OutFilter::Guard.ctx() {
+            OutFilter::Guard
+        } else if ctx == OutFilter::Swallow.ctx() {
+            OutFilter::Swallow
+        } else {
+            OutFilter::First
+        }
     }
 }
 

@@ -1,0 +1,166 @@
+//! The connection's interim watch. Interim responses (1xx) go straight to
+//! the connection's filters, and after a `101` mod_proxy tunnels bytes
+//! there too, so no request filter sees them. While a request holds a
+//! live session, the RSESSION_INTERIM filter reads what passes with
+//! `interim::Interim`; otherwise it only passes brigades on.
+
+use super::bucket::{Brigade, Kind};
+use super::pool::Pool;
+use super::request::Request;
+use super::sys;
+use crate::interim::{Event, Interim};
+use std::cell::{Cell, RefCell};
+use std::ffi::{c_void, CStr};
+
+const WATCH_KEY: &CStr = c"rsession:interim-watch";
+
+/// What a connection's RSESSION_INTERIM filter knows (its context).
+#[derive(Default)]
+pub struct InterimWatch {
+    /// The initial request whose live session arms the watch; null when
+    /// idle. A cleanup on that request's pool clears it before it goes.
+    armed: Cell<*mut sys::request_rec>,
+    parser: RefCell<Option<Interim>>,
+    header: RefCell<String>,
+}
+
+/// Clears the watch when its request's pool goes (only if it is still
+/// that request's: a pipelined next request may have armed it since).
+struct Disarm {
+    watch: *const InterimWatch,
+    request: *mut sys::request_rec,
+}
+
+impl Drop for Disarm {
+    fn drop(&mut self) {
+        // SAFETY: the watch lives in the connection's pool, a parent of the
+        // request pool whose cleanup runs this.
+        unsafe { &*self.watch }.disarm_raw(self.request);
+    }
+}
+
+impl InterimWatch {
+    /// The connection's watch; the first call creates it in the
+    /// connection's pool and adds the filter to the connection.
+    pub fn of_connection<'c>(pool: Pool<'c>, c: *mut sys::conn_rec) -> &'c InterimWatch {
+        let p = pool.userdata(WATCH_KEY) as *const InterimWatch;
+        // SAFETY: only this function stores under WATCH_KEY, always an
+        // InterimWatch attached to this same pool.
+        if let Some(w) = unsafe { p.as_ref() } {
+            return w;
+        }
+        let w = pool.attach(InterimWatch::default());
+        pool.set_userdata(WATCH_KEY, w as *mut c_void);
+        // SAFETY: the connection is live; the handle was set at
+        // register_hooks; the context lives as long as the connection.
+        unsafe {
+            sys::ap_add_output_filter_handle(
+                sys::rsession_interim_filter_handle,
+                w as *mut c_void,
+                std::ptr::null_mut(),
+                c,
+            );
+            &*w
+        }
+    }
+
+    /// Watches for interim responses on behalf of `initial`'s session,
+    /// removing `header` from them.
+    pub fn arm(&self, initial: Request<'_>, header: &str) {
+        if self.armed.get() == initial.as_ptr() {
+            return;
+        }
+        self.armed.set(initial.as_ptr());
+        *self.parser.borrow_mut() = Some(Interim::new(header));
+        *self.header.borrow_mut() = header.to_string();
+        initial.pool().attach(Disarm {
+            watch: self,
+            request: initial.as_ptr(),
+        });
+    }
+
+    /// Stops watching for `initial` (its final response is under way).
+    pub fn disarm(&self, initial: Request<'_>) {
+        self.disarm_raw(initial.as_ptr());
+    }
+
+    fn disarm_raw(&self, request: *mut sys::request_rec) {
+        if self.armed.get() == request {
+            self.armed.set(std::ptr::null_mut());
+            if let Ok(mut p) = self.parser.try_borrow_mut() {
+                *p = None;
+            }
+        }
+    }
+
+    /// Whether a brigade must be read (cheap: the normal path's only cost).
+    pub fn is_watching(&self) -> bool {
+        !self.armed.get().is_null()
+            && self
+                .parser
+                .try_borrow()
+                .is_ok_and(|p| p.as_ref().is_some_and(|p| !p.is_done()))
+    }
+
+    /// The request the watch is armed for.
+    pub fn request(&self) -> Option<Request<'_>> {
+        // SAFETY: an armed pointer is a live request: the Disarm cleanup
+        // on its pool clears it first.
+        unsafe { Request::from_raw(self.armed.get()) }
+    }
+
+    /// Ends the watch for the armed request (after a panic, for one).
+    pub fn abandon(&self) {
+        self.disarm_raw(self.armed.get());
+    }
+
+    /// Reads the memory buckets of `bb` through the parser and puts back
+    /// what may go to the client. `on_event(request, header, event)` hears
+    /// of each interim block and returns header lines to add to it. Never
+    /// reads a file, pipe or socket bucket: one ends the watch.
+    pub fn inspect(&self, bb: &Brigade<'_>, on_event: fn(Request<'_>, &str, Event) -> Vec<String>) {
+        let Some(req) = self.request() else {
+            return;
+        };
+        let Ok(mut slot) = self.parser.try_borrow_mut() else {
+            return;
+        };
+        let Some(parser) = slot.as_mut() else {
+            return;
+        };
+        let header = self.header.borrow();
+        let mut event = |e: Event| on_event(req, &header, e);
+        let mut out = Vec::new();
+        let mut cur = bb.first();
+        while let Some(b) = cur {
+            if parser.is_done() {
+                break;
+            }
+            cur = bb.next(b);
+            out.clear();
+            match bb.kind(b) {
+                Kind::Memory => match bb.bytes(b) {
+                    Some(data) => {
+                        parser.feed(data, &mut out, &mut event);
+                        if out != data {
+                            bb.insert_before(b, &out);
+                            bb.delete(b);
+                        }
+                    }
+                    None => {
+                        parser.finish(&mut out);
+                        bb.insert_before(b, &out);
+                    }
+                },
+                Kind::OtherData => {
+                    parser.finish(&mut out);
+                    bb.insert_before(b, &out);
+                }
+                Kind::Eos | Kind::Flush | Kind::OtherMeta => {
+                    parser.give_up(&mut out);
+                    bb.insert_before(b, &out);
+                }
+            }
+        }
+    }
+}

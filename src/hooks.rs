@@ -592,7 +592,10 @@ fn save(r: Request<'_>, rs: &mut RequestSession) -> FirstOutput {
             set_cookie(r, rs, &change);
             return FirstOutput::Pass;
         }
-        Ok(None) => return FirstOutput::Pass,
+        Ok(None) => {
+            mark_private(r, &rs.session);
+            return FirstOutput::Pass;
+        }
         Err(SessionError::Store(StoreError::Vanished)) if !changed => {
             // Only the access time was due: nothing the handler did is lost,
             // and the next request starts a fresh session anyway.
@@ -695,6 +698,19 @@ fn cookie_line(r: Request<'_>, rs: &RequestSession, change: &CookieChange) -> St
     match change {
         CookieChange::Set(id) => attrs.set(&cookie_value(id, &attrs.name, &rs.runtime.keys)),
         CookieChange::Expire => attrs.expire(),
+    }
+}
+
+/// A handler's response made with a kept session in hand is personal:
+/// shared caches must not store it, unless the handler said otherwise
+/// (its own Cache-Control stays). Static files keep their caching.
+fn mark_private(r: Request<'_>, session: &ActiveSession) {
+    if session.is_read_only() || !session.is_kept() {
+        return;
+    }
+    let (out, err) = (r.headers_out(), r.err_headers_out());
+    if out.get_all("Cache-Control").is_empty() && err.get_all("Cache-Control").is_empty() {
+        err.set("Cache-Control", "private");
     }
 }
 

@@ -371,6 +371,11 @@ impl ActiveSession {
     pub fn encoded_data(&self) -> String {
         encode_data(&self.record.data)
     }
+    /// Whether the store holds its record (resumed, or kept by this
+    /// request).
+    pub fn is_kept(&self) -> bool {
+        self.kept
+    }
     pub fn is_read_only(&self) -> bool {
         self.read_only
     }

@@ -216,3 +216,39 @@ fn a_static_file_of_a_busy_session_answers_at_once() {
     let last = get_with_cookie(&h.url("/cgi-bin/counter.cgi"), &cookie);
     assert_eq!(last.body.trim(), "42");
 }
+
+/// Sets its own caching policy.
+const CACHED_CGI: &str = r#"#!/bin/sh
+printf 'Content-Type: text/plain\nCache-Control: max-age=60\n\nmine\n'
+"#;
+
+#[test]
+fn personal_responses_are_private_static_ones_keep_their_caching() {
+    let h = Httpd::start(Options {
+        fragment: "Alias /static/ {ROOT}/htdocs/static/\n<LocationMatch ^/(cgi-bin|static)/>\n  RSession On\n</LocationMatch>".into(),
+        ..Options::default()
+    });
+    h.cgi("env.cgi", ENV_CGI);
+    h.cgi("cached.cgi", CACHED_CGI);
+    h.htdoc("static/logo.png", "logo");
+    let cookie = get(&h.url("/cgi-bin/env.cgi"), &[]).cookie_pair();
+    let resumed = get_with_cookie(&h.url("/cgi-bin/env.cgi"), &cookie);
+    assert!(resumed.set_cookie().is_none());
+    assert_eq!(
+        resumed.header("Cache-Control"),
+        Some("private"),
+        "a returning visitor's page must not reach shared caches"
+    );
+    let own = get_with_cookie(&h.url("/cgi-bin/cached.cgi"), &cookie);
+    assert_eq!(
+        own.header("Cache-Control"),
+        Some("max-age=60"),
+        "the handler's own policy stays"
+    );
+    let logo = get_with_cookie(&h.url("/static/logo.png"), &cookie);
+    assert_eq!(
+        logo.header("Cache-Control"),
+        None,
+        "static files keep their caching"
+    );
+}

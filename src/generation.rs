@@ -70,7 +70,8 @@ pub struct HostDefaults {
 /// the same URL.
 pub struct Builder {
     stores: HashMap<String, (Arc<dyn SessionStore>, Arc<Stats>)>,
-    generated_key: Option<Vec<u8>>,
+    /// Generated keys by file, read or made once per startup.
+    generated_keys: HashMap<PathBuf, Vec<u8>>,
     make_stats: Box<dyn Fn(&str) -> Stats>,
 }
 
@@ -86,7 +87,7 @@ impl Builder {
     pub fn with_stats(make_stats: Box<dyn Fn(&str) -> Stats>) -> Builder {
         Builder {
             stores: HashMap::new(),
-            generated_key: None,
+            generated_keys: HashMap::new(),
             make_stats,
         }
     }
@@ -114,18 +115,7 @@ impl Builder {
         };
         let keys = match &conf.secrets {
             Some(keys) => keys.clone(),
-            None => {
-                if self.generated_key.is_none() {
-                    let key = load_or_create_key(&host.key_file).map_err(|e| {
-                        format!(
-                            "cannot keep the generated session key in {}: {e}",
-                            host.key_file.display()
-                        )
-                    })?;
-                    self.generated_key = Some(key);
-                }
-                vec![self.generated_key.clone().unwrap_or_default()]
-            }
+            None => vec![self.generated_key(&url, host)?],
         };
         let keys = KeyRing::new(keys).ok_or("RSessionSecret: no usable key")?;
         Ok(Runtime {
@@ -145,6 +135,51 @@ impl Builder {
             outage: AtomicBool::new(false),
         })
     }
+}
+
+impl Builder {
+    /// The key signing a file store's sessions when no RSessionSecret is
+    /// set: beside the store (`/var/lib/apache2/rsession` →
+    /// `/var/lib/apache2/rsession.key`), so it lasts as long as the records
+    /// it signs — a key under /run would be lost at every reboot, and every
+    /// cookie with it. A key left in the old place (DefaultRuntimeDir) is
+    /// adopted once. Servers sharing a Redis store must share a key, so
+    /// there RSessionSecret is required.
+    fn generated_key(&mut self, url: &StoreUrl, host: &HostDefaults) -> Result<Vec<u8>, String> {
+        let StoreUrl::File(root) = url else {
+            return Err(format!(
+                "RSessionSecret is required with RSessionStore {url}: every server sharing the store must sign cookies with the same key"
+            ));
+        };
+        let path = PathBuf::from(format!("{}.key", root.display()));
+        if let Some(key) = self.generated_keys.get(&path) {
+            return Ok(key.clone());
+        }
+        let cannot = |e: std::io::Error| {
+            format!(
+                "cannot keep the generated session key in {}: {e}",
+                path.display()
+            )
+        };
+        if !path.exists() && path != host.key_file && host.key_file.exists() {
+            let old = load_or_create_key(&host.key_file).map_err(cannot)?;
+            write_new_key(&path, &old).map_err(cannot)?;
+        }
+        let key = load_or_create_key(&path).map_err(cannot)?;
+        self.generated_keys.insert(path, key.clone());
+        Ok(key)
+    }
+}
+
+/// Writes a key file that must not exist yet (mode 0600).
+fn write_new_key(path: &Path, key: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(key)?;
+    f.write_all(b"\n")
 }
 
 /// Reads the generated key, or makes one (256 bits from the OS, as 64 hex
@@ -196,6 +231,49 @@ mod tests {
             0o600
         );
         assert_eq!(load_or_create_key(&path).unwrap(), first);
+    }
+
+    #[test]
+    fn the_generated_key_lives_beside_the_file_store_and_redis_needs_a_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostDefaults {
+            store_dir: dir.path().join("run/rsession"),
+            scratch_root: dir.path().join("scratch"),
+            key_file: dir.path().join("run/rsession.key"),
+        };
+        std::fs::create_dir_all(dir.path().join("run")).unwrap();
+        std::fs::create_dir_all(dir.path().join("lib")).unwrap();
+        // A key from before, in the runtime directory, is adopted once.
+        let old = load_or_create_key(&host.key_file).unwrap();
+        let mut conf = ServerConfig::default();
+        let store = dir.path().join("lib/rsession");
+        conf.set("RSessionStore", &format!("file:{}", store.display()), false)
+            .unwrap();
+        let rt = Builder::default().build(&conf, &host, "a").unwrap();
+        let beside = dir.path().join("lib/rsession.key");
+        assert_eq!(load_or_create_key(&beside).unwrap(), old);
+        // A reboot wipes the runtime directory; the key stays.
+        std::fs::remove_file(&host.key_file).unwrap();
+        let again = Builder::default().build(&conf, &host, "a").unwrap();
+        let cookie = crate::cookie::cookie_value(
+            &crate::id::SessionId::generate().unwrap(),
+            "sid",
+            &rt.keys,
+        );
+        let header = format!("sid={cookie}");
+        assert_eq!(
+            crate::cookie::signed_ids([header.as_str()], "sid", &again.keys)
+                .signed
+                .len(),
+            1
+        );
+
+        let mut redis = ServerConfig::default();
+        redis
+            .set("RSessionStore", "redis://127.0.0.1:1", false)
+            .unwrap();
+        let err = Builder::default().build(&redis, &host, "a").err().unwrap();
+        assert!(err.contains("RSessionSecret is required"), "{err}");
     }
 
     #[test]

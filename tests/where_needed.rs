@@ -252,3 +252,33 @@ fn personal_responses_are_private_static_ones_keep_their_caching() {
         "static files keep their caching"
     );
 }
+
+#[test]
+fn a_reboot_that_keeps_the_records_keeps_the_sessions() {
+    // As the shipped rsession.conf does: durable store and scratch root,
+    // no RSessionSecret.
+    let mut h = Httpd::start(Options {
+        secret: false,
+        fragment: "RSessionStore file:{ROOT}/lib-rsession\nRSessionScratchRoot {ROOT}/lib-rsession-scratch\n<Location /cgi-bin/>\n  RSession On\n</Location>".into(),
+        ..Options::default()
+    });
+    h.cgi("counter.cgi", COUNTER_CGI);
+    let cookie = get(&h.url("/cgi-bin/counter.cgi"), &[]).cookie_pair();
+    h.stop();
+    // What a reboot does to /run (here DefaultRuntimeDir): empty it.
+    for e in std::fs::read_dir(h.path("logs")).unwrap().flatten() {
+        let name = e.file_name();
+        if name == "error.log" || name == "access.log" {
+            continue;
+        }
+        if e.file_type().unwrap().is_dir() {
+            std::fs::remove_dir_all(e.path()).unwrap();
+        } else {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    h.start_again();
+    let r = get_with_cookie(&h.url("/cgi-bin/counter.cgi"), &cookie);
+    assert_eq!(r.body.trim(), "2", "the session survived the reboot: {r:?}");
+    assert!(r.set_cookie().is_none());
+}

@@ -59,9 +59,20 @@ class Httpd:
         with open(os.path.join(self.root, "htdocs/index.html"), "w") as f:
             f.write("<p>static page</p>\n" * 20)
         self.port = free_port()
+        modules = list(modules)
+        maker = ""
+        if rsession:
+            # Static files never make a session (and only a write keeps a
+            # new one): sessions for the clients come from a mod_lua
+            # handler that sets a key.
+            modules += [] if "lua" in modules else ["lua"]
+            maker = ("LuaMapHandler ^/rsession-make$ {ROOT}/maker.lua handle\n"
+                     "<Location /rsession-make>\n  RSession On\n</Location>\n")
+            write(self.root, "maker.lua", MAKER_HANDLER)
         loads = "".join("LoadModule %s_module %s/mod_%s.so\n" % (m, MODS, m) for m in modules)
         if rsession:
             loads += "LoadModule rsession_module %s\nRSessionSecret %s\n" % (MODULE, SECRET)
+        fragment = maker + fragment
         mpm_tuning = {
             "event": "ThreadsPerChild 25\nStartServers 2\nMaxRequestWorkers 150\n",
             "prefork": "StartServers 16\nMinSpareServers 16\nMaxSpareServers 32\nMaxRequestWorkers 64\n",
@@ -128,8 +139,12 @@ MaxKeepAliveRequests 0
         conn.close()
         return resp.status, set_cookie, body
 
-    def cookies(self, path, n):
-        """n fresh sessions' cookies (NAME=VALUE)."""
+    def cookies(self, n):
+        """n fresh mod_rsession sessions' cookies (NAME=VALUE)."""
+        return self.cookies_from("/rsession-make", n)
+
+    def cookies_from(self, path, n):
+        """n cookies (NAME=VALUE), each from a request to `path`."""
         out = []
         for _ in range(n):
             status, set_cookie, _ = self.get(path)
@@ -250,7 +265,24 @@ def to_ms(text):
     return v / 1000 if m.group(2) == "us" else v * 1000 if m.group(2) == "s" else v
 
 
+# Keeps a new session for the bench's clients.
+MAKER_HANDLER = """
+function handle(r)
+  r.headers_out['X-RSession'] = 'set made=1'
+  r.content_type = 'text/plain'
+  r:puts('made')
+  return apache2.OK
+end
+"""
+
 LUA_HANDLER = """
+-- Reads the session and writes nothing.
+function peek(r)
+  r.content_type = 'text/plain'
+  r:puts(r.subprocess_env['RSESSION_ID'] or '-')
+  return apache2.OK
+end
+
 function handle(r)
   local data = r.subprocess_env['RSESSION_DATA'] or ''
   local n = tonumber(string.match(data, 'n=(%d+)') or '0') + 1
@@ -316,7 +348,7 @@ def _scenario_rows(args, rows):
         """A handler without a session (its own baseline), then the same
         handler changing one of 256 sessions on every request."""
         add(base_name, measure(h.url(plain_path), args, cpu=h.cpu_seconds))
-        cookies = h.cookies(session_path, 256)
+        cookies = h.cookies_from(session_path, 256)
         add(name, measure(h.url(session_path), args, cpu=h.cpu_seconds, cookies=cookies), base_name)
 
     # 1. The ceiling, and mod_rsession on the same static file.
@@ -336,16 +368,15 @@ Alias /p/ {ROOT}/htdocs/
 """, modules=["alias"]).start()
     try:
         add("static file, no session, same server", measure(h.url("/index.html"), args, cpu=h.cpu_seconds))
-        cookies = h.cookies("/s/index.html", 256)
+        cookies = h.cookies(256)
         # The resumed rows' clients send one of 256 cookies, chosen by a wrk
         # script that costs the client CPU too: the same requests without
         # the module are their own baseline.
         add("static file, no session, same cookies", measure(h.url("/p/index.html"), args, cpu=h.cpu_seconds, cookies=cookies))
         add("rsession file store, resumed sessions, static file", measure(h.url("/s/index.html"), args, cpu=h.cpu_seconds, cookies=cookies),
             "static file, no session, same cookies")
-        add("rsession file store, new session per request", measure(h.url("/s/index.html"), args, cpu=h.cpu_seconds), "ceiling")
-        one = h.cookies("/one/index.html", 1)[0]
-        add("rsession one session, 16 clients, lock on, static file", measure(h.url("/one/index.html"), args, cpu=h.cpu_seconds, cookie=one), "ceiling")
+        one = h.cookies(1)[0]
+        add("rsession one session, 16 clients, static file (read-only)", measure(h.url("/one/index.html"), args, cpu=h.cpu_seconds, cookie=one), "ceiling")
     finally:
         h.stop()
 
@@ -354,17 +385,23 @@ Alias /p/ {ROOT}/htdocs/
 LuaScope thread
 LuaMapHandler ^/lua/plain$ {ROOT}/handler.lua handle
 LuaMapHandler ^/lua/session$ {ROOT}/handler.lua handle
+LuaMapHandler ^/lua/peek$ {ROOT}/handler.lua peek
 RSessionStore file:{ROOT}/store
 RSessionScratchRoot {ROOT}/scratch
-<Location /lua/session>
+<LocationMatch ^/lua/(session|peek)$>
   RSession On
-</Location>
+</LocationMatch>
 """, modules=["lua"])
     write(h.root, "handler.lua", LUA_HANDLER)
     h.start()
     try:
         handler_rows(h, "/lua/plain", "/lua/session", "mod_lua handler, no session",
                      "rsession read+write via X-RSession, mod_lua, many sessions")
+        # Bots and health checks: no cookie, nothing written, nothing kept.
+        add("rsession cookieless, handler writes nothing, mod_lua", measure(h.url("/lua/peek"), args, cpu=h.cpu_seconds),
+            "mod_lua handler, no session")
+        add("rsession new session writing one key, mod_lua", measure(h.url("/lua/session"), args, cpu=h.cpu_seconds),
+            "mod_lua handler, no session")
     finally:
         h.stop()
 
@@ -384,7 +421,7 @@ RSessionScratchRoot {ROOT}/scratch
 Alias /s/ {ROOT}/htdocs/
 """ % rport, modules=["alias"]).start()
             try:
-                cookies = h.cookies("/s/index.html", 256)
+                cookies = h.cookies(256)
                 add("rsession Redis store, resumed sessions, static file",
                     measure(h.url("/s/index.html"), args, cpu=h.cpu_seconds,
                             side_cpu=lambda: process_group_cpu(redis.pid), cookies=cookies),
@@ -444,9 +481,9 @@ php_admin_value session.gc_probability 0
         h.start()
         try:
             add("peer: PHP (prefork), no session", measure(h.url("/plain.php"), args, cpu=h.cpu_seconds))
-            cookies = h.cookies("/session.php", 256)
+            cookies = h.cookies_from("/session.php", 256)
             add("peer: PHP file sessions read+write, many sessions", measure(h.url("/session.php"), args, cpu=h.cpu_seconds, cookies=cookies), "peer: PHP (prefork), no session")
-            one = h.cookies("/session.php", 1)[0]
+            one = h.cookies_from("/session.php", 1)[0]
             add("peer: PHP file sessions, one session, 16 clients", measure(h.url("/session.php"), args, cpu=h.cpu_seconds, cookie=one), "peer: PHP (prefork), no session")
             add("peer: PHP file sessions, new session per request", measure(h.url("/session.php"), args, cpu=h.cpu_seconds), "peer: PHP (prefork), no session")
         finally:
@@ -526,7 +563,7 @@ Alias /s/ {ROOT}/htdocs/
 """ % (store, scratch)
         quiet = Httpd(conf % 0, modules=["alias"]).start()
         try:
-            cookie = quiet.cookies("/s/index.html", 1)[0]
+            cookie = quiet.cookies(1)[0]
             undisturbed = wrk(quiet.url("/s/index.html"), args.seconds, cookie=cookie)
         finally:
             quiet.stop()
@@ -558,9 +595,10 @@ Alias /s/ {ROOT}/htdocs/
 LuaScope thread
 LuaMapHandler ^/lua/plain$ {ROOT}/handler.lua handle
 LuaMapHandler ^/lua/session$ {ROOT}/handler.lua handle
-<Location /lua/session>
+LuaMapHandler ^/lua/peek$ {ROOT}/handler.lua peek
+<LocationMatch ^/lua/(session|peek)$>
   RSession On
-</Location>
+</LocationMatch>
 """
 
 # What each kind of profiled request asks for, and with which cookie:
@@ -568,7 +606,8 @@ LuaMapHandler ^/lua/session$ {ROOT}/handler.lua handle
 PROFILE_KINDS = {
     "static": ("/index.html", None),
     "resumed": ("/s/index.html", "/s/index.html"),
-    "new": ("/s/index.html", None),
+    "new": ("/lua/session", None),
+    "peek": ("/lua/peek", None),
     "lua": ("/lua/plain", None),
     "write": ("/lua/session", "/lua/session"),
 }
@@ -583,7 +622,7 @@ def _profile_server():
 def _drive(h, kind, n):
     """n requests of one of PROFILE_KINDS."""
     path, session_path = PROFILE_KINDS[kind]
-    cookie = h.cookies(session_path, 1)[0] if session_path else None
+    cookie = h.cookies(1)[0] if session_path else None
     for _ in range(n):
         h.get(path, cookie)
 
@@ -626,7 +665,7 @@ def _per_request(kinds, collect=(), requests=200, warmup=20):
 def instructions_per_request():
     """Instructions executed inside the module's hooks per request
     (rsession_fixups and the saving filter, inclusive), resumed and new."""
-    return _per_request(("resumed", "new"), ("rsession_fixups", "*save_at_first_output*"))
+    return _per_request(("resumed", "new"), ("rsession_fixups", "*at_first_output*"))
 
 
 def whole_request_instructions():
@@ -702,7 +741,8 @@ def where_the_time_goes(rows, ir, calls, floor):
     # (heading, the row, its baseline row, its profile kind, the baseline's)
     cols = [
         ("resumed", by.get("rsession file store, resumed sessions, static file"), same, "resumed", "static"),
-        ("new", by.get("rsession file store, new session per request"), plain, "new", "static"),
+        ("new, writes a key (mod_lua)", by.get("rsession new session writing one key, mod_lua"), lua, "new", "lua"),
+        ("cookieless, writes nothing (mod_lua)", by.get("rsession cookieless, handler writes nothing, mod_lua"), lua, "peek", "lua"),
         ("read+write (mod_lua)", by.get("rsession read+write via X-RSession, mod_lua, many sessions"), lua, "write", "lua"),
         ("Redis resumed", redis_row, same, "redis", None),
     ]

@@ -207,6 +207,8 @@ impl std::error::Error for StoreError {
 
 /// Where records live, as `RSessionStore` names it.
 #[derive(Clone, PartialEq, Eq)]
+// One per server config, parsed once: the size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum StoreUrl {
     File(PathBuf),
     Redis(RedisUrl),

@@ -132,7 +132,13 @@ struct Failure {
 }
 
 fn unavailable(e: RedisError) -> StoreError {
-    StoreError::Unavailable(format!("redis: {e}"))
+    let text = e.to_string();
+    let hint = if text.contains("invalid peer certificate") {
+        " (the server's TLS certificate is not trusted: check ca_file, or the system's CAs without it, and that the certificate names the host in the URL)"
+    } else {
+        ""
+    };
+    StoreError::Unavailable(format!("redis: {text}{hint}"))
 }
 
 /// A connection that failed this way may be mid-reply: it must go.

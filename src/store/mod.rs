@@ -246,7 +246,10 @@ impl StoreUrl {
             None => Err(ConfigError::new(
                 directive,
                 &redis_url::redact(value),
-                format!("a URL of one of the forms {}", redis_url::FORMS),
+                format!(
+                    "a URL of scheme file: or redis:// (or rediss://, unix:, redis-sentinel://, redis-cluster://): {}",
+                    redis_url::FORMS
+                ),
             )),
         }
     }

@@ -421,7 +421,7 @@ fn read_pem(path: &Path, param: &str, kind: PemKind) -> Result<PemFile, String> 
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let shown = path.display();
-    let pem = std::fs::read(path).map_err(|e| format!("{param}={shown} to be readable ({e})"))?;
+    let pem = read_small(path).map_err(|e| format!("{param}={shown} to be {e}"))?;
     let ok = match kind {
         PemKind::Certificates => {
             let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&pem).collect();
@@ -442,23 +442,42 @@ fn read_pem(path: &Path, param: &str, kind: PemKind) -> Result<PemFile, String> 
     })
 }
 
+/// Largest file the URL may name: a FIFO or /dev/zero must not hang or
+/// fill the config check.
+const MAX_FILE: u64 = 1 << 20;
+
+/// A regular file's contents, up to `MAX_FILE`; the error completes "to
+/// be …".
+fn read_small(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| format!("readable ({e})"))?;
+    if !meta.is_file() {
+        return Err("a regular file".into());
+    }
+    if meta.len() > MAX_FILE {
+        return Err(format!("at most {MAX_FILE} bytes"));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("readable ({e})"))?;
+    Ok(bytes)
+}
+
 /// The password in `path`, a file only its owner can read (like
 /// `RSessionSecret file:`), without its trailing newline.
 fn read_password_file(path: &Path) -> Result<String, String> {
     use std::os::unix::fs::PermissionsExt;
     let shown = path.display();
-    let unreadable = |e: std::io::Error| format!("password_file={shown} to be readable ({e})");
-    let meta = std::fs::metadata(path).map_err(unreadable)?;
-    if !meta.is_file() {
-        return Err(format!("password_file={shown} to be a regular file"));
-    }
+    let meta = std::fs::metadata(path)
+        .map_err(|e| format!("password_file={shown} to be readable ({e})"))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o044 != 0 {
         return Err(format!(
             "password_file={shown} readable only by its owner (it is mode {mode:o}; chmod 600 it)"
         ));
     }
-    let bytes = std::fs::read(path).map_err(unreadable)?;
+    let bytes = read_small(path).map_err(|e| format!("password_file={shown} to be {e}"))?;
     let mut text = String::from_utf8(bytes)
         .map_err(|_| format!("password_file={shown} to hold UTF-8 text"))?;
     while text.ends_with('\n') || text.ends_with('\r') {
@@ -578,6 +597,8 @@ mod tests {
             "unix:relative.sock",
             "unix:/s?prefix=a&bogus=1",
             "redis://h?password_file=/nonexistent/pw",
+            "rediss://h?ca_file=/dev/zero",
+            "redis://h?password_file=/dev/null",
         ] {
             err(bad);
         }

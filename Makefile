@@ -9,7 +9,7 @@ DEMO_PORT   ?= 8080
 TEST_THREADS ?= 2
 # Debian packages needed to build, test and run (checked one by one, so a
 # machine that has them all runs no apt-get at all).
-DEB_PACKAGES := apache2 apache2-dev libclang-dev clang curl openssl python3 redis-server wrk libapache2-mod-php
+DEB_PACKAGES := apache2 apache2-dev libclang-dev clang curl openssl python3 redis-server redis-tools wrk libapache2-mod-php
 # For the browser test of the demo; where they cannot be installed, that
 # one test says it was skipped.
 BROWSER_PACKAGES := chromium chromium-driver

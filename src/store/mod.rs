@@ -4,6 +4,10 @@
 
 pub mod file;
 pub mod redis;
+mod redis_link;
+pub mod redis_url;
+
+pub use redis_url::RedisUrl;
 
 use crate::error::ConfigError;
 use crate::id::SessionId;
@@ -203,30 +207,18 @@ impl std::error::Error for StoreError {
 
 /// Where records live, as `RSessionStore` names it.
 #[derive(Clone, PartialEq, Eq)]
+// One per server config, parsed once: the size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum StoreUrl {
     File(PathBuf),
     Redis(RedisUrl),
-}
-
-#[derive(Clone, PartialEq, Eq)]
-pub struct RedisUrl {
-    pub host: String,
-    pub port: u16,
-    pub db: u32,
-    pub password: Option<String>,
-    pub prefix: String,
-    pub timeout: Duration,
 }
 
 impl fmt::Display for StoreUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreUrl::File(p) => write!(f, "file:{}", p.display()),
-            StoreUrl::Redis(r) => write!(
-                f,
-                "redis://{}:{}/{}?prefix={}",
-                r.host, r.port, r.db, r.prefix
-            ),
+            StoreUrl::Redis(r) => write!(f, "{r}"),
         }
     }
 }
@@ -247,87 +239,20 @@ impl StoreUrl {
                     ConfigError::new(directive, value, "file: followed by an absolute path")
                 });
         }
-        if let Some(rest) = value.strip_prefix("redis://") {
-            return parse_redis(rest)
+        match redis_url::parse(value) {
+            Some(parsed) => parsed
                 .map(StoreUrl::Redis)
-                .map_err(|why| ConfigError::new(directive, &redact(value), why));
-        }
-        Err(ConfigError::new(
-            directive,
-            &redact(value),
-            "a URL of scheme file: or redis:// (file:/abs/path or redis://[:password@]host[:port][/db][?prefix=P&timeout=MS])",
-        ))
-    }
-}
-
-/// A URL with any `:password@` blanked, for error messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            format!("{}://(credentials hidden){}", &url[..s], &url[at..])
-        }
-        _ => url.to_string(),
-    }
-}
-
-fn parse_redis(rest: &str) -> Result<RedisUrl, String> {
-    let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let (authority, db) = authority.split_once('/').unwrap_or((authority, ""));
-    let (password, hostport) = match authority.rsplit_once('@') {
-        Some((cred, hp)) => {
-            let pw = cred.strip_prefix(':').unwrap_or(cred);
-            let pw = form_urlencoded::parse(format!("p={pw}").as_bytes())
-                .next()
-                .map(|(_, v)| v.into_owned())
-                .unwrap_or_default();
-            (Some(pw), hp)
-        }
-        None => (None, authority),
-    };
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) => (
-            h,
-            p.parse::<u16>()
-                .map_err(|_| "a port number from 1 to 65535".to_string())?,
-        ),
-        None => (hostport, 6379),
-    };
-    if host.is_empty() || port == 0 {
-        return Err("redis://host[:port]: a host name and a port from 1 to 65535".into());
-    }
-    let db = match db {
-        "" => 0,
-        d => d
-            .parse::<u32>()
-            .map_err(|_| "a database number after the /".to_string())?,
-    };
-    let mut url = RedisUrl {
-        host: host.to_string(),
-        port,
-        db,
-        password,
-        prefix: "rsession:".into(),
-        timeout: Duration::from_millis(2000),
-    };
-    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-        match k.as_ref() {
-            "prefix" => url.prefix = v.into_owned(),
-            "timeout" => match v.parse::<u64>() {
-                Ok(ms) if (1..=60_000).contains(&ms) => url.timeout = Duration::from_millis(ms),
-                _ => {
-                    return Err(
-                        "timeout=MS with MS a whole number of milliseconds from 1 to 60000".into(),
-                    )
-                }
-            },
-            other => {
-                return Err(format!(
-                    "only the query parameters prefix and timeout (not '{other}')"
-                ))
-            }
+                .map_err(|why| ConfigError::new(directive, &redis_url::redact(value), why)),
+            None => Err(ConfigError::new(
+                directive,
+                &redis_url::redact(value),
+                format!(
+                    "a URL of scheme file: or redis:// (or rediss://, unix:, redis-sentinel://, redis-cluster://): {}",
+                    redis_url::FORMS
+                ),
+            )),
         }
     }
-    Ok(url)
 }
 
 /// Opens the store a URL names.
@@ -355,7 +280,10 @@ mod tests {
         .unwrap() else {
             panic!("not redis")
         };
-        assert_eq!((r.host.as_str(), r.port, r.db), ("cache.local", 6380, 2));
+        assert_eq!(
+            (r.nodes[0].to_string().as_str(), r.db),
+            ("cache.local:6380", 2)
+        );
         assert_eq!(r.password.as_deref(), Some("s3cret"));
         assert_eq!(r.prefix, "app:");
         assert_eq!(r.timeout, Duration::from_millis(500));
@@ -363,8 +291,11 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            (d.port, d.db, d.prefix.as_str(), d.timeout),
-            (6379, 0, "rsession:", Duration::from_secs(2))
+            (d.to_string().as_str(), d.timeout),
+            (
+                "redis://127.0.0.1:6379/0?prefix=rsession:",
+                Duration::from_secs(2)
+            )
         );
     }
 

@@ -14,13 +14,14 @@
 //! may still run after we gave up, or never have arrived): the keeper
 //! remembers it and deletes it, if it is still ours, once Redis answers.
 
+use super::redis_link::{Link, Target};
 use super::{
     Created, Fence, HeldLock, LockedLoad, RedisUrl, SessionStore, StoreError, SweepCounts,
 };
 use crate::id::SessionId;
 use crate::record::Record;
 use parking_lot::{Condvar, Mutex};
-use redis::{Connection, IntoConnectionInfo, RedisConnectionInfo, RedisError, Script};
+use redis::{RedisError, Script};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, LazyLock};
@@ -94,13 +95,15 @@ pub struct RedisStore {
 }
 
 struct Pool {
-    client: redis::Client,
+    target: Target,
     timeout: Duration,
     idle: Mutex<Vec<Conn>>,
 }
 
 struct Conn {
-    con: Connection,
+    con: Link,
+    /// `Target::epoch` when made: older ones reach a master that moved.
+    epoch: u64,
     /// Who the server says we are, so that a command left running on this
     /// connection can be stopped by killing it (`CLIENT KILL`).
     client: Option<ClientId>,
@@ -129,7 +132,13 @@ struct Failure {
 }
 
 fn unavailable(e: RedisError) -> StoreError {
-    StoreError::Unavailable(format!("redis: {e}"))
+    let text = e.to_string();
+    let hint = if text.contains("invalid peer certificate") {
+        " (the server's TLS certificate is not trusted: check ca_file, or the system's CAs without it, and that the certificate names the host in the URL)"
+    } else {
+        ""
+    };
+    StoreError::Unavailable(format!("redis: {text}{hint}"))
 }
 
 /// A connection that failed this way may be mid-reply: it must go.
@@ -157,34 +166,53 @@ impl Pool {
     /// A new connection; setting it up takes at most `timeout`.
     fn connect(&self) -> redis::RedisResult<Conn> {
         let started = Instant::now();
-        let mut con = self.client.get_connection_with_timeout(self.timeout)?;
-        let left = self
-            .timeout
-            .saturating_sub(started.elapsed())
-            .max(Duration::from_millis(1));
-        con.set_read_timeout(Some(left))?;
-        con.set_write_timeout(Some(left))?;
-        let client = match redis::cmd("CLIENT").arg("INFO").query::<String>(&mut con) {
-            Ok(info) => parse_client_info(&info),
-            Err(e) if is_broken(&e) => return Err(e),
-            // An older server, or an ACL that forbids CLIENT.
-            Err(_) => None,
+        let epoch = self.target.epoch();
+        let mut con = self.target.connect(self.timeout)?;
+        let client = if self.target.is_cluster() {
+            // Commands go to several nodes: no one client id.
+            None
+        } else {
+            let left = self
+                .timeout
+                .saturating_sub(started.elapsed())
+                .max(Duration::from_millis(1));
+            con.set_timeouts(left)?;
+            match redis::cmd("CLIENT").arg("INFO").query::<String>(&mut con) {
+                Ok(info) => parse_client_info(&info),
+                Err(e) if is_broken(&e) => return Err(e),
+                // An older server, or an ACL that forbids CLIENT.
+                Err(_) => None,
+            }
         };
-        con.set_read_timeout(Some(self.timeout))?;
-        con.set_write_timeout(Some(self.timeout))?;
-        Ok(Conn { con, client })
+        con.set_timeouts(self.timeout)?;
+        Ok(Conn { con, epoch, client })
+    }
+
+    fn put_back(&self, conn: Conn) {
+        let mut idle = self.idle.lock();
+        if idle.len() < MAX_IDLE && conn.epoch == self.target.epoch() {
+            idle.push(conn);
+        }
+    }
+
+    /// An idle connection, unless the master moved since it was made.
+    fn take_idle(&self) -> Option<Conn> {
+        let epoch = self.target.epoch();
+        let mut idle = self.idle.lock();
+        idle.retain(|c| c.epoch == epoch);
+        idle.pop()
     }
 
     /// Runs `f` on a pooled connection; a connection that failed goes away.
     /// A pooled connection the server has closed (it restarted) is retried
     /// once on a fresh one, so the first request after an outage succeeds;
-    /// every command we send is safe to repeat.
-    fn run<T>(
-        &self,
-        mut f: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
-    ) -> Result<T, Failure> {
-        let mut pooled = self.idle.lock().pop();
+    /// so is a command refused by a master that became a replica
+    /// (`READONLY`: it did not run), on the master found anew. Every
+    /// command we send is safe to repeat.
+    fn run<T>(&self, mut f: impl FnMut(&mut Link) -> redis::RedisResult<T>) -> Result<T, Failure> {
+        let mut pooled = self.take_idle();
         let mut first_sent = None;
+        let mut retried = false;
         loop {
             let from_pool = pooled.is_some();
             let mut conn = match pooled.take() {
@@ -199,10 +227,7 @@ impl Pool {
             };
             match f(&mut conn.con) {
                 Ok(v) => {
-                    let mut idle = self.idle.lock();
-                    if idle.len() < MAX_IDLE {
-                        idle.push(conn);
-                    }
+                    self.put_back(conn);
                     return Ok(v);
                 }
                 Err(error) if is_broken(&error) => {
@@ -213,12 +238,21 @@ impl Pool {
                     }
                     return Err(Failure { error, sent });
                 }
+                Err(error) if self.target.is_stale(&error) => {
+                    self.target.forget_master();
+                    if !retried {
+                        retried = true;
+                        first_sent = first_sent.or(Some(Sent::Completed));
+                        continue;
+                    }
+                    return Err(Failure {
+                        error,
+                        sent: Sent::Completed,
+                    });
+                }
                 Err(error) => {
                     // A server's error reply leaves the connection usable.
-                    let mut idle = self.idle.lock();
-                    if idle.len() < MAX_IDLE {
-                        idle.push(conn);
-                    }
+                    self.put_back(conn);
                     return Err(Failure {
                         error,
                         sent: Sent::Completed,
@@ -228,10 +262,7 @@ impl Pool {
         }
     }
 
-    fn with<T>(
-        &self,
-        f: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
-    ) -> Result<T, StoreError> {
+    fn with<T>(&self, f: impl FnMut(&mut Link) -> redis::RedisResult<T>) -> Result<T, StoreError> {
         self.run(f).map_err(|f| unavailable(f.error))
     }
 }
@@ -521,16 +552,29 @@ impl Keeper {
     fn renew(&self, due: &[(u64, String, String, Duration)]) {
         let sent = Instant::now();
         let replies: Result<Vec<i64>, _> = self.pool.with(|c| {
-            let mut p = redis::pipe();
-            for (_, key, token, ttl) in due {
-                p.cmd("EVAL")
-                    .arg(RENEW)
-                    .arg(1)
-                    .arg(key)
-                    .arg(token)
-                    .arg(millis(*ttl));
+            let renew = |key: &str, token: &str, ttl: Duration| {
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(RENEW).arg(1).arg(key).arg(token).arg(millis(ttl));
+                cmd
+            };
+            match c {
+                Link::One(c) => {
+                    let mut p = redis::pipe();
+                    for (_, key, token, ttl) in due {
+                        p.add_command(renew(key, token, *ttl));
+                    }
+                    p.query(c)
+                }
+                // Locks live on several nodes: the cluster pipeline sends
+                // each node its part.
+                Link::Cluster(c) => {
+                    let mut p = redis::cluster::cluster_pipe();
+                    for (_, key, token, ttl) in due {
+                        p.add_command(renew(key, token, *ttl));
+                    }
+                    p.query(c)
+                }
             }
-            p.query(c)
         });
         let Ok(replies) = replies else { return };
         let mut kept = self.state.lock();
@@ -634,19 +678,8 @@ impl Drop for RedisStore {
 
 impl RedisStore {
     pub fn open(url: &RedisUrl) -> Result<RedisStore, StoreError> {
-        let mut settings = RedisConnectionInfo::default()
-            .set_db(url.db as i64)
-            .set_skip_set_lib_name();
-        if let Some(pw) = &url.password {
-            settings = settings.set_password(pw);
-        }
-        let info = (url.host.clone(), url.port)
-            .into_connection_info()
-            .map_err(unavailable)?
-            .set_redis_settings(settings);
-        let client = redis::Client::open(info).map_err(unavailable)?;
         let pool = Arc::new(Pool {
-            client,
+            target: Target::new(url).map_err(unavailable)?,
             timeout: url.timeout,
             idle: Mutex::new(Vec::new()),
         });
@@ -657,12 +690,21 @@ impl RedisStore {
         })
     }
 
+    /// A session's keys. In a cluster the id is a hash tag (`{id}`), so a
+    /// session's record and lock share a slot and one script can touch
+    /// both; elsewhere the names stay as they always were.
     fn key(&self, id: &SessionId) -> String {
-        format!("{}{}", self.url.prefix, id)
+        match self.pool.target.is_cluster() {
+            true => format!("{}{{{}}}", self.url.prefix, id),
+            false => format!("{}{}", self.url.prefix, id),
+        }
     }
 
     fn lock_key(&self, id: &SessionId) -> String {
-        format!("{}lock:{}", self.url.prefix, id)
+        match self.pool.target.is_cluster() {
+            true => format!("{}lock:{{{}}}", self.url.prefix, id),
+            false => format!("{}lock:{}", self.url.prefix, id),
+        }
     }
 
     /// SET with the record's deadline as the key's expiry; `mode` is NX or XX.
@@ -734,7 +776,10 @@ impl RedisStore {
 
 impl SessionStore for RedisStore {
     fn describe(&self) -> String {
-        super::StoreUrl::Redis(self.url.clone()).to_string()
+        match self.pool.target.current_master() {
+            Some(at) => format!("{} (master at {at})", self.url),
+            None => self.url.to_string(),
+        }
     }
 
     fn create(&self, id: &SessionId, record: &Record) -> Result<Created, StoreError> {
@@ -823,27 +868,35 @@ impl SessionStore for RedisStore {
     }
 
     fn count(&self) -> Result<u64, StoreError> {
-        // Session keys are the prefix plus exactly 32 characters; lock keys
-        // are longer.
-        let pattern = format!("{}{}", self.url.prefix, "?".repeat(32));
-        self.pool.with(|c| {
-            let mut cursor: u64 = 0;
-            let mut total = 0u64;
-            loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query(c)?;
-                total += keys.len() as u64;
-                if next == 0 {
-                    return Ok(total);
+        // Session keys are the prefix plus exactly 32 characters (in braces
+        // in a cluster); lock keys are longer. A cluster's keys are spread
+        // over its masters: each is scanned.
+        let id = "?".repeat(32);
+        let pattern = match self.pool.target.is_cluster() {
+            true => format!("{}{{{id}}}", self.url.prefix),
+            false => format!("{}{id}", self.url.prefix),
+        };
+        let per_node = self.pool.with(|c| {
+            c.each_master(|query| {
+                let mut cursor: u64 = 0;
+                let mut total = 0u64;
+                loop {
+                    let mut scan = redis::cmd("SCAN");
+                    scan.arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000);
+                    let (next, keys): (u64, Vec<String>) = redis::from_redis_value(query(&scan)?)?;
+                    total += keys.len() as u64;
+                    if next == 0 {
+                        return Ok(total);
+                    }
+                    cursor = next;
                 }
-                cursor = next;
-            }
-        })
+            })
+        })?;
+        Ok(per_node.iter().sum())
     }
 
     fn exists(&self, id: &SessionId) -> Result<bool, StoreError> {

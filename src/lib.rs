@@ -19,6 +19,7 @@ mod generation;
 mod id;
 mod lock;
 mod record;
+mod safe_fs;
 mod scratch;
 mod session;
 mod signing;

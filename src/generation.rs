@@ -103,6 +103,8 @@ impl Builder {
             }
         };
         let keys = KeyRing::new(keys).ok_or("RSessionSecret: no usable key")?;
+        // Scratch directories are kept apart per store (see scratch.rs).
+        let described = store.describe();
         Ok(Runtime {
             store,
             keys,
@@ -110,6 +112,7 @@ impl Builder {
                 conf.scratch_root
                     .clone()
                     .unwrap_or_else(|| host.scratch_root.clone()),
+                &described,
             ),
             lock_ttl: Duration::from_secs(conf.lock_ttl()),
             gc_interval: Duration::from_secs(conf.gc_interval()),
@@ -120,9 +123,11 @@ impl Builder {
 }
 
 /// Reads the generated key, or makes one (256 bits from the OS, as 64 hex
-/// characters, mode 0600) so that restarts keep sessions valid.
+/// characters, mode 0600) so that restarts keep sessions valid. Read by
+/// root: a link or FIFO planted under the name is refused, never followed
+/// or waited on.
 pub fn load_or_create_key(path: &Path) -> std::io::Result<Vec<u8>> {
-    match std::fs::read(path) {
+    match crate::safe_fs::read_regular(path, 4096) {
         Ok(mut key) => {
             while key.last().is_some_and(|c| c.is_ascii_whitespace()) {
                 key.pop();
@@ -143,6 +148,7 @@ pub fn load_or_create_key(path: &Path) -> std::io::Result<Vec<u8>> {
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
+                .custom_flags(crate::safe_fs::HOSTILE_OPEN_FLAGS)
                 .open(path)?;
             f.write_all(key.as_bytes())?;
             f.write_all(b"\n")?;

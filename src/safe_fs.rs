@@ -71,6 +71,11 @@ fn errno(e: Errno) -> io::Error {
 /// it is a regular file. Anything else yields an error for which
 /// `is_not_regular` is true.
 pub fn open_regular(path: &Path, options: &OpenOptions) -> io::Result<File> {
+    open_regular_with_len(path, options).map(|(f, _)| f)
+}
+
+/// `open_regular`, also returning the file's length (from the same `fstat`).
+pub fn open_regular_with_len(path: &Path, options: &OpenOptions) -> io::Result<(File, u64)> {
     let mut options = options.clone();
     options.custom_flags(HOSTILE_OPEN_FLAGS);
     let file = match options.open(path) {
@@ -84,9 +89,10 @@ pub fn open_regular(path: &Path, options: &OpenOptions) -> io::Result<File> {
             })
         }
     };
-    let kind = file.metadata()?.file_type();
+    let meta = file.metadata()?;
+    let kind = meta.file_type();
     if kind.is_file() {
-        return Ok(file);
+        return Ok((file, meta.len()));
     }
     Err(not_regular(if kind.is_dir() {
         "a directory"
@@ -189,7 +195,13 @@ pub fn set_aside(dir: impl AsFd, name: &OsStr) -> io::Result<OsString> {
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
-        match renameat2(dir, name, dir, aside.as_os_str(), RenameFlags::RENAME_NOREPLACE) {
+        match renameat2(
+            dir,
+            name,
+            dir,
+            aside.as_os_str(),
+            RenameFlags::RENAME_NOREPLACE,
+        ) {
             Ok(()) => return Ok(aside),
             Err(Errno::EEXIST) => continue,
             // File systems without renameat2 flags: the name is fresh anyway.
@@ -204,10 +216,10 @@ pub fn set_aside(dir: impl AsFd, name: &OsStr) -> io::Result<OsString> {
 }
 
 /// Under an exclusive `flock` of the directory holding `path` (so that two
-/// processes repairing at once do not move each other's fresh file), sets
-/// `path` aside unless it is, by now, a regular file. Returns the name it
-/// was given, if it was moved.
-pub fn set_aside_unless_regular(path: &Path) -> io::Result<Option<OsString>> {
+/// processes repairing at once do not move each other's fresh entry), sets
+/// `path` aside unless it is, by now, what `keep` accepts. Returns the name
+/// it was given, if it was moved.
+pub fn set_aside_unless(path: &Path, keep: fn(&FileStat) -> bool) -> io::Result<Option<OsString>> {
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(io::Error::new(ErrorKind::InvalidInput, "no parent"));
     };
@@ -218,16 +230,38 @@ pub fn set_aside_unless_regular(path: &Path) -> io::Result<Option<OsString>> {
     dir.lock()?;
     match stat_at(&dir, name)? {
         None => Ok(None),
-        Some(st) if is_regular(&st) => Ok(None),
+        Some(st) if keep(&st) => Ok(None),
         Some(_) => set_aside(&dir, name).map(Some),
     }
 }
 
+/// Removes whatever `path` names, never following it: a file, link or FIFO
+/// is unlinked, a directory removed with all it holds. One that cannot be
+/// removed whole is set aside, so the name is free again (the error still
+/// says what stayed).
+pub fn remove_entry(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EISDIR) | Some(libc::EPERM)) => {
+            remove_tree(path).inspect_err(|_| {
+                let _ = set_aside_unless(path, |_| false);
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A file several holders share, as `open_shared` found it.
+pub struct Shared {
+    pub file: File,
+    pub len: u64,
+}
+
 /// Opens (creating, 0600, never truncating) a file that several holders
 /// share, such as a lock file. Something else planted under its name (a
-/// FIFO, a link, a directory) is set aside and the file made anew; the
-/// name it was moved to is returned with the file.
-pub fn open_shared(path: &Path) -> io::Result<(File, Option<OsString>)> {
+/// FIFO, a link, a directory) is set aside and the file made anew.
+pub fn open_shared(path: &Path) -> io::Result<Shared> {
     let mut options = OpenOptions::new();
     options
         .read(true)
@@ -235,14 +269,11 @@ pub fn open_shared(path: &Path) -> io::Result<(File, Option<OsString>)> {
         .create(true)
         .truncate(false)
         .mode(0o600);
-    let mut aside = None;
     for _ in 0..3 {
-        match open_regular(path, &options) {
-            Ok(f) => return Ok((f, aside)),
+        match open_regular_with_len(path, &options) {
+            Ok((file, len)) => return Ok(Shared { file, len }),
             Err(e) if is_not_regular(&e) => {
-                if let Some(name) = set_aside_unless_regular(path)? {
-                    aside = Some(name);
-                }
+                set_aside_unless(path, is_regular)?;
             }
             Err(e) => return Err(e),
         }
@@ -272,15 +303,6 @@ fn make_dir_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<Optio
         fchmod(&fd, Mode::from_bits_truncate(mode)).map_err(errno)?;
     }
     Ok(Some(fd))
-}
-
-/// Creates `name` (mode 0700) in `dir` if missing; an existing directory
-/// is accepted. Used by children (running as `User`) for shards.
-pub fn ensure_dir_at(dir: impl AsFd, name: &OsStr) -> io::Result<()> {
-    match mkdirat(dir, name, Mode::from_bits_truncate(0o700)) {
-        Ok(()) | Err(Errno::EEXIST) => Ok(()),
-        Err(e) => Err(errno(e)),
-    }
 }
 
 /// Who must own the configured roots: `User` when httpd starts as root,
@@ -383,7 +405,9 @@ impl Setup {
                         }
                         // Made by someone else meanwhile: look again.
                         Ok(None) => pending.push(name),
-                        Err(e) => return Err(fail(format!("cannot create {}: {e}", here.display()))),
+                        Err(e) => {
+                            return Err(fail(format!("cannot create {}: {e}", here.display())))
+                        }
                     }
                 }
                 Err(Errno::ELOOP) | Err(Errno::ENOTDIR) => {
@@ -459,10 +483,6 @@ impl Setup {
 }
 
 impl Root {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Checks the entries `names` inside the root, where handlers can
     /// write: a directory the owner owns stays; anything else (a link, a
     /// file, a FIFO, a directory of another owner) is set aside, never
@@ -509,8 +529,7 @@ fn open_for_removal(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<Option<O
         Err(Errno::ENOENT) => return Ok(None),
         Err(Errno::ENOTDIR) | Err(Errno::ELOOP) => return unlink_file(parent, name).map(|()| None),
         Err(Errno::EACCES) => {
-            fchmodat(parent, name, Mode::S_IRWXU, FchmodatFlags::NoFollowSymlink)
-                .map_err(errno)?;
+            fchmodat(parent, name, Mode::S_IRWXU, FchmodatFlags::NoFollowSymlink).map_err(errno)?;
             match openat(parent, name, dir_flags(), Mode::empty()) {
                 Ok(fd) => fd,
                 Err(Errno::ENOENT) => return Ok(None),
@@ -658,6 +677,23 @@ pub fn remove_tree_at(parent: impl AsFd, name: &OsStr) -> io::Result<()> {
     }
 }
 
+/// Gives the owner back read, write and search permission on the
+/// directory `path` (never following a link), so that it can be moved or
+/// emptied.
+pub fn restore_owner_access(path: &Path) -> io::Result<()> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io::Error::new(ErrorKind::InvalidInput, "no parent"));
+    };
+    let Some(dir) = open_dir(parent)? else {
+        return Ok(());
+    };
+    let Some(fd) = open_for_removal(dir.as_fd(), name)? else {
+        return Ok(());
+    };
+    drop(fd);
+    Ok(())
+}
+
 /// `remove_tree_at` for a path: its parent is opened by path (the caller
 /// vouches for it), the last component is never followed.
 pub fn remove_tree(path: &Path) -> io::Result<()> {
@@ -694,7 +730,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a/b/store");
         let root = Setup::new(me()).root(&path).unwrap();
-        assert_eq!(root.path(), path);
+        assert_eq!(root.path, path);
         let parent = fs::metadata(dir.path().join("a/b")).unwrap();
         assert_eq!(parent.permissions().mode() & 0o7777, 0o755);
         let made = fs::metadata(&path).unwrap();
@@ -712,7 +748,10 @@ mod tests {
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&real, &link).unwrap();
         let err = Setup::new(me()).root(&link).err().unwrap();
-        assert!(err.contains("symbolic link") && err.contains("link"), "{err}");
+        assert!(
+            err.contains("symbolic link") && err.contains("link"),
+            "{err}"
+        );
         // Owned by someone else than the owner: refused, never chowned.
         let other = Owner {
             uid: me().uid + 1,
@@ -734,7 +773,7 @@ mod tests {
         let root = Setup::new(me())
             .root(&dir.path().join("var-run/app/store"))
             .unwrap();
-        assert!(root.path().ends_with("var-run/app/store"));
+        assert!(root.path.ends_with("var-run/app/store"));
         assert!(dir.path().join("run/app/store").is_dir());
     }
 
@@ -779,11 +818,16 @@ mod tests {
         fs::write(dir.path().join("target"), "secret").unwrap();
         std::os::unix::fs::symlink(dir.path().join("target"), &link).unwrap();
         assert!(is_not_regular(&open_regular(&link, &read).unwrap_err()));
-        assert!(is_not_regular(&open_regular(dir.path(), &read).unwrap_err()));
+        assert!(is_not_regular(
+            &open_regular(dir.path(), &read).unwrap_err()
+        ));
         assert!(!is_not_regular(
             &open_regular(&dir.path().join("none"), &read).unwrap_err()
         ));
-        assert_eq!(read_regular(&dir.path().join("target"), 100).unwrap(), b"secret");
+        assert_eq!(
+            read_regular(&dir.path().join("target"), 100).unwrap(),
+            b"secret"
+        );
         assert!(read_regular(&dir.path().join("target"), 3).is_err());
     }
 
@@ -792,14 +836,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(".locks");
         nix::unistd::mkfifo(&path, Mode::S_IRWXU).unwrap();
-        let (file, aside) = open_shared(&path).unwrap();
-        assert!(file.metadata().unwrap().is_file());
-        assert!(aside.unwrap().to_string_lossy().starts_with(".aside-.locks-"));
-        let (_, aside) = open_shared(&path).unwrap();
-        assert!(aside.is_none(), "a good file is kept");
+        let asides = || {
+            fs::read_dir(dir.path())
+                .unwrap()
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(".aside-.locks-")
+                })
+                .count()
+        };
+        let shared = open_shared(&path).unwrap();
+        assert!(shared.file.metadata().unwrap().is_file());
+        assert_eq!(asides(), 1, "the FIFO was set aside");
+        open_shared(&path).unwrap();
+        assert_eq!(asides(), 1, "a good file is kept");
         fs::remove_file(&path).unwrap();
         fs::create_dir(&path).unwrap();
-        assert!(open_shared(&path).unwrap().0.metadata().unwrap().is_file());
+        let shared = open_shared(&path).unwrap();
+        assert!(shared.file.metadata().unwrap().is_file());
     }
 
     /// Runs `f` in a thread acting, for the file system, as an unprivileged

@@ -420,6 +420,7 @@ mod tests {
             key_file: dir.path().join("key"),
         };
         std::fs::create_dir(&host.scratch_root).unwrap();
+        std::fs::create_dir(&host.store_dir).unwrap();
         let rt = Builder::default()
             .build(&ServerConfig::default(), &host)
             .unwrap();

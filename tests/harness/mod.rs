@@ -113,6 +113,23 @@ pub fn id_of(cookie_pair: &str) -> String {
     value.split('.').next().unwrap_or_default().to_string()
 }
 
+/// The part of a scratch root that belongs to the store `describe`d so
+/// (src/scratch.rs: 12 hex characters of the SHA-256 of its description).
+pub fn scratch_store_dir(root: &Path, describe: &str) -> PathBuf {
+    use sha2::Digest;
+    let tag: String = sha2::Sha256::digest(describe.as_bytes())[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    root.join(tag)
+}
+
+/// The scratch directory of `id` under `root`, for the store `describe`d
+/// so: `root/<tag>/<first two hex digits>/<id>`.
+pub fn scratch_dir_in(root: &Path, describe: &str, id: &str) -> PathBuf {
+    scratch_store_dir(root, describe).join(&id[..2]).join(id)
+}
+
 /// Polls `check` until it returns `Some` or `deadline` passes.
 pub fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let end = Instant::now() + deadline;
@@ -214,6 +231,13 @@ impl Httpd {
     /// the id's first byte).
     pub fn record(&self, id: &str) -> PathBuf {
         self.path("logs/rsession").join(&id[..2]).join(id)
+    }
+
+    /// Where the default scratch root keeps the directory of `id` of the
+    /// default store.
+    pub fn scratch_dir(&self, id: &str) -> PathBuf {
+        let store = format!("file:{}", self.path("logs/rsession").display());
+        scratch_dir_in(&self.path("logs/rsession-scratch"), &store, id)
     }
 
     pub fn url(&self, path: &str) -> String {

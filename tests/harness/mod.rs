@@ -196,6 +196,56 @@ const CRASH_MARKERS: [&str; 5] = [
 
 impl Httpd {
     pub fn start(options: Options) -> Httpd {
+        Self::start_after(options, |_| {})
+    }
+
+    /// `start`, after `prepare` has run on the server root (to plant what
+    /// the server will find there).
+    pub fn start_after(options: Options, prepare: impl FnOnce(&Path)) -> Httpd {
+        let mut h = Self::unstarted(options);
+        prepare(h.root.path());
+        h.write_config();
+        h.launch();
+        h
+    }
+
+    /// Starts httpd after `prepare` has run on its root, expecting it to
+    /// refuse to start: returns its stderr and error log. Fails the test if
+    /// it starts.
+    pub fn start_refused(options: Options, prepare: impl FnOnce(&Path)) -> String {
+        let mut h = Self::unstarted(options);
+        prepare(h.root.path());
+        h.write_config();
+        let mut child = Command::new("apache2")
+            .args(["-f", h.conf_path().to_str().unwrap(), "-DFOREGROUND"])
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("apache2 runs");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            if h.ready_count() > 0 || Instant::now() >= deadline {
+                h.child = Some(child);
+                panic!(
+                    "httpd started although it should not have:\n{}",
+                    h.error_log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut stderr = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut stderr);
+        }
+        format!("{stderr}\n{}", h.error_log())
+    }
+
+    fn unstarted(options: Options) -> Httpd {
         let root = tempfile::Builder::new()
             .prefix("rsession-test-")
             .tempdir()
@@ -211,16 +261,13 @@ impl Httpd {
             "<p>static page</p>\n",
         )
         .unwrap();
-        let mut h = Httpd {
+        Httpd {
             root,
             port: free_port(),
             options,
             child: None,
             starts: 0,
-        };
-        h.write_config();
-        h.launch();
-        h
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {

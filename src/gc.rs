@@ -12,6 +12,7 @@ use crate::store::{SessionStore, StoreError, SweepCounts};
 use parking_lot::{Condvar, Mutex};
 use std::collections::HashSet;
 use std::ffi::OsStr;
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -127,7 +128,14 @@ fn sweep_orphans(
 ) -> Result<(u64, Vec<String>), StoreError> {
     let mut removed = 0;
     let mut unremovable = Vec::new();
-    let Ok(Some(tag)) = safe_fs::open_dir(target.scratch.store_dir()) else {
+    let store_dir = target.scratch.store_dir();
+    let (Some(parent), Some(tag_name)) = (store_dir.parent(), store_dir.file_name()) else {
+        return Ok((0, unremovable));
+    };
+    let Ok(Some(root)) = safe_fs::open_dir(parent) else {
+        return Ok((0, unremovable));
+    };
+    let Ok(Some(tag)) = safe_fs::open_dir_repairing(root.as_fd(), tag_name) else {
         return Ok((0, unremovable));
     };
     let Ok(mut shards) = safe_fs::list(&tag) else {
@@ -142,14 +150,9 @@ fn sweep_orphans(
             continue;
         }
         // A link or file planted where a shard should be: never followed,
-        // removed so that the shard can be made again.
-        let shard = match safe_fs::open_dir_at(&tag, &shard_name) {
-            Ok(Some(fd)) => fd,
-            Ok(None) => continue,
-            Err(_) => {
-                let _ = safe_fs::remove_entry(&target.scratch.store_dir().join(&shard_name));
-                continue;
-            }
+        // unlinked so that the shard can be made again.
+        let Ok(Some(shard)) = safe_fs::open_dir_repairing(tag.as_fd(), &shard_name) else {
+            continue;
         };
         let Ok(entries) = safe_fs::list(&shard) else {
             continue;
@@ -518,6 +521,35 @@ mod tests {
         fs::remove_file(theirs.join("f")).unwrap();
         let third = as_nobody(|| sweep_orphans(&t, &mut cursor, 100, Duration::ZERO).unwrap());
         assert_eq!(third.0, 1, "once it can go, it goes");
+    }
+
+    #[test]
+    fn a_shard_shut_by_a_handler_is_opened_not_wiped() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // the unprivileged part needs setfsuid
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+        let (t, live, orphan) = as_nobody(|| {
+            let t = target(dir.path());
+            let live: SessionId = "ab000000000000000000000000000001".parse().unwrap();
+            let orphan: SessionId = "ab000000000000000000000000000002".parse().unwrap();
+            t.store.create(&live, &Record::new(now(), 1000, 0)).unwrap();
+            t.scratch.ensure(&live).unwrap();
+            t.scratch.ensure(&orphan).unwrap();
+            let shard = t.scratch.path(&live).parent().unwrap().to_path_buf();
+            fs::set_permissions(&shard, fs::Permissions::from_mode(0o000)).unwrap();
+            (t, live, orphan)
+        });
+        let (n, _) =
+            as_nobody(|| sweep_orphans(&t, &mut Cursor::default(), 100, Duration::ZERO).unwrap());
+        assert_eq!(n, 1);
+        assert!(
+            t.scratch.path(&live).is_dir(),
+            "the live session's directory stays"
+        );
+        assert!(!t.scratch.path(&orphan).exists());
     }
 
     #[test]

@@ -227,7 +227,23 @@ pub fn set_aside_unless(path: &Path, keep: fn(&FileStat) -> bool) -> io::Result<
         return Ok(None);
     };
     let dir = File::from(dir);
-    dir.lock()?;
+    // Bounded: a handler can hold a flock on a directory it owns forever.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match dir.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(io::Error::new(
+                    ErrorKind::WouldBlock,
+                    "someone else keeps the directory locked",
+                ))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+    }
     match stat_at(&dir, name)? {
         None => Ok(None),
         Some(st) if keep(&st) => Ok(None),
@@ -547,7 +563,9 @@ fn open_for_removal(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<Option<O
     Ok(Some(fd))
 }
 
-fn unlink_file(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+/// Unlinks `name` in `dir` unless it is a directory (then `EISDIR`);
+/// a missing one is fine.
+pub fn unlink_file(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     match unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => Ok(()),
         Err(e) => Err(errno(e)),
@@ -692,6 +710,23 @@ pub fn restore_owner_access(path: &Path) -> io::Result<()> {
     };
     drop(fd);
     Ok(())
+}
+
+/// Opens the directory `name` in `dir` for the sweeper: a link or file
+/// planted there is unlinked (`Ok(None)`: no directory now), a directory
+/// made unreadable by a handler gets its owner's access back.
+pub fn open_dir_repairing(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Option<OwnedFd>> {
+    match open_dir_at(dir, name) {
+        Ok(found) => Ok(found),
+        Err(first) => match stat_at(dir, name)? {
+            None => Ok(None),
+            Some(st) if !is_dir(&st) => unlink_file(dir, name).map(|()| None),
+            Some(_) => match open_for_removal(dir, name) {
+                Ok(found) => Ok(found),
+                Err(_) => Err(first),
+            },
+        },
+    }
 }
 
 /// `remove_tree_at` for a path: its parent is opened by path (the caller
@@ -882,7 +917,7 @@ mod tests {
 
     #[test]
     fn trees_with_locked_modes_and_links_are_removed_whole() {
-        unprivileged(|d| trees_with_locked_modes(d));
+        unprivileged(trees_with_locked_modes);
     }
 
     #[test]
@@ -941,7 +976,7 @@ mod tests {
 
     #[test]
     fn deep_trees_are_removed_with_few_descriptors() {
-        unprivileged(|d| deep_trees(d));
+        unprivileged(deep_trees);
     }
 
     fn deep_trees(dir: &Path) {

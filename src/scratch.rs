@@ -295,7 +295,7 @@ mod tests {
         let path = scratch.create(&id).unwrap();
         fs::create_dir(path.join("sub")).unwrap();
         fs::write(path.join("sub/f"), "x").unwrap();
-        fs::set_permissions(path.join("sub"), fs::Permissions::from_mode(0)).unwrap();
+        fs::set_permissions(path.join("sub"), fs::Permissions::from_mode(0o000)).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o500)).unwrap();
         let new = SessionId::generate().unwrap();
         let moved = scratch.rename(&id, &new).unwrap();

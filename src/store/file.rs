@@ -433,8 +433,12 @@ impl SessionStore for FileStore {
         let _saving = self
             .lock_byte(id, id.lock_offset() | SAVER_BYTES, true)
             .map_err(self.io("cannot lock the session's spare record"))?;
-        let (spare, len) = open_shared_with_len(&self.spare_path(id))
-            .map_err(self.io("cannot open the spare record"))?;
+        let (spare, len) = match open_shared_with_len(&self.spare_path(id)) {
+            Ok(opened) => opened,
+            // No shard: no record either.
+            Err(e) if shard_missing(&e) || shard_broken(&e) => return Err(StoreError::Vanished),
+            Err(e) => return Err(self.io("cannot open the spare record")(e)),
+        };
         Self::overwrite(&spare, len, &bytes, expires)
             .map_err(self.io("cannot write session record"))?;
         match renameat2(

@@ -177,6 +177,19 @@ mod tests {
     }
 
     #[test]
+    fn a_planted_key_file_is_refused_never_followed_or_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.key");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(load_or_create_key(&fifo).is_err(), "a FIFO is no key");
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "k".repeat(64)).unwrap();
+        let link = dir.path().join("link.key");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(load_or_create_key(&link).is_err(), "a link is not followed");
+    }
+
+    #[test]
     fn vhosts_naming_one_store_share_it() {
         let dir = tempfile::tempdir().unwrap();
         let host = HostDefaults {

@@ -333,3 +333,26 @@ fn a_locked_subdirectory_goes_with_the_sweeper() {
     );
     assert!(!h.error_log().contains("RS0051"), "nothing stayed");
 }
+
+#[test]
+fn a_fifo_planted_as_the_generated_key_fails_the_start_at_once() {
+    let out = Httpd::start_refused(
+        Options {
+            secret: false,
+            ..Options::default()
+        },
+        |root| {
+            let status = std::process::Command::new("mkfifo")
+                .arg(root.join("logs/rsession.key"))
+                .status()
+                .unwrap();
+            assert!(status.success());
+        },
+    );
+    assert!(
+        out.contains("RS0001")
+            && out.contains("rsession.key")
+            && out.contains("not a regular file"),
+        "{out}"
+    );
+}

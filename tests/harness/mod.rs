@@ -230,11 +230,13 @@ impl Httpd {
                 break;
             }
             if h.ready_count() > 0 || Instant::now() >= deadline {
+                let what = if h.ready_count() > 0 {
+                    "started although it should not have"
+                } else {
+                    "neither started nor gave up within 30s (hung?)"
+                };
                 h.child = Some(child);
-                panic!(
-                    "httpd started although it should not have:\n{}",
-                    h.error_log()
-                );
+                panic!("httpd {what}:\n{}", h.error_log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }

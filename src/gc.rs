@@ -5,10 +5,14 @@
 //! request, never as root, never on a session a request holds locked.
 
 use crate::id::SessionId;
-use crate::scratch::ScratchRoot;
+use crate::safe_fs;
+use crate::scratch::{self, ScratchRoot};
 use crate::status::{Counter, Stats};
 use crate::store::{SessionStore, StoreError, SweepCounts};
 use parking_lot::{Condvar, Mutex};
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -29,12 +33,18 @@ pub struct Target {
     pub stats: Arc<Stats>,
 }
 
+/// Scratch directories whose removal failed, reported once each (per
+/// process); at most this many are remembered.
+const REPORTED_MAX: usize = 1024;
+
 #[derive(Default)]
 struct Cursor {
     store: usize,
     scratch: usize,
     /// Records seen since the store cursor last wrapped.
     records: u64,
+    /// Sessions whose directory could not be removed and was reported.
+    reported: HashSet<SessionId>,
 }
 
 /// What one pass did, for the log line.
@@ -44,19 +54,22 @@ pub struct PassReport {
     pub counts: SweepCounts,
     pub orphans: u64,
     pub elapsed: Duration,
+    /// Scratch directories that stayed, each reported once.
+    pub unremovable: Vec<String>,
 }
 
 impl std::fmt::Display for PassReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "sweep of {}: scanned {}, removed {} expired and {} orphaned scratch directories, {} leftover temporary files, skipped {} locked, in {} ms",
+            "sweep of {}: scanned {}, removed {} expired and {} orphaned scratch directories, {} leftover temporary files, skipped {} locked, {} failed, in {} ms",
             self.store,
             self.counts.scanned,
             self.counts.expired,
             self.orphans,
             self.counts.debris,
             self.counts.skipped_locked,
+            self.counts.failed,
             self.elapsed.as_millis()
         )
     }
@@ -89,12 +102,8 @@ fn pass(
         .sweep(now(), &mut cursor.store, budget, &mut |id| {
             let _ = scratch.remove(id);
         })?;
-    let orphans = sweep_orphans(
-        target,
-        &mut cursor.scratch,
-        budget,
-        interval.max(MIN_ORPHAN_GRACE),
-    )?;
+    let (orphans, unremovable) =
+        sweep_orphans(target, cursor, budget, interval.max(MIN_ORPHAN_GRACE))?;
     target.stats.bump(Counter::GcRuns);
     target
         .stats
@@ -112,64 +121,105 @@ fn pass(
         counts,
         orphans,
         elapsed: started.elapsed(),
+        unremovable,
     }))
 }
 
-/// Removes scratch directories (below the root only) whose session no
-/// longer exists.
+/// Removes the scratch directories of this store's sessions (its own part
+/// of the root only: other stores' sessions are theirs to judge) whose
+/// session no longer exists. Returns how many went, and a line for each
+/// directory that stayed and was not reported before.
 fn sweep_orphans(
     target: &Target,
-    cursor: &mut usize,
+    cursor: &mut Cursor,
     budget: usize,
     grace: Duration,
-) -> Result<u64, StoreError> {
-    let Ok(entries) = std::fs::read_dir(target.scratch.root()) else {
-        return Ok(0);
-    };
+) -> Result<(u64, Vec<String>), StoreError> {
     let mut removed = 0;
+    let mut unremovable = Vec::new();
+    let store_dir = target.scratch.store_dir();
+    let (Some(parent), Some(tag_name)) = (store_dir.parent(), store_dir.file_name()) else {
+        return Ok((0, unremovable));
+    };
+    let Ok(Some(root)) = safe_fs::open_dir(parent) else {
+        return Ok((0, unremovable));
+    };
+    let Ok(Some(tag)) = safe_fs::open_dir_repairing(root.as_fd(), tag_name) else {
+        return Ok((0, unremovable));
+    };
+    let Ok(mut shards) = safe_fs::list(&tag) else {
+        return Ok((0, unremovable));
+    };
+    shards.sort();
     let mut examined = 0usize;
     let mut position = 0usize;
     let mut wrapped = true;
-    for entry in entries.flatten() {
-        position += 1;
-        if position <= *cursor {
+    'shards: for shard_name in shards {
+        if !scratch::is_shard_name(&shard_name) {
             continue;
         }
-        if examined >= budget {
-            wrapped = false;
-            position -= 1;
-            break;
-        }
-        examined += 1;
-        let Some(id) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<SessionId>().ok())
-        else {
+        // A link or file planted where a shard should be: never followed,
+        // unlinked so that the shard can be made again.
+        let Ok(Some(shard)) = safe_fs::open_dir_repairing(tag.as_fd(), &shard_name) else {
             continue;
         };
-        let Ok(meta) = entry.metadata() else { continue };
-        let changed = UNIX_EPOCH + Duration::from_secs(meta.ctime().max(0) as u64);
-        if SystemTime::now()
-            .duration_since(changed)
-            .unwrap_or_default()
-            < grace
-        {
-            continue;
-        }
-        if target.store.exists(&id)? {
-            continue;
-        }
-        // Under the session's lock, so a request creating it now is safe.
-        let Some(_lock) = target.store.try_lock(&id, Duration::from_secs(1))? else {
+        let Ok(entries) = safe_fs::list(&shard) else {
             continue;
         };
-        if !target.store.exists(&id)? && target.scratch.remove(&id).is_ok() {
-            removed += 1;
+        for name in entries {
+            position += 1;
+            if position <= cursor.scratch {
+                continue;
+            }
+            if examined >= budget {
+                wrapped = false;
+                position -= 1;
+                break 'shards;
+            }
+            examined += 1;
+            let Some(id) = name.to_str().and_then(|n| n.parse::<SessionId>().ok()) else {
+                continue;
+            };
+            let Ok(Some(meta)) = safe_fs::stat_at(&shard, &name) else {
+                continue;
+            };
+            let changed = UNIX_EPOCH + Duration::from_secs(meta.st_ctime.max(0) as u64);
+            if SystemTime::now()
+                .duration_since(changed)
+                .unwrap_or_default()
+                < grace
+            {
+                continue;
+            }
+            if target.store.exists(&id)? {
+                continue;
+            }
+            // Under the session's lock, so a request creating it now is safe.
+            let Some(_lock) = target.store.try_lock(&id, Duration::from_secs(1))? else {
+                continue;
+            };
+            if target.store.exists(&id)? {
+                continue;
+            }
+            match safe_fs::remove_tree_at(&shard, OsStr::new(&*id.text())) {
+                Ok(()) => {
+                    removed += 1;
+                    cursor.reported.remove(&id);
+                }
+                Err(e) => {
+                    if cursor.reported.len() < REPORTED_MAX && cursor.reported.insert(id) {
+                        unremovable.push(format!(
+                            "scratch directory of session {}... in {}: {e}",
+                            id.short(),
+                            target.scratch.store_dir().display()
+                        ));
+                    }
+                }
+            }
         }
     }
-    *cursor = if wrapped { 0 } else { position };
-    Ok(removed)
+    cursor.scratch = if wrapped { 0 } else { position };
+    Ok((removed, unremovable))
 }
 
 /// True when this process may sweep: never as root.
@@ -180,6 +230,8 @@ fn running_as_root() -> bool {
 /// Where a pass's outcome goes (the host logs it).
 pub enum Event {
     Pass(PassReport),
+    /// A scratch directory the sweeper cannot remove (once per directory).
+    Unremovable(String),
     Failed(String),
     RefusedAsRoot,
 }
@@ -223,7 +275,12 @@ impl Sweeper {
                         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                             pass(target, cursor, interval, PASS_BUDGET)
                         })) {
-                            Ok(Ok(Some(done))) => report(Event::Pass(done)),
+                            Ok(Ok(Some(mut done))) => {
+                                for what in std::mem::take(&mut done.unremovable) {
+                                    report(Event::Unremovable(what));
+                                }
+                                report(Event::Pass(done))
+                            }
                             Ok(Ok(None)) => {}
                             Ok(Err(e)) => report(Event::Failed(format!(
                                 "sweep of {} failed: {e}",
@@ -263,11 +320,17 @@ mod tests {
     use std::fs;
 
     fn target(dir: &std::path::Path) -> Target {
-        let scratch = ScratchRoot::new(dir.join("scratch"));
-        fs::create_dir_all(scratch.root()).unwrap();
+        target_in(dir, "store", "scratch")
+    }
+
+    /// A file store under `dir/store` and its part of `dir/scratch`.
+    fn target_in(dir: &std::path::Path, store: &str, scratch: &str) -> Target {
+        let _ = fs::create_dir(dir.join(store));
+        let _ = fs::create_dir(dir.join(scratch));
+        let store: Arc<dyn SessionStore> = Arc::new(FileStore::open(dir.join(store)).unwrap());
         Target {
-            store: Arc::new(FileStore::open(dir.join("store")).unwrap()),
-            scratch,
+            scratch: ScratchRoot::new(dir.join(scratch), &store.describe()),
+            store,
             stats: Arc::new(Stats::default()),
         }
     }
@@ -359,19 +422,179 @@ mod tests {
         std::os::unix::fs::symlink(&outside, path.join("link")).unwrap();
         // Too young: left alone.
         assert_eq!(
-            sweep_orphans(&t, &mut 0, 100, Duration::from_secs(3600)).unwrap(),
+            sweep_orphans(&t, &mut Cursor::default(), 100, Duration::from_secs(3600))
+                .unwrap()
+                .0,
             0
         );
         assert!(path.exists());
         // A session that exists keeps its directory.
         let live = session(&t, now(), 1000);
-        assert_eq!(sweep_orphans(&t, &mut 0, 100, Duration::ZERO).unwrap(), 1);
+        assert_eq!(
+            sweep_orphans(&t, &mut Cursor::default(), 100, Duration::ZERO)
+                .unwrap()
+                .0,
+            1
+        );
         assert!(!path.exists());
         assert!(t.scratch.path(&live).exists());
         assert!(
             outside.join("keep").exists(),
             "the link's target is untouched"
         );
+    }
+
+    #[test]
+    fn stores_sharing_a_scratch_root_never_sweep_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = target_in(dir.path(), "a", "scratch");
+        let b = target_in(dir.path(), "b", "scratch");
+        let live_a = session(&a, now(), 1000);
+        for _ in 0..2 {
+            pass(&b, &mut Cursor::default(), Duration::ZERO, 1000).unwrap();
+        }
+        assert!(
+            a.scratch.path(&live_a).is_dir(),
+            "b's sweeper left a's directory"
+        );
+        // And each store's orphans are still found by its own sweeper.
+        a.store.delete(&live_a, None).unwrap();
+        let (n, _) = sweep_orphans(&a, &mut Cursor::default(), 1000, Duration::ZERO).unwrap();
+        assert_eq!(n, 1);
+        assert!(!a.scratch.path(&live_a).exists());
+    }
+
+    #[test]
+    fn a_store_shared_by_two_scratch_roots_gets_both_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = target_in(dir.path(), "store", "one");
+        let two = Target {
+            scratch: ScratchRoot::new(dir.path().join("two"), &one.store.describe()),
+            ..one.clone()
+        };
+        let interval = Duration::from_secs(3600);
+        assert!(pass(&one, &mut Cursor::default(), interval, 10)
+            .unwrap()
+            .is_some());
+        assert!(
+            pass(&two, &mut Cursor::default(), interval, 10)
+                .unwrap()
+                .is_some(),
+            "the other scratch root has a sweep of its own"
+        );
+        assert!(pass(&two, &mut Cursor::default(), interval, 10)
+            .unwrap()
+            .is_none());
+    }
+
+    /// Runs `f` on a thread that acts, for the file system, as `nobody`
+    /// (root's overrides would hide what an unprivileged sweeper meets).
+    fn as_nobody<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::unistd::setfsgid(nix::unistd::Gid::from_raw(65534));
+                nix::unistd::setfsuid(nix::unistd::Uid::from_raw(65534));
+                f()
+            })
+            .join()
+            .unwrap()
+        })
+    }
+
+    #[test]
+    fn a_directory_that_stays_is_reported_once() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // needs a second user to own what stays
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+        let (t, orphan) = as_nobody(|| {
+            let t = target(dir.path());
+            let orphan = SessionId::generate().unwrap();
+            t.scratch.ensure(&orphan).unwrap();
+            (t, orphan)
+        });
+        // Something its owner cannot remove: another user's directory.
+        let theirs = t.scratch.path(&orphan).join("theirs");
+        fs::create_dir(&theirs).unwrap();
+        fs::write(theirs.join("f"), "x").unwrap();
+        let mut cursor = Cursor::default();
+        let (first, second) = as_nobody(|| {
+            let first = sweep_orphans(&t, &mut cursor, 100, Duration::ZERO).unwrap();
+            let second = sweep_orphans(&t, &mut cursor, 100, Duration::ZERO).unwrap();
+            (first, second)
+        });
+        assert_eq!(first.0, 0);
+        assert_eq!(first.1.len(), 1, "{:?}", first.1);
+        assert!(first.1[0].contains("theirs/f"), "{:?}", first.1);
+        assert!(second.1.is_empty(), "reported once, not every pass");
+        fs::remove_file(theirs.join("f")).unwrap();
+        let third = as_nobody(|| sweep_orphans(&t, &mut cursor, 100, Duration::ZERO).unwrap());
+        assert_eq!(third.0, 1, "once it can go, it goes");
+    }
+
+    #[test]
+    fn a_shard_shut_by_a_handler_is_opened_not_wiped() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // the unprivileged part needs setfsuid
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+        let (t, live, orphan) = as_nobody(|| {
+            let t = target(dir.path());
+            let live: SessionId = "ab000000000000000000000000000001".parse().unwrap();
+            let orphan: SessionId = "ab000000000000000000000000000002".parse().unwrap();
+            t.store.create(&live, &Record::new(now(), 1000, 0)).unwrap();
+            t.scratch.ensure(&live).unwrap();
+            t.scratch.ensure(&orphan).unwrap();
+            let shard = t.scratch.path(&live).parent().unwrap().to_path_buf();
+            fs::set_permissions(&shard, fs::Permissions::from_mode(0o000)).unwrap();
+            (t, live, orphan)
+        });
+        let (n, _) =
+            as_nobody(|| sweep_orphans(&t, &mut Cursor::default(), 100, Duration::ZERO).unwrap());
+        assert_eq!(n, 1);
+        assert!(
+            t.scratch.path(&live).is_dir(),
+            "the live session's directory stays"
+        );
+        assert!(!t.scratch.path(&orphan).exists());
+    }
+
+    #[test]
+    fn planted_records_do_not_stop_the_sweep() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = target(dir.path());
+        let store = FileStore::open(dir.path().join("store")).unwrap();
+        // A FIFO and a directory under session ids, old enough to be due.
+        let fifo = SessionId::generate().unwrap();
+        let planted_dir = SessionId::generate().unwrap();
+        for id in [&fifo, &planted_dir] {
+            let _ = fs::create_dir(store.record_path(id).parent().unwrap());
+        }
+        nix::unistd::mkfifo(&store.record_path(&fifo), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        fs::create_dir(store.record_path(&planted_dir)).unwrap();
+        fs::write(store.record_path(&planted_dir).join("x"), "x").unwrap();
+        let past = SystemTime::now() - Duration::from_secs(100);
+        for id in [&fifo, &planted_dir] {
+            nix::sys::stat::utimensat(
+                nix::fcntl::AT_FDCWD,
+                &store.record_path(id),
+                &nix::sys::time::TimeSpec::from(past.duration_since(UNIX_EPOCH).unwrap()),
+                &nix::sys::time::TimeSpec::from(past.duration_since(UNIX_EPOCH).unwrap()),
+                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+            )
+            .unwrap();
+        }
+        let live = session(&t, now(), 1000);
+        let report = pass(&t, &mut Cursor::default(), Duration::ZERO, 1000)
+            .unwrap()
+            .unwrap();
+        assert_eq!(report.counts.expired, 2, "{report}");
+        assert!(!t.store.exists(&fifo).unwrap());
+        assert!(!t.store.exists(&planted_dir).unwrap());
+        assert!(t.store.exists(&live).unwrap());
     }
 
     #[test]

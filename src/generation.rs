@@ -118,6 +118,8 @@ impl Builder {
             None => vec![self.generated_key(&url, host)?],
         };
         let keys = KeyRing::new(keys).ok_or("RSessionSecret: no usable key")?;
+        // Scratch directories are kept apart per store (see scratch.rs).
+        let described = store.describe();
         Ok(Runtime {
             store,
             keys,
@@ -128,6 +130,7 @@ impl Builder {
                 conf.scratch_root
                     .clone()
                     .unwrap_or_else(|| host.scratch_root.clone()),
+                &described,
             ),
             lock_ttl: Duration::from_secs(conf.lock_ttl()),
             gc_interval: Duration::from_secs(conf.gc_interval()),
@@ -183,9 +186,11 @@ fn write_new_key(path: &Path, key: &[u8]) -> std::io::Result<()> {
 }
 
 /// Reads the generated key, or makes one (256 bits from the OS, as 64 hex
-/// characters, mode 0600) so that restarts keep sessions valid.
+/// characters, mode 0600) so that restarts keep sessions valid. Read by
+/// root: a link or FIFO planted under the name is refused, never followed
+/// or waited on.
 pub fn load_or_create_key(path: &Path) -> std::io::Result<Vec<u8>> {
-    match std::fs::read(path) {
+    match crate::safe_fs::read_regular(path, 4096) {
         Ok(mut key) => {
             while key.last().is_some_and(|c| c.is_ascii_whitespace()) {
                 key.pop();
@@ -206,6 +211,7 @@ pub fn load_or_create_key(path: &Path) -> std::io::Result<Vec<u8>> {
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
+                .custom_flags(crate::safe_fs::HOSTILE_OPEN_FLAGS)
                 .open(path)?;
             f.write_all(key.as_bytes())?;
             f.write_all(b"\n")?;
@@ -274,6 +280,19 @@ mod tests {
             .unwrap();
         let err = Builder::default().build(&redis, &host, "a").err().unwrap();
         assert!(err.contains("RSessionSecret is required"), "{err}");
+    }
+
+    #[test]
+    fn a_planted_key_file_is_refused_never_followed_or_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.key");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(load_or_create_key(&fifo).is_err(), "a FIFO is no key");
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "k".repeat(64)).unwrap();
+        let link = dir.path().join("link.key");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(load_or_create_key(&link).is_err(), "a link is not followed");
     }
 
     #[test]

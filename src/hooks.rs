@@ -14,14 +14,14 @@ use crate::ffi::sys;
 use crate::gc::{self, Sweeper, Target};
 use crate::generation::{Builder, HostDefaults, Runtime};
 use crate::interim::Event;
+use crate::safe_fs::{Owner, Setup};
 use crate::session::{ActiveSession, CookieChange, Notes, SessionError};
 use crate::status::{Counter, Stats};
-use crate::store::file::ensure_private_dir;
 use crate::store::StoreError;
 use crate::update;
+use std::collections::HashSet;
 use std::ffi::c_int;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -64,9 +64,11 @@ impl Drop for RequestSession {
 
 // ---- startup --------------------------------------------------------------
 
-/// Builds each server's runtime (store, keys, scratch root) and hands the
-/// directories to `User`. Skips the first startup pass, whose config is
-/// thrown away.
+/// Builds each server's runtime (store, keys, scratch root) and prepares
+/// its directories for `User` (`safe_fs::Setup`: never through a link,
+/// handing over only what it creates; a link or a foreign directory where
+/// a root should be fails the start). Skips the first startup pass, whose
+/// config is thrown away.
 pub fn post_config(
     _pconf: *mut sys::apr_pool_t,
     ptemp: *mut sys::apr_pool_t,
@@ -90,6 +92,14 @@ pub fn post_config(
             .and_then(|shm| Stats::in_slots(Box::new(shm)))
             .unwrap_or_default()
     }));
+    // The owner of the roots: `User` when the parent runs as root.
+    let setup = Setup::new(if is_root() {
+        let (uid, gid) = child_user();
+        Owner { uid, gid }
+    } else {
+        Owner::current()
+    });
+    let mut prepared: HashSet<String> = HashSet::new();
     for server in main.iter() {
         let state = server.state();
         let runtime = match builder.build(&state.conf, &host, &server.name()) {
@@ -104,18 +114,38 @@ pub fn post_config(
                 return sys::HTTP_INTERNAL_SERVER_ERROR as c_int;
             }
         };
-        let mut dirs = runtime.store.local_dirs();
-        dirs.push(runtime.scratch.root().to_path_buf());
-        for dir in &dirs {
-            if let Err(e) = hand_to_user(dir) {
-                slog!(
-                    server,
-                    Level::Emerg,
-                    "RS0002 cannot prepare {} for the server's User: {e}",
-                    dir.display()
-                );
-                return sys::HTTP_INTERNAL_SERVER_ERROR as c_int;
+        // Virtual hosts sharing a store or a scratch root prepare it once.
+        let mut prepare = |what: String, step: &dyn Fn() -> Result<Vec<String>, String>| {
+            if !prepared.insert(what) {
+                return true;
             }
+            match step() {
+                Ok(repaired) => {
+                    for line in repaired {
+                        slog!(server, Level::Warning, "RS0050 {line}");
+                    }
+                    true
+                }
+                Err(e) => {
+                    slog!(
+                        server,
+                        Level::Emerg,
+                        "RS0002 cannot prepare {e}; not starting"
+                    );
+                    false
+                }
+            }
+        };
+        let store_ready = prepare(format!("store {}", runtime.store.describe()), &|| {
+            runtime.store.prepare_local(&setup)
+        });
+        let scratch_ready = store_ready
+            && prepare(
+                format!("scratch {}", runtime.scratch.root().display()),
+                &|| setup.root(runtime.scratch.root()).map(|_| Vec::new()),
+            );
+        if !scratch_ready {
+            return sys::HTTP_INTERNAL_SERVER_ERROR as c_int;
         }
         slog!(
             server,
@@ -159,6 +189,10 @@ pub fn child_init(pchild: Pool<'_>, main: Server<'_>) {
     let log = ServerLog::new(main);
     let started = Sweeper::start(targets, main_rt.gc_interval, move |event| match event {
         gc::Event::Pass(report) => log.log(Level::Info, &format!("RS0040 {report}")),
+        gc::Event::Unremovable(what) => log.log(
+            Level::Warning,
+            &format!("RS0051 the sweeper cannot remove the {what} (reported once)"),
+        ),
         gc::Event::Failed(why) => log.log(Level::Err, &format!("RS0041 {why}")),
         gc::Event::RefusedAsRoot => log.log(
             Level::Err,
@@ -192,17 +226,6 @@ pub fn child_stopping(main: Option<Server<'_>>, graceful: bool) {
         };
         slog!(main, Level::Debug, "{what}");
     }
-}
-
-/// Creates `dir` (0700) and, when running as root, gives it to `User`, so
-/// that children can write where the parent prepared.
-fn hand_to_user(dir: &Path) -> std::io::Result<()> {
-    ensure_private_dir(dir)?;
-    if is_root() {
-        let (uid, gid) = child_user();
-        std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
-    }
-    Ok(())
 }
 
 // ---- requests --------------------------------------------------------------

@@ -22,6 +22,7 @@ mod id;
 mod interim;
 mod lock;
 mod record;
+mod safe_fs;
 mod scratch;
 mod session;
 mod signing;

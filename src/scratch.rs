@@ -1,91 +1,165 @@
-//! Scratch directories: one private directory per session below the
-//! configured root, created 0700 by the serving child (so owned by `User`),
-//! removed recursively without following symbolic links.
+//! Scratch directories: one private directory per session, created 0700 by
+//! the serving child (so owned by `User`), removed recursively without
+//! following symbolic links. Layout under the configured root:
+//!
+//! ```text
+//! <tag>/          one per store (tag: a hash of the store's description),
+//!                 so that stores sharing a root never judge each other's
+//!                 sessions: a directory goes only when its own store says
+//!                 the session is gone
+//!   <xx>/         256 shards by the id's first byte, like the file store
+//!     <id>/       the session's directory (RSESSION_DIR)
+//! ```
+//!
+//! The tag and shard directories are made by children, as `User`, when
+//! first needed. Everything below the root is writable by handlers, so
+//! removal goes through `safe_fs` (never follows a link, restores the modes
+//! it needs) and a planted non-directory in a directory's place is removed.
 
 use crate::id::{SessionId, ID_TEXT_LEN};
-use std::ffi::OsString;
+use crate::safe_fs;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, ErrorKind};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
+/// Mode of every directory made below the root.
+const DIR_MODE: u32 = 0o700;
+
 #[derive(Debug, Clone)]
 pub struct ScratchRoot {
     root: PathBuf,
+    /// `root/<tag>`: the directories of one store's sessions.
+    store_dir: PathBuf,
 }
 
 impl ScratchRoot {
-    pub fn new(root: PathBuf) -> ScratchRoot {
-        ScratchRoot { root }
+    /// The scratch directories under `root` of the sessions of the store
+    /// described by `store` (`SessionStore::describe`).
+    pub fn new(root: PathBuf, store: &str) -> ScratchRoot {
+        let store_dir = root.join(safe_fs::tag(store));
+        ScratchRoot { root, store_dir }
     }
 
+    /// The configured root (shared by every store that names it).
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// The directory of `id`. Ids are hex, so this never leaves the root.
-    /// Concatenated rather than `join`ed: this runs on every request.
+    /// The part of the root that belongs to this store.
+    pub fn store_dir(&self) -> &Path {
+        &self.store_dir
+    }
+
+    /// The directory of `id`: `root/<tag>/<xx>/<id>`. Ids are hex, so this
+    /// never leaves the root. Concatenated rather than `join`ed: this runs
+    /// on every request.
     pub fn path(&self, id: &SessionId) -> PathBuf {
-        let root = self.root.as_os_str();
-        let mut path = OsString::with_capacity(root.len() + 1 + ID_TEXT_LEN);
-        path.push(root);
-        if !root.as_bytes().ends_with(b"/") {
-            path.push("/");
-        }
-        path.push(&*id.text());
+        let text = id.text();
+        let base = self.store_dir.as_os_str();
+        let mut path = OsString::with_capacity(base.len() + 4 + ID_TEXT_LEN);
+        path.push(base);
+        path.push("/");
+        path.push(&text[..2]);
+        path.push("/");
+        path.push(&*text);
         PathBuf::from(path)
     }
 
-    /// Creates the directory if missing. Something else under that name (a
-    /// file, or a symbolic link planted by a handler) is an error.
-    pub fn ensure(&self, id: &SessionId) -> io::Result<PathBuf> {
-        let path = self.path(id);
-        // The usual case, a returning session: one lstat and done.
-        match fs::symlink_metadata(&path) {
-            Ok(m) if m.file_type().is_dir() => return Ok(path),
-            Ok(_) => return Err(io::Error::new(ErrorKind::AlreadyExists, "not a directory")),
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        match fs::DirBuilder::new().mode(0o700).create(&path) {
-            Ok(()) => Ok(path),
+    /// Makes `dir` a directory (mode 0700): created if missing, anything
+    /// else planted under its name set aside first.
+    fn make_dir(dir: &Path) -> io::Result<()> {
+        match fs::DirBuilder::new().mode(DIR_MODE).create(dir) {
+            Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                if fs::symlink_metadata(&path)?.file_type().is_dir() {
-                    Ok(path)
-                } else {
-                    Err(io::Error::new(ErrorKind::AlreadyExists, "not a directory"))
+                if safe_fs::set_aside_unless(dir, safe_fs::is_dir)?.is_some() {
+                    fs::DirBuilder::new().mode(DIR_MODE).create(dir)?;
                 }
+                Ok(())
             }
             Err(e) => Err(e),
         }
     }
 
-    /// For a session created just now: `mkdir` straight away (one system
-    /// call), falling back to `ensure`'s checks if the name is taken.
-    pub fn create(&self, id: &SessionId) -> io::Result<PathBuf> {
+    /// Makes the tag and shard directories that hold `id`'s directory.
+    fn make_parents(&self, id: &SessionId) -> io::Result<()> {
+        let shard = self.path(id).parent().map(Path::to_path_buf);
+        Self::make_dir(&self.store_dir)?;
+        match shard {
+            Some(shard) => Self::make_dir(&shard),
+            None => Ok(()),
+        }
+    }
+
+    /// Creates the directory of `id`, making its parents when missing and
+    /// removing a non-directory a handler planted under its name.
+    fn make(&self, id: &SessionId, path: PathBuf) -> io::Result<PathBuf> {
+        for _ in 0..3 {
+            match fs::DirBuilder::new().mode(DIR_MODE).create(&path) {
+                Ok(()) => return Ok(path),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    if fs::symlink_metadata(&path)?.file_type().is_dir() {
+                        return Ok(path);
+                    }
+                    safe_fs::remove_entry(&path)?;
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound || is_enotdir(&e) => {
+                    self.make_parents(id)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::other(
+            "something keeps appearing in place of the scratch directory",
+        ))
+    }
+
+    /// Creates the directory if missing. A file or symbolic link planted
+    /// under its name by a handler is removed (never followed) and the
+    /// directory made anew.
+    pub fn ensure(&self, id: &SessionId) -> io::Result<PathBuf> {
         let path = self.path(id);
-        match fs::DirBuilder::new().mode(0o700).create(&path) {
-            Ok(()) => Ok(path),
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => self.ensure(id),
+        // The usual case, a returning session: one lstat and done.
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_dir() => Ok(path),
+            Ok(_) => {
+                safe_fs::remove_entry(&path)?;
+                self.make(id, path)
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound || is_enotdir(&e) => self.make(id, path),
             Err(e) => Err(e),
         }
     }
 
-    /// Removes the directory and everything in it. Symbolic links inside are
-    /// removed as links; their targets are never touched (std's
-    /// `remove_dir_all` works with `openat`/`unlinkat` and never follows them).
+    /// For a session created just now: `mkdir` straight away (one system
+    /// call in the usual case).
+    pub fn create(&self, id: &SessionId) -> io::Result<PathBuf> {
+        self.make(id, self.path(id))
+    }
+
+    /// Removes the directory and everything in it, as its owner: links
+    /// inside are removed as links (their targets never touched), and
+    /// directories a handler made unreadable or unwritable (`chmod 000`)
+    /// get their owner's permissions back first. The error names what
+    /// stayed.
     pub fn remove(&self, id: &SessionId) -> io::Result<()> {
-        let path = self.path(id);
-        let result = match fs::symlink_metadata(&path) {
-            Ok(m) if m.file_type().is_dir() => fs::remove_dir_all(&path),
-            Ok(_) => fs::remove_file(&path),
-            Err(e) => Err(e),
+        let text = id.text();
+        let Some(shard) = self.open_shard(OsStr::new(&text[..2]))? else {
+            return Ok(());
         };
-        match result {
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            other => other,
-        }
+        safe_fs::remove_tree_at(&shard, OsStr::new(&*text))
+    }
+
+    /// The shard directory `name` of this store, opened without following
+    /// a link: `None` if it (or the tag directory) is missing or is not a
+    /// real directory.
+    pub fn open_shard(&self, name: &OsStr) -> io::Result<Option<std::os::fd::OwnedFd>> {
+        let Some(tag) = dir_or_none(safe_fs::open_dir(&self.store_dir))? else {
+            return Ok(None);
+        };
+        dir_or_none(safe_fs::open_dir_at(&tag, name))
     }
 
     /// Whether the session's directory holds anything (a handler left a
@@ -96,13 +170,48 @@ impl ScratchRoot {
 
     /// Moves a session's directory to a new id (on regenerate).
     pub fn rename(&self, from: &SessionId, to: &SessionId) -> io::Result<PathBuf> {
+        let source = self.path(from);
         let target = self.path(to);
-        match fs::rename(self.path(from), &target) {
-            Ok(()) => Ok(target),
-            Err(e) if e.kind() == ErrorKind::NotFound => self.ensure(to),
-            Err(e) => Err(e),
+        for _ in 0..3 {
+            match fs::rename(&source, &target) {
+                Ok(()) => return Ok(target),
+                Err(e) if e.kind() == ErrorKind::NotFound || is_enotdir(&e) => {
+                    if fs::symlink_metadata(&source).is_err() {
+                        return self.ensure(to);
+                    }
+                    self.make_parents(to)?;
+                }
+                // A directory without write permission (a handler's chmod)
+                // cannot be moved: its `..` entry must change.
+                Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+                    safe_fs::restore_owner_access(&source)?;
+                }
+                Err(e) => return Err(e),
+            }
         }
+        Err(io::Error::other("cannot move the scratch directory"))
     }
+}
+
+fn is_enotdir(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOTDIR)
+}
+
+/// A directory that is missing, or is a link or file instead, is no
+/// directory of ours.
+fn dir_or_none(
+    opened: io::Result<Option<std::os::fd::OwnedFd>>,
+) -> io::Result<Option<std::os::fd::OwnedFd>> {
+    match opened {
+        Err(e) if is_enotdir(&e) || e.raw_os_error() == Some(libc::ELOOP) => Ok(None),
+        other => other,
+    }
+}
+
+/// True for the two-hex-digit names of shards.
+pub fn is_shard_name(name: &OsStr) -> bool {
+    let b = name.as_bytes();
+    b.len() == 2 && b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 #[cfg(test)]
@@ -110,12 +219,25 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    fn scratch(dir: &Path) -> ScratchRoot {
+        let root = dir.join("scratch");
+        fs::create_dir(&root).unwrap();
+        ScratchRoot::new(root, "file:/store")
+    }
+
     #[test]
     fn lifecycle_and_modes() {
         let dir = tempfile::tempdir().unwrap();
-        let scratch = ScratchRoot::new(dir.path().to_path_buf());
+        let scratch = scratch(dir.path());
         let id = SessionId::generate().unwrap();
         let path = scratch.create(&id).unwrap();
+        let text = id.text();
+        assert_eq!(
+            path,
+            scratch.store_dir().join(&text[..2]).join(&*text),
+            "sharded below the store's own directory"
+        );
+        assert!(path.starts_with(scratch.root()));
         assert_eq!(
             fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o700
@@ -137,24 +259,53 @@ mod tests {
     }
 
     #[test]
+    fn stores_sharing_a_root_get_directories_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = scratch(dir.path());
+        let b = ScratchRoot::new(a.root().to_path_buf(), "file:/other");
+        let id = SessionId::generate().unwrap();
+        assert_ne!(a.path(&id), b.path(&id));
+        assert_ne!(a.store_dir(), b.store_dir());
+    }
+
+    #[test]
     fn removal_does_not_follow_symlinks() {
         let dir = tempfile::tempdir().unwrap();
         let outside = dir.path().join("outside");
         fs::create_dir(&outside).unwrap();
         fs::write(outside.join("precious"), "keep").unwrap();
-        let scratch = ScratchRoot::new(dir.path().join("scratch"));
-        fs::create_dir(scratch.root()).unwrap();
+        let scratch = scratch(dir.path());
         let id = SessionId::generate().unwrap();
         let path = scratch.ensure(&id).unwrap();
         std::os::unix::fs::symlink(&outside, path.join("link")).unwrap();
         scratch.remove(&id).unwrap();
         assert!(outside.join("precious").exists());
 
-        // A link planted in place of the directory itself is not a directory.
+        // A link planted in place of the directory itself is removed as a
+        // link and the directory made anew.
         let other = SessionId::generate().unwrap();
+        scratch.create(&other).unwrap();
+        fs::remove_dir(scratch.path(&other)).unwrap();
         std::os::unix::fs::symlink(&outside, scratch.path(&other)).unwrap();
-        assert!(scratch.ensure(&other).is_err());
+        let made = scratch.ensure(&other).unwrap();
+        assert!(fs::symlink_metadata(&made).unwrap().is_dir());
         scratch.remove(&other).unwrap();
         assert!(outside.join("precious").exists());
+    }
+
+    #[test]
+    fn locked_modes_do_not_stop_removal_or_regenerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = scratch(dir.path());
+        let id = SessionId::generate().unwrap();
+        let path = scratch.create(&id).unwrap();
+        fs::create_dir(path.join("sub")).unwrap();
+        fs::write(path.join("sub/f"), "x").unwrap();
+        fs::set_permissions(path.join("sub"), fs::Permissions::from_mode(0o000)).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o500)).unwrap();
+        let new = SessionId::generate().unwrap();
+        let moved = scratch.rename(&id, &new).unwrap();
+        scratch.remove(&new).unwrap();
+        assert!(fs::symlink_metadata(&moved).is_err());
     }
 }

@@ -631,6 +631,7 @@ mod tests {
             key_file: dir.path().join("key"),
         };
         std::fs::create_dir(&host.scratch_root).unwrap();
+        std::fs::create_dir(&host.store_dir).unwrap();
         let rt = Builder::default()
             .build(&ServerConfig::default(), &host, "test.example")
             .unwrap();

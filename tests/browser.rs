@@ -257,6 +257,11 @@ fn the_demo_works_in_a_real_browser() {
         t.contains("Not signed in")
     });
     assert_ne!(b.text("#sid"), signed_in);
-    assert!(!demo_root.path().join("scratch").join(&signed_in).exists());
+    let store = format!("file:{}/sessions", demo_root.path().display());
+    let scratch = harness::scratch_dir_in(&demo_root.path().join("scratch"), &store, &signed_in);
+    assert!(
+        scratch.parent().unwrap().is_dir() && !scratch.exists(),
+        "the scratch directory went with the session"
+    );
     drop(demo);
 }

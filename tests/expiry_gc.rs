@@ -153,7 +153,9 @@ fn planted_symlinks_never_lead_the_sweeper_outside() {
         ],
     );
     assert_eq!(r.status, 200);
-    let scratch = h.path("logs/rsession-scratch");
+    // The CGI planted the id-like link beside its own directory.
+    let own = h.scratch_dir(&harness::id_of(&r.cookie_pair()));
+    let scratch = own.parent().unwrap().to_path_buf();
     assert!(
         scratch.join(fake_id).symlink_metadata().is_ok(),
         "the CGI planted its links"
@@ -172,12 +174,12 @@ fn planted_symlinks_never_lead_the_sweeper_outside() {
 fn orphaned_scratch_directories_and_stale_temporary_files_are_removed() {
     let h = server(Mpm::Event, "");
     let (uid, gid) = www_data();
-    let orphan = h.path("logs/rsession-scratch/fedcba9876543210fedcba9876543210");
-    std::fs::create_dir(&orphan).unwrap();
+    let orphan = h.scratch_dir("fedcba9876543210fedcba9876543210");
+    make_scratch_dir(&h, &orphan);
     std::fs::write(orphan.join("left-behind"), "x").unwrap();
-    chown(&orphan, Some(uid), Some(gid)).unwrap();
     chown(orphan.join("left-behind"), Some(uid), Some(gid)).unwrap();
     let stale = store(&h).join("fe/.tmp-fedcba9876543210fedcba9876543210-999999999-0");
+    make_store_shard(&h, "fe");
     std::fs::write(&stale, "{\"torn").unwrap();
     let f = std::fs::File::options().write(true).open(&stale).unwrap();
     f.set_modified(SystemTime::now() - Duration::from_secs(3600))
@@ -195,6 +197,29 @@ fn orphaned_scratch_directories_and_stale_temporary_files_are_removed() {
     );
 }
 
+/// Makes a scratch directory (and its missing parents) as a child would:
+/// owned by www-data.
+fn make_scratch_dir(h: &Httpd, dir: &Path) {
+    let (uid, gid) = www_data();
+    let root = h.path("logs/rsession-scratch");
+    std::fs::create_dir_all(dir).unwrap();
+    let mut d = dir.to_path_buf();
+    while d != root {
+        chown(&d, Some(uid), Some(gid)).unwrap();
+        d.pop();
+    }
+}
+
+/// Makes a shard of the default store as a child would (children make
+/// them when first needed).
+fn make_store_shard(h: &Httpd, shard: &str) {
+    let (uid, gid) = www_data();
+    let dir = store(h).join(shard);
+    if std::fs::create_dir(&dir).is_ok() {
+        chown(&dir, Some(uid), Some(gid)).unwrap();
+    }
+}
+
 /// Writes `n` expired records straight into the store, as a crashed or
 /// long-stopped server would leave them.
 fn plant_expired(h: &Httpd, n: usize) {
@@ -207,6 +232,7 @@ fn plant_expired(h: &Httpd, n: usize) {
     for i in 0..n {
         let id = format!("{:016x}{:016x}", 0xabcd_u64, i);
         let path = h.record(&id);
+        make_store_shard(h, &id[..2]);
         std::fs::write(
             &path,
             format!(
@@ -223,9 +249,7 @@ fn plant_expired(h: &Httpd, n: usize) {
             .unwrap();
         chown(&path, Some(uid), Some(gid)).unwrap();
         if i % 2 == 0 {
-            let dir = h.path("logs/rsession-scratch").join(&id);
-            std::fs::create_dir(&dir).unwrap();
-            chown(&dir, Some(uid), Some(gid)).unwrap();
+            make_scratch_dir(h, &h.scratch_dir(&id));
         }
     }
 }
@@ -262,9 +286,17 @@ fn ten_thousand_expired_sessions_are_swept_while_requests_are_served() {
         done.store(true, Ordering::SeqCst);
     });
     assert!(served.load(Ordering::SeqCst) > 0);
-    let leftovers = std::fs::read_dir(h.path("logs/rsession-scratch"))
-        .unwrap()
-        .count();
+    let leftovers: usize = std::fs::read_dir(
+        h.scratch_dir(&harness::id_of(&live))
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap(),
+    )
+    .unwrap()
+    .flatten()
+    .map(|shard| std::fs::read_dir(shard.path()).unwrap().count())
+    .sum();
     assert_eq!(
         leftovers, 1,
         "only the live session's scratch directory remains"

@@ -76,13 +76,7 @@ fn a_new_visitor_gets_a_signed_cookie_and_a_private_scratch_directory() {
         "Header expressions see the notes"
     );
     let dir = r.env("RSESSION_DIR").expect("scratch dir exported");
-    assert_eq!(
-        dir,
-        h.path("logs/rsession-scratch")
-            .join(id)
-            .display()
-            .to_string()
-    );
+    assert_eq!(dir, h.scratch_dir(id).display().to_string());
     assert_eq!(r.env("DIRSTAT").as_deref(), Some("700 www-data"));
     // The access log is written after the response: wait for the line.
     let wanted = format!("sid={id} new=1");

@@ -8,7 +8,16 @@
 //!   .locks              byte-range locks: per session, one byte for its lock
 //!                       and one that lets a single saver at a time use its spare
 //!   .tmp-<id>-<pid>-<n> temporaries (only where the kernel cannot swap)
+//! .sweeper-<tag>        admits one sweeper per scratch root (tag: its path)
 //! ```
+//!
+//! The root belongs to `User`, so handlers can plant anything in it. The
+//! parent (root) prepares only the root itself and sets aside, without
+//! following it, whatever stands where a shard should be; children create
+//! missing shards as `User` when they first need them. Every file is opened
+//! with `O_NOFOLLOW | O_NONBLOCK` and must be a regular file (`safe_fs`): a
+//! FIFO or link planted as a record reads as corrupt, one planted as a lock
+//! or spare file is set aside and the file made anew.
 //!
 //! A save writes the spare file in place and swaps it with the record in one
 //! `renameat2(RENAME_EXCHANGE)`: readers see the old or the new record, never
@@ -26,6 +35,7 @@
 use super::{Created, Fence, HeldLock, SessionStore, StoreError, SweepCounts};
 use crate::id::SessionId;
 use crate::record::Record;
+use crate::safe_fs::{self, Setup};
 use nix::fcntl::{fcntl, renameat2, FcntlArg, RenameFlags, AT_FDCWD};
 use parking_lot::Mutex;
 use std::fs::{self, File, OpenOptions};
@@ -40,8 +50,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const TEMP_PREFIX: &str = ".tmp-";
 const SPARE_SUFFIX: &str = ".spare";
 const LOCKS: &str = ".locks";
-/// Lock file that admits one sweeper at a time.
-const SWEEPER_LOCK: &str = ".sweeper";
+/// Lock files that admit one sweeper at a time per scratch root.
+const SWEEPER_LOCK: &str = ".sweeper-";
+/// The largest record read; anything bigger is not one of ours.
+const MAX_RECORD: u64 = 16 << 20;
 /// Temporary files younger than this are left alone: a write may still be
 /// under way.
 const DEBRIS_AGE: Duration = Duration::from_secs(600);
@@ -106,17 +118,17 @@ fn io_error(what: String) -> impl FnOnce(std::io::Error) -> StoreError {
     move |source| StoreError::Io { what, source }
 }
 
-/// Creates a private directory (0700) if missing.
-pub fn ensure_private_dir(path: &Path) -> std::io::Result<()> {
-    match fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-    {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
-        Err(e) => Err(e),
-    }
+fn corrupt(what: String) -> impl FnOnce(std::io::Error) -> StoreError {
+    move |e| StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+/// The error a path with a missing shard gives (ENOENT), and the one a
+/// shard that is not a directory gives (ENOTDIR).
+fn shard_missing(e: &std::io::Error) -> bool {
+    e.kind() == ErrorKind::NotFound
+}
+fn shard_broken(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOTDIR)
 }
 
 /// Makes temporary names unique per thread.
@@ -164,7 +176,7 @@ impl Drop for RangeLock {
 
 /// A flock on a whole file (the sweeper's).
 struct FileLock {
-    _file: File,
+    file: File,
 }
 
 impl HeldLock for FileLock {}
@@ -174,15 +186,9 @@ fn shard_name(shard: u8) -> String {
 }
 
 impl FileStore {
-    /// Opens (creating if needed) the store under `root`.
+    /// The store under `root`. Touches nothing on disk: the parent prepares
+    /// the root (`prepare_local`), children make shards as they need them.
     pub fn open(root: PathBuf) -> Result<FileStore, StoreError> {
-        for shard in 0..=255u8 {
-            let dir = root.join(shard_name(shard));
-            ensure_private_dir(&dir).map_err(io_error(format!(
-                "cannot create store directory {}",
-                dir.display()
-            )))?;
-        }
         Ok(FileStore {
             root,
             can_exchange: AtomicBool::new(true),
@@ -227,16 +233,48 @@ impl FileStore {
         self.in_shard(id, |_, p| p.push(LOCKS))
     }
 
+    fn shard_path(&self, shard: u8) -> PathBuf {
+        self.root.join(shard_name(shard))
+    }
+
+    /// Makes the shard of `id` a directory again: creates it if missing,
+    /// and sets aside (never following) anything else planted there.
+    fn repair_shard(&self, id: &SessionId) -> std::io::Result<()> {
+        let path = self.shard_path(id.shard());
+        safe_fs::set_aside_unless(&path, safe_fs::is_dir)?;
+        match fs::DirBuilder::new().mode(0o700).create(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs `op`; if it failed because the shard of `id` is missing or not
+    /// a directory, repairs the shard and runs it once more.
+    fn in_repaired_shard<T>(
+        &self,
+        id: &SessionId,
+        mut op: impl FnMut() -> std::io::Result<T>,
+    ) -> std::io::Result<T> {
+        match op() {
+            Err(e) if shard_missing(&e) || shard_broken(&e) => {
+                self.repair_shard(id)?;
+                op()
+            }
+            other => other,
+        }
+    }
     /// The error for a failed `what`; the message is only formatted when
     /// it is needed (`map_err(self.io(..))` runs on every save).
     fn io(&self, what: &'static str) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
         move |source| io_error(format!("{what} in {}", self.root.display()))(source)
     }
 
-    /// Writes `bytes` over the start of `file`, padding with spaces (which
-    /// JSON ignores) up to the file's current length instead of truncating.
-    fn overwrite(file: &File, bytes: &[u8], expires: SystemTime) -> std::io::Result<()> {
-        let len = file.metadata()?.len() as usize;
+    /// Writes `bytes` over the start of `file` (now `len` long), padding
+    /// with spaces (which JSON ignores) up to its length instead of
+    /// truncating.
+    fn overwrite(file: &File, len: u64, bytes: &[u8], expires: SystemTime) -> std::io::Result<()> {
+        let len = len as usize;
         if bytes.len() >= len {
             file.write_all_at(bytes, 0)?;
         } else {
@@ -266,13 +304,14 @@ impl FileStore {
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
+                .custom_flags(safe_fs::HOSTILE_OPEN_FLAGS)
                 .open(&temp)?;
             f.write_all_at(bytes, 0)?;
             f.set_modified(expires)?;
             fs::rename(&temp, self.record_path(id))
         };
         write().map_err(|e| {
-            let _ = fs::remove_file(&temp);
+            let _ = safe_fs::remove_entry(&temp);
             self.io("cannot replace session record")(e)
         })
     }
@@ -288,7 +327,7 @@ impl FileStore {
         let shard = id.shard() as usize;
         let file = match self.lock_files.take(shard) {
             Some(f) => f,
-            None => open_shared(self.lock_path(id))?,
+            None => self.in_repaired_shard(id, || open_shared(&self.lock_path(id)))?,
         };
         let range = write_lock_at(offset);
         let locked = loop {
@@ -317,13 +356,26 @@ impl FileStore {
         }
     }
 
-    fn try_flock(&self, path: &Path) -> Result<Option<Box<dyn HeldLock>>, StoreError> {
+    fn try_flock(&self, path: &Path) -> Result<Option<FileLock>, StoreError> {
         let file = open_shared(path).map_err(self.io("cannot open a lock file"))?;
         match file.try_lock() {
-            Ok(()) => Ok(Some(Box::new(FileLock { _file: file }))),
+            Ok(()) => Ok(Some(FileLock { file })),
             Err(fs::TryLockError::WouldBlock) => Ok(None),
             Err(fs::TryLockError::Error(e)) => Err(self.io("cannot lock")(e)),
         }
+    }
+
+    /// Removes the record (and spare) of `id`, whatever was planted under
+    /// those names.
+    fn remove_record(&self, id: &SessionId) -> Result<(), StoreError> {
+        for path in [self.record_path(id), self.spare_path(id)] {
+            match safe_fs::remove_entry(&path) {
+                Ok(()) => {}
+                Err(e) if shard_broken(&e) => {}
+                Err(e) => return Err(self.io("cannot delete session record")(e)),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -340,11 +392,14 @@ impl SessionStore for FileStore {
     /// middle leaves a new, unreadable record, which counts as absent; no
     /// earlier data is at risk (regenerate deletes the old record after).
     fn create(&self, id: &SessionId, record: &Record) -> Result<Created, StoreError> {
-        let opened = OpenOptions::new()
+        let mut options = OpenOptions::new();
+        options
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(self.record_path(id));
+            .custom_flags(safe_fs::HOSTILE_OPEN_FLAGS);
+        let path = self.record_path(id);
+        let opened = self.in_repaired_shard(id, || options.open(&path));
         let file = match opened {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(Created::Collision),
@@ -359,7 +414,10 @@ impl SessionStore for FileStore {
     fn load(&self, id: &SessionId) -> Result<Option<Record>, StoreError> {
         match read_small(&self.record_path(id)) {
             Ok(bytes) => super::decode_stored(Some(&bytes), id, || self.root.display().to_string()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) if shard_missing(&e) || shard_broken(&e) => Ok(None),
+            Err(e) if safe_fs::is_not_regular(&e) || e.kind() == ErrorKind::InvalidData => Err(
+                corrupt(format!("{}... in {}", id.short(), self.root.display()))(e),
+            ),
             Err(e) => Err(self.io("cannot read session record")(e)),
         }
     }
@@ -381,9 +439,14 @@ impl SessionStore for FileStore {
         let _saving = self
             .lock_byte(id, id.lock_offset() | SAVER_BYTES, true)
             .map_err(self.io("cannot lock the session's spare record"))?;
-        let spare =
-            open_shared(self.spare_path(id)).map_err(self.io("cannot open the spare record"))?;
-        Self::overwrite(&spare, &bytes, expires).map_err(self.io("cannot write session record"))?;
+        let (spare, len) = match open_shared_with_len(&self.spare_path(id)) {
+            Ok(opened) => opened,
+            // No shard: no record either.
+            Err(e) if shard_missing(&e) || shard_broken(&e) => return Err(StoreError::Vanished),
+            Err(e) => return Err(self.io("cannot open the spare record")(e)),
+        };
+        Self::overwrite(&spare, len, &bytes, expires)
+            .map_err(self.io("cannot write session record"))?;
         match renameat2(
             AT_FDCWD,
             &self.spare_path(id),
@@ -393,12 +456,12 @@ impl SessionStore for FileStore {
         ) {
             Ok(()) => Ok(()),
             Err(nix::errno::Errno::ENOENT) => {
-                let _ = fs::remove_file(self.spare_path(id));
+                let _ = safe_fs::remove_entry(&self.spare_path(id));
                 Err(StoreError::Vanished)
             }
             Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOSYS) => {
                 self.can_exchange.store(false, Ordering::Relaxed);
-                let _ = fs::remove_file(self.spare_path(id));
+                let _ = safe_fs::remove_entry(&self.spare_path(id));
                 self.save_by_rename(id, &bytes, expires)
             }
             Err(e) => Err(self.io("cannot replace session record")(e.into())),
@@ -406,14 +469,7 @@ impl SessionStore for FileStore {
     }
 
     fn delete(&self, id: &SessionId, _fence: Option<&Fence>) -> Result<(), StoreError> {
-        for path in [self.record_path(id), self.spare_path(id)] {
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(self.io("cannot delete session record")(e)),
-            }
-        }
-        Ok(())
+        self.remove_record(id)
     }
 
     fn try_lock(
@@ -430,7 +486,11 @@ impl SessionStore for FileStore {
     fn count(&self) -> Result<u64, StoreError> {
         let mut total = 0;
         for shard in 0..=255u8 {
-            let dir = self.root.join(shard_name(shard));
+            let dir = self.shard_path(shard);
+            // Shards are made when first needed; a link is not one.
+            if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+                continue;
+            }
             let entries = fs::read_dir(&dir).map_err(self.io("cannot list the store"))?;
             total += entries
                 .filter_map(Result::ok)
@@ -445,42 +505,51 @@ impl SessionStore for FileStore {
     }
 
     fn local_dirs(&self) -> Vec<PathBuf> {
-        let mut dirs = vec![self.root.clone()];
-        dirs.extend((0..=255u8).map(|s| self.root.join(shard_name(s))));
-        dirs
+        vec![self.root.clone()]
+    }
+
+    /// The root for `User`, and the shards checked: whatever is not a
+    /// directory of `User` is set aside (see `safe_fs::Root`).
+    fn prepare_local(&self, setup: &Setup) -> Result<Vec<String>, String> {
+        let root = setup.root(&self.root)?;
+        Ok(root.check_subdirs((0..=255u8).map(shard_name)))
     }
 
     fn exists(&self, id: &SessionId) -> Result<bool, StoreError> {
         match fs::symlink_metadata(self.record_path(id)) {
             Ok(_) => Ok(true),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) if shard_missing(&e) || shard_broken(&e) => Ok(false),
             Err(e) => Err(self.io("cannot stat session record")(e)),
         }
     }
 
-    /// The store directory is local, so it is the scope: one sweeper for it.
+    /// One sweeper per store and scratch root (`scope`): each scratch root
+    /// has a lock file of its own, so a store shared by virtual hosts with
+    /// different scratch roots gets each of them swept.
     fn try_begin_sweep(
         &self,
         interval: Duration,
-        _scope: &Path,
+        scope: &Path,
     ) -> Result<Option<Box<dyn HeldLock>>, StoreError> {
-        let path = self.root.join(SWEEPER_LOCK);
+        let tag = safe_fs::tag(&scope.to_string_lossy());
+        let path = self.root.join(format!("{SWEEPER_LOCK}{tag}"));
         let Some(guard) = self.try_flock(&path)? else {
             return Ok(None);
         };
-        // The lock file's mtime records when the last pass began.
-        let stamp = fs::metadata(&path).and_then(|m| m.modified()).ok();
-        let recent = stamp
+        // The lock file's mtime records when the last pass began; an empty
+        // one was just made (no pass yet).
+        let meta = guard.file.metadata().ok();
+        let recent = meta
+            .filter(|m| m.len() > 0)
+            .and_then(|m| m.modified().ok())
             .and_then(|t| SystemTime::now().duration_since(t).ok())
             .is_some_and(|age| age < interval.mul_f64(0.9));
         if recent {
             return Ok(None);
         }
-        let _ = File::options()
-            .write(true)
-            .open(&path)
-            .and_then(|f| f.set_modified(SystemTime::now()));
-        Ok(Some(guard))
+        let _ = guard.file.write_all_at(b"\n", 0);
+        let _ = guard.file.set_modified(SystemTime::now());
+        Ok(Some(Box::new(guard)))
     }
 
     fn sweep(
@@ -525,8 +594,10 @@ impl SessionStore for FileStore {
                 let Ok(meta) = entry.metadata() else { continue };
                 if name.starts_with(TEMP_PREFIX) {
                     if age(&meta) >= DEBRIS_AGE && !writer_alive(name) {
-                        let _ = fs::remove_file(entry.path());
-                        counts.debris += 1;
+                        match safe_fs::remove_entry(&entry.path()) {
+                            Ok(()) => counts.debris += 1,
+                            Err(_) => counts.failed += 1,
+                        }
                     }
                     continue;
                 }
@@ -536,9 +607,11 @@ impl SessionStore for FileStore {
                 {
                     // A spare whose record is gone (a crash between the two
                     // unlinks of `delete`) is debris.
-                    if !self.exists(&owner)? && age(&meta) >= DEBRIS_AGE {
-                        let _ = fs::remove_file(entry.path());
-                        counts.debris += 1;
+                    if self.exists(&owner).is_ok_and(|e| !e) && age(&meta) >= DEBRIS_AGE {
+                        match safe_fs::remove_entry(&entry.path()) {
+                            Ok(()) => counts.debris += 1,
+                            Err(_) => counts.failed += 1,
+                        }
                     }
                     continue;
                 }
@@ -550,10 +623,19 @@ impl SessionStore for FileStore {
                     counts.records += 1;
                     continue;
                 }
-                let Some(lock) = self.try_lock(&id, Duration::ZERO)? else {
-                    counts.skipped_locked += 1;
-                    counts.records += 1;
-                    continue;
+                // One entry that fails (planted, unremovable) never stops
+                // the pass: it is counted and the pass goes on.
+                let lock = match self.try_lock(&id, Duration::ZERO) {
+                    Ok(Some(lock)) => lock,
+                    Ok(None) => {
+                        counts.skipped_locked += 1;
+                        counts.records += 1;
+                        continue;
+                    }
+                    Err(_) => {
+                        counts.failed += 1;
+                        continue;
+                    }
                 };
                 // Re-read under the lock: a request may have renewed it.
                 let expired = match self.load(&id) {
@@ -563,9 +645,13 @@ impl SessionStore for FileStore {
                     Err(_) => false,
                 };
                 if expired {
-                    self.delete(&id, None)?;
-                    removed(&id);
-                    counts.expired += 1;
+                    match self.delete(&id, None) {
+                        Ok(()) => {
+                            removed(&id);
+                            counts.expired += 1;
+                        }
+                        Err(_) => counts.failed += 1,
+                    }
                     continue;
                 }
                 drop(lock);
@@ -579,22 +665,28 @@ impl SessionStore for FileStore {
 
 /// Opens (creating, 0600) a file that several holders share: lock files
 /// and spare records. Never truncates: others may be using its content.
-fn open_shared(path: impl AsRef<Path>) -> std::io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
+/// Whatever was planted under the name instead is set aside.
+fn open_shared(path: &Path) -> std::io::Result<File> {
+    safe_fs::open_shared(path).map(|s| s.file)
 }
 
-/// Reads a file that is usually small with one `read` (no `stat` for a
-/// size hint, no second read to see the end): a short read of a regular
-/// file means its end.
+/// `open_shared`, with the file's length (from the same `fstat`).
+fn open_shared_with_len(path: &Path) -> std::io::Result<(File, u64)> {
+    safe_fs::open_shared(path).map(|s| (s.file, s.len))
+}
+
+/// Reads a record, usually small, with one `read` after the `fstat` that
+/// proves it a regular file: a short read of a regular file means its end.
 fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    let mut file = File::open(path)?;
+    let (file, len) = safe_fs::open_regular_with_len(path, OpenOptions::new().read(true))?;
+    if len > MAX_RECORD {
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidData,
+            "too large for a record",
+        ));
+    }
+    let mut file = file.take(MAX_RECORD);
     let mut first = [0u8; 2048];
     let n = file.read(&mut first)?;
     let mut buf = first[..n].to_vec();
@@ -624,6 +716,7 @@ mod tests {
 
     fn store() -> (tempfile::TempDir, FileStore) {
         let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("store")).unwrap();
         let store = FileStore::open(dir.path().join("store")).unwrap();
         (dir, store)
     }
@@ -688,8 +781,74 @@ mod tests {
     fn corrupt_records_are_reported() {
         let (_d, s) = store();
         let id = SessionId::generate().unwrap();
+        s.repair_shard(&id).unwrap();
         fs::write(s.record_path(&id), b"{\"torn").unwrap();
         assert!(matches!(s.load(&id), Err(StoreError::Corrupt(_))));
+    }
+
+    #[test]
+    fn planted_files_never_block_and_never_stick() {
+        let (d, s) = store();
+        let outside = d.path().join("outside");
+        fs::write(&outside, Record::new(10, 60, 0).encode()).unwrap();
+        let fifo = SessionId::generate().unwrap();
+        let dir = SessionId::generate().unwrap();
+        let link = SessionId::generate().unwrap();
+        for id in [&fifo, &dir, &link] {
+            s.repair_shard(id).unwrap();
+        }
+        nix::unistd::mkfifo(&s.record_path(&fifo), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        fs::create_dir(s.record_path(&dir)).unwrap();
+        fs::write(s.record_path(&dir).join("inside"), "x").unwrap();
+        std::os::unix::fs::symlink(&outside, s.record_path(&link)).unwrap();
+        for id in [&fifo, &dir, &link] {
+            assert!(matches!(s.load(id), Err(StoreError::Corrupt(_))), "{id:?}");
+            s.delete(id, None).unwrap();
+            assert!(!s.exists(id).unwrap());
+        }
+        assert!(outside.exists(), "a link is removed, not its target");
+
+        // Lock and spare files planted as FIFOs are set aside and made anew.
+        let id = SessionId::generate().unwrap();
+        s.repair_shard(&id).unwrap();
+        nix::unistd::mkfifo(&s.lock_path(&id), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        nix::unistd::mkfifo(&s.spare_path(&id), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let r = Record::new(10, 60, 0);
+        s.create(&id, &r).unwrap();
+        assert!(s.try_lock(&id, Duration::ZERO).unwrap().is_some());
+        s.save(&id, &r, None).unwrap();
+        assert_eq!(s.load(&id).unwrap(), Some(r));
+        assert!(fs::metadata(s.lock_path(&id)).unwrap().is_file());
+    }
+
+    #[test]
+    fn shards_are_made_when_needed_and_planted_ones_replaced() {
+        let (d, s) = store();
+        let id = SessionId::generate().unwrap();
+        assert_eq!(s.load(&id).unwrap(), None, "no shard yet: no record");
+        assert!(!s.exists(&id).unwrap());
+        // A file where the shard should be.
+        fs::write(s.shard_path(id.shard()), "x").unwrap();
+        assert_eq!(s.load(&id).unwrap(), None);
+        assert_eq!(
+            s.create(&id, &Record::new(10, 60, 0)).unwrap(),
+            Created::Yes
+        );
+        assert!(fs::symlink_metadata(s.shard_path(id.shard()))
+            .unwrap()
+            .is_dir());
+        assert_eq!(s.count().unwrap(), 1);
+        // A link planted as a shard is set aside at startup, not followed.
+        let outside = d.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        let other = (id.shard() as usize + 1) % 256;
+        std::os::unix::fs::symlink(&outside, s.shard_path(other as u8)).unwrap();
+        let notes = s
+            .prepare_local(&Setup::new(crate::safe_fs::Owner::current()))
+            .unwrap();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(fs::symlink_metadata(s.shard_path(other as u8)).is_err());
+        assert!(outside.is_dir());
     }
 
     #[test]

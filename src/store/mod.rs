@@ -109,6 +109,17 @@ pub trait SessionStore: Send + Sync {
     fn local_dirs(&self) -> Vec<PathBuf> {
         Vec::new()
     }
+    /// At startup, in the parent (root when httpd starts as root): makes
+    /// the local directories ready through `setup`, which never follows a
+    /// link and hands over only what it creates. A link or a foreign
+    /// directory where a root should be is an error naming the path. What
+    /// was repaired inside (set aside) comes back as lines for the log.
+    fn prepare_local(&self, setup: &crate::safe_fs::Setup) -> Result<Vec<String>, String> {
+        for dir in self.local_dirs() {
+            setup.root(&dir)?;
+        }
+        Ok(Vec::new())
+    }
     /// Whether a record exists (expired or not).
     fn exists(&self, id: &SessionId) -> Result<bool, StoreError>;
     /// Admits one sweeper at a time per store and `scope` (the scratch
@@ -158,6 +169,8 @@ pub struct SweepCounts {
     pub expired: u64,
     pub skipped_locked: u64,
     pub debris: u64,
+    /// Entries that could not be handled (the pass went on without them).
+    pub failed: u64,
 }
 
 #[derive(Debug)]

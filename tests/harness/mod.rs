@@ -113,6 +113,23 @@ pub fn id_of(cookie_pair: &str) -> String {
     value.split('.').next().unwrap_or_default().to_string()
 }
 
+/// The part of a scratch root that belongs to the store `describe`d so
+/// (src/scratch.rs: 12 hex characters of the SHA-256 of its description).
+pub fn scratch_store_dir(root: &Path, describe: &str) -> PathBuf {
+    use sha2::Digest;
+    let tag: String = sha2::Sha256::digest(describe.as_bytes())[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    root.join(tag)
+}
+
+/// The scratch directory of `id` under `root`, for the store `describe`d
+/// so: `root/<tag>/<first two hex digits>/<id>`.
+pub fn scratch_dir_in(root: &Path, describe: &str, id: &str) -> PathBuf {
+    scratch_store_dir(root, describe).join(&id[..2]).join(id)
+}
+
 /// Polls `check` until it returns `Some` or `deadline` passes.
 pub fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let end = Instant::now() + deadline;
@@ -182,6 +199,58 @@ const CRASH_MARKERS: [&str; 5] = [
 
 impl Httpd {
     pub fn start(options: Options) -> Httpd {
+        Self::start_after(options, |_| {})
+    }
+
+    /// `start`, after `prepare` has run on the server root (to plant what
+    /// the server will find there).
+    pub fn start_after(options: Options, prepare: impl FnOnce(&Path)) -> Httpd {
+        let mut h = Self::unstarted(options);
+        prepare(h.root.path());
+        h.write_config();
+        h.launch();
+        h
+    }
+
+    /// Starts httpd after `prepare` has run on its root, expecting it to
+    /// refuse to start: returns its stderr and error log. Fails the test if
+    /// it starts.
+    pub fn start_refused(options: Options, prepare: impl FnOnce(&Path)) -> String {
+        let mut h = Self::unstarted(options);
+        prepare(h.root.path());
+        h.write_config();
+        let mut child = Command::new("apache2")
+            .args(["-f", h.conf_path().to_str().unwrap(), "-DFOREGROUND"])
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("apache2 runs");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            if h.ready_count() > 0 || Instant::now() >= deadline {
+                let what = if h.ready_count() > 0 {
+                    "started although it should not have"
+                } else {
+                    "neither started nor gave up within 30s (hung?)"
+                };
+                h.child = Some(child);
+                panic!("httpd {what}:\n{}", h.error_log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut stderr = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut stderr);
+        }
+        format!("{stderr}\n{}", h.error_log())
+    }
+
+    fn unstarted(options: Options) -> Httpd {
         let root = tempfile::Builder::new()
             .prefix("rsession-test-")
             .tempdir()
@@ -197,16 +266,13 @@ impl Httpd {
             "<p>static page</p>\n",
         )
         .unwrap();
-        let mut h = Httpd {
+        Httpd {
             root,
             port: free_port(),
             options,
             child: None,
             starts: 0,
-        };
-        h.write_config();
-        h.launch();
-        h
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -217,6 +283,13 @@ impl Httpd {
     /// the id's first byte).
     pub fn record(&self, id: &str) -> PathBuf {
         self.path("logs/rsession").join(&id[..2]).join(id)
+    }
+
+    /// Where the default scratch root keeps the directory of `id` of the
+    /// default store.
+    pub fn scratch_dir(&self, id: &str) -> PathBuf {
+        let store = format!("file:{}", self.path("logs/rsession").display());
+        scratch_dir_in(&self.path("logs/rsession-scratch"), &store, id)
     }
 
     pub fn url(&self, path: &str) -> String {

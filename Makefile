@@ -123,5 +123,34 @@ uninstall:
 	  done; \
 	fi
 
+# A Debian binary package in target/deb/. The sources are staged into
+# target/deb/$(DEB_SRC)/ with the crates of Cargo.lock vendored into its
+# vendor/, so that tree is a complete source package that builds offline
+# (dpkg-buildpackage there). The unit tests ran in `make test`: the package
+# build skips them unless DEB_BUILD_OPTIONS says otherwise.
+DEB_VERSION = $(shell dpkg-parsechangelog -l debian/changelog -S Version)
+DEB_ARCH = $(shell dpkg --print-architecture)
+DEB_SRC = libapache2-mod-rsession-$(DEB_VERSION)
+DEB_FILE = target/deb/libapache2-mod-rsession_$(DEB_VERSION)_$(DEB_ARCH).deb
+DEB_BUILD_OPTIONS ?= nocheck
+deb: deb-deps
+	@crate=$$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1); \
+	[ "$$crate" = "$(DEB_VERSION)" ] || { echo "debian/changelog says $(DEB_VERSION), Cargo.toml $$crate: add a changelog entry (dch -v $$crate)"; exit 1; }
+	rm -rf target/deb/$(DEB_SRC)
+	mkdir -p target/deb/$(DEB_SRC)
+	tar -c --exclude=./target --exclude=./.git --exclude=./fuzz/target --exclude=./vendor . | tar -x -C target/deb/$(DEB_SRC)
+	cd target/deb/$(DEB_SRC) && { $(CARGO) vendor --locked --offline --versioned-dirs vendor >/dev/null 2>&1 \
+	  || $(CARGO) vendor --locked --versioned-dirs vendor >/dev/null; }
+	cd target/deb/$(DEB_SRC) && CARGO_TARGET_DIR=$(abspath target/deb/cargo-target) \
+	  DEB_BUILD_OPTIONS="$(DEB_BUILD_OPTIONS)" dpkg-buildpackage -b -us -uc
+	@if command -v lintian >/dev/null; then lintian --info $(DEB_FILE) || true; fi
+	@echo "built $(DEB_FILE)"
+
+# Installs the package on this machine, enables it, serves a session from
+# the system's module set on a private port, then purges it and checks
+# that nothing of it is left. Leaves the system Apache as it found it.
+deb-test: deb
+	bash tools/deb-test.sh $(DEB_FILE)
+
 clean:
 	$(CARGO) clean

@@ -5,8 +5,8 @@
 mod harness;
 
 use harness::http::{get, get_with_cookie, Response};
-use harness::scripts::Backend;
 use harness::php::PhpFpm;
+use harness::scripts::Backend;
 use harness::{Httpd, Mpm, Options};
 use std::path::Path;
 use std::process::Command;

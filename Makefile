@@ -136,9 +136,11 @@ DEB_BUILD_OPTIONS ?= nocheck
 deb: deb-deps
 	@crate=$$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1); \
 	[ "$$crate" = "$(DEB_VERSION)" ] || { echo "debian/changelog says $(DEB_VERSION), Cargo.toml $$crate: add a changelog entry (dch -v $$crate)"; exit 1; }
+	@# Fresh mtimes (--touch): the build cache in target/deb/cargo-target must
+	@# never take a staged file for older than its last build.
 	rm -rf target/deb/$(DEB_SRC)
 	mkdir -p target/deb/$(DEB_SRC)
-	tar -c --exclude=./target --exclude=./.git --exclude=./fuzz/target --exclude=./vendor . | tar -x -C target/deb/$(DEB_SRC)
+	tar -c --exclude=./target --exclude=./.git --exclude=./fuzz/target --exclude=./vendor . | tar -x --touch -C target/deb/$(DEB_SRC)
 	cd target/deb/$(DEB_SRC) && { $(CARGO) vendor --locked --offline --versioned-dirs vendor >/dev/null 2>&1 \
 	  || $(CARGO) vendor --locked --versioned-dirs vendor >/dev/null; }
 	cd target/deb/$(DEB_SRC) && CARGO_TARGET_DIR=$(abspath target/deb/cargo-target) \

@@ -10,6 +10,7 @@
 #include "util_filter.h"
 #include "mpm_common.h"
 #include "mod_rsession.h"
+#include "mod_status.h"
 #include "shim_buckets.h"
 
 /* Rust entry points (src/ffi/entry.rs). */
@@ -26,6 +27,7 @@ apr_status_t rsession_body_filter(ap_filter_t *f, apr_bucket_brigade *bb, ap_inp
                                   apr_read_type_e block, apr_off_t readbytes);
 apr_status_t rsession_interim_filter(ap_filter_t *f, apr_bucket_brigade *bb);
 int rsession_status_handler(request_rec *r);
+int rsession_status_hook(request_rec *r, int flags);
 const char *rsession_id(request_rec *r);
 const char *rsession_dir(request_rec *r);
 const char *rsession_get(request_rec *r, const char *key);
@@ -149,6 +151,8 @@ void rsession_register_hooks(apr_pool_t *p)
     rsession_interim_filter_handle =
         ap_register_output_filter("RSESSION_INTERIM", rsession_interim_filter, NULL, AP_FTYPE_CONNECTION);
     ap_hook_handler(rsession_status_handler, NULL, NULL, APR_HOOK_MIDDLE);
+    /* Our section of /server-status; called only when mod_status is loaded. */
+    APR_OPTIONAL_HOOK(ap, status_hook, rsession_status_hook, NULL, NULL, APR_HOOK_MIDDLE);
     APR_REGISTER_OPTIONAL_FN(rsession_id);
     APR_REGISTER_OPTIONAL_FN(rsession_dir);
     APR_REGISTER_OPTIONAL_FN(rsession_get);

@@ -13,9 +13,10 @@ use crate::ffi::shm::SharedCounters;
 use crate::ffi::sys;
 use crate::gc::{self, Sweeper, Target};
 use crate::generation::{Builder, HostDefaults, Runtime};
+use crate::id::SessionId;
 use crate::interim::Event;
 use crate::safe_fs::{Owner, Setup};
-use crate::session::{ActiveSession, CookieChange, Notes, SessionError};
+use crate::session::{ActiveSession, CookieChange, Notes, Outcome, SessionError};
 use crate::status::{Counter, Stats};
 use crate::store::StoreError;
 use crate::update;
@@ -398,6 +399,15 @@ fn begin(r: Request<'_>, dir: &DirConfig, runtime: &Arc<Runtime>) -> RequestStat
                 "session {}... {what}",
                 session.id().short()
             );
+            if let Some(wait) = session.lock_wait() {
+                rlog!(
+                    r,
+                    Level::Debug,
+                    "session {}... waited {:.3} s for its lock",
+                    session.id().short(),
+                    wait.as_secs_f64()
+                );
+            }
             return RequestState::Active(Box::new(RequestSession {
                 runtime: runtime.clone(),
                 dir: dir.clone(),
@@ -414,7 +424,9 @@ fn begin(r: Request<'_>, dir: &DirConfig, runtime: &Arc<Runtime>) -> RequestStat
     if matches!(e, SessionError::Store(_)) {
         runtime.stats.bump(Counter::StoreErrors);
     }
-    if matches!(e, SessionError::StoreFull(_)) {
+    if let SessionError::LockTimeout(id) = &e {
+        log_lock_timeout(r, dir, id);
+    } else if matches!(e, SessionError::StoreFull(_)) {
         if runtime.full_warning_due(now()) {
             rlog!(r, Level::Warning, "RS0015 {e}: answering 503 (this warning repeats at most once a minute per process)");
         }
@@ -436,6 +448,52 @@ fn begin(r: Request<'_>, dir: &DirConfig, runtime: &Arc<Runtime>) -> RequestStat
         rlog!(r, Level::Debug, "session store still unavailable: {e}");
     }
     RequestState::Failed(status as c_int)
+}
+
+/// Lock timeouts come in bursts (every request of a stuck session): one
+/// warning per session and minute per process, with how many were held back.
+fn log_lock_timeout(r: Request<'_>, dir: &DirConfig, id: &SessionId) {
+    static LIMIT: std::sync::LazyLock<crate::ratelimit::Limiter<SessionId>> =
+        std::sync::LazyLock::new(|| crate::ratelimit::Limiter::new(60));
+    if !crate::ffi::log::request_enabled(r.as_ptr(), Level::Warning) {
+        return;
+    }
+    if let Some(held) = LIMIT.due(*id, now()) {
+        let more = if held > 0 {
+            format!("; {held} more since the last such line")
+        } else {
+            String::new()
+        };
+        rlog!(
+            r,
+            Level::Warning,
+            "RS0130 session {}...: its lock stayed taken for RSessionLockTimeout ({:.3} s); answering 503 (at most one line a minute per session and process{more})",
+            id.short(),
+            dir.lock_timeout().as_secs_f64()
+        );
+    }
+}
+
+/// What the end of the request did with the session, at debug level.
+fn log_outcome(r: Request<'_>, session: &ActiveSession) {
+    let short = session.id().short();
+    match session.outcome() {
+        Outcome::Unchanged => {}
+        Outcome::Kept => rlog!(r, Level::Debug, "session {short}... kept (first write)"),
+        Outcome::Saved => rlog!(r, Level::Debug, "session {short}... saved"),
+        Outcome::Regenerated(old) => rlog!(
+            r,
+            Level::Debug,
+            "session {}... regenerated as {short}...",
+            old.short()
+        ),
+        Outcome::Invalidated => rlog!(r, Level::Debug, "session {short}... invalidated"),
+        Outcome::Discarded => rlog!(
+            r,
+            Level::Debug,
+            "session {short}... discarded: nothing was written to it"
+        ),
+    }
 }
 
 /// Notes, environment and (optionally) forwarded request headers.
@@ -609,6 +667,7 @@ fn save(r: Request<'_>, rs: &mut RequestSession) -> FirstOutput {
     }
     let changed = rs.session.has_changes();
     let result = rs.session.finish(&rs.runtime, &rs.dir, now());
+    log_outcome(r, &rs.session);
     r.interim_watch().disarm(r.initial());
     let e = match result {
         Ok(Some(change)) => {
@@ -763,11 +822,18 @@ pub fn status_handler(r: Request<'_>) -> c_int {
     let Some(rt) = r.server_state().runtime.get() else {
         return DECLINED;
     };
-    let json = r.args().is_some_and(|a| a.split('&').any(|p| p == "json"));
+    let asked = |what: &str| r.args().is_some_and(|a| a.split('&').any(|p| p == what));
+    let (json, metrics) = (asked("json"), asked("metrics"));
     // The live count is kept current: listing the store here would cost
     // O(sessions) inside a worker.
-    let body = crate::status::render(&rt.store.describe(), &rt.stats, json);
-    r.set_content_type(if json {
+    let body = if metrics {
+        crate::status::render_prometheus(&rt.store.describe(), &rt.stats)
+    } else {
+        crate::status::render(&rt.store.describe(), &rt.stats, json)
+    };
+    r.set_content_type(if metrics {
+        "text/plain; version=0.0.4; charset=utf-8"
+    } else if json {
         "application/json"
     } else {
         "text/plain; charset=utf-8"
@@ -776,6 +842,22 @@ pub fn status_handler(r: Request<'_>) -> c_int {
     if !r.is_header_only() {
         r.write(body.as_bytes());
     }
+    OK
+}
+
+/// Our section of mod_status's /server-status (`short`: its `?auto` form,
+/// `key: value` lines), the figures of `rsession-status`.
+pub fn status_section(r: Request<'_>, short: bool) -> c_int {
+    let Some(rt) = r.server_state().runtime.get() else {
+        return OK;
+    };
+    let store = rt.store.describe();
+    let body = if short {
+        crate::status::render_auto(&store, &rt.stats)
+    } else {
+        crate::status::render_html(&store, &rt.stats)
+    };
+    r.write(body.as_bytes());
     OK
 }
 

@@ -21,6 +21,7 @@ mod generation;
 mod id;
 mod interim;
 mod lock;
+mod ratelimit;
 mod record;
 mod safe_fs;
 mod scratch;

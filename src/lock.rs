@@ -47,8 +47,11 @@ pub struct SessionLock {
     id: SessionId,
     store_lock: Option<Box<dyn HeldLock>>,
     gate: Option<GateGuard>,
-    /// Whether the caller had to wait for another holder.
+    /// Whether the caller had to wait for another holder (in this
+    /// process's gate or on the store's lock).
     pub waited: bool,
+    /// How long it waited (zero when it did not).
+    pub wait: Duration,
 }
 
 impl SessionLock {
@@ -109,19 +112,25 @@ fn acquire_with<T>(
     timeout: Duration,
     mut try_once: impl FnMut() -> Result<Option<(Box<dyn HeldLock>, T)>, StoreError>,
 ) -> Result<(SessionLock, T), LockError> {
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let deadline = started + timeout;
     let gate = gate_for(id);
+    // A thread of this process holds it: that is a wait too, however
+    // short (the gate wakes the next one at once on release).
     let mut waited = false;
-    let gate_guard = loop {
-        if let Some(g) = gate.try_lock_arc_until(deadline.min(Instant::now() + WAIT_SLICE)) {
-            break g;
-        }
-        waited = true;
-        if Instant::now() >= deadline || stopping() {
-            drop(gate);
-            release_gate(id);
-            return Err(LockError::Timeout);
-        }
+    let gate_guard = match gate.try_lock_arc() {
+        Some(g) => g,
+        None => loop {
+            waited = true;
+            if let Some(g) = gate.try_lock_arc_until(deadline.min(Instant::now() + WAIT_SLICE)) {
+                break g;
+            }
+            if Instant::now() >= deadline || stopping() {
+                drop(gate);
+                release_gate(id);
+                return Err(LockError::Timeout);
+            }
+        },
     };
     drop(gate);
     let mut lock = SessionLock {
@@ -129,6 +138,7 @@ fn acquire_with<T>(
         store_lock: None,
         gate: Some(gate_guard),
         waited,
+        wait: Duration::ZERO,
     };
     // Another process holds it: poll with a short, growing pause.
     let mut pause = Duration::from_micros(50);
@@ -137,6 +147,9 @@ fn acquire_with<T>(
             Ok(Some((held, extra))) => {
                 lock.store_lock = Some(held);
                 lock.waited = waited;
+                if waited {
+                    lock.wait = started.elapsed();
+                }
                 return Ok((lock, extra));
             }
             Ok(None) => {}
@@ -199,6 +212,31 @@ mod tests {
             GATES.lock().get(&id).is_none(),
             "gates are forgotten when free"
         );
+    }
+
+    #[test]
+    fn a_short_wait_in_the_gate_counts_as_a_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path().to_path_buf()).unwrap();
+        let id = SessionId::generate().unwrap();
+        let ttl = Duration::from_secs(10);
+        let first = acquire(&store, &id, Duration::ZERO, ttl).unwrap();
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                let l = acquire(&store, &id, Duration::from_secs(5), ttl).unwrap();
+                (l.waited, l.wait)
+            });
+            // The waiter holds the gate too (map, holder, waiter)...
+            while GATES.lock().get(&id).map_or(0, Arc::strong_count) < 3 {
+                std::thread::yield_now();
+            }
+            // ...and is released well within one WAIT_SLICE.
+            std::thread::sleep(Duration::from_millis(30));
+            drop(first);
+            let (waited, wait) = waiter.join().unwrap();
+            assert!(waited, "a wait in the gate is a wait");
+            assert!(wait >= Duration::from_millis(10), "{wait:?}");
+        });
     }
 
     #[test]

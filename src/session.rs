@@ -12,11 +12,29 @@ use crate::status::Counter;
 use crate::store::{Created, Fence, Loaded, StoreError};
 use crate::update::Command;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// What the end of a request did with its session (for the debug log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not finished yet, or nothing was written.
+    Unchanged,
+    /// A new session's record stored for the first time.
+    Kept,
+    /// The record rewritten (data, limits or the access time).
+    Saved,
+    /// Given a new id (the old one, for the log, is here).
+    Regenerated(SessionId),
+    Invalidated,
+    /// New and untouched: nothing was kept.
+    Discarded,
+}
 
 /// Why a request could not get its session. Client input never lands here.
 #[derive(Debug)]
 pub enum SessionError {
-    LockTimeout,
+    /// This session's lock stayed taken for the whole `RSessionLockTimeout`.
+    LockTimeout(SessionId),
     /// `RSessionMaxSessions` live sessions already: no new one is kept.
     StoreFull(u64),
     Store(StoreError),
@@ -32,7 +50,7 @@ impl SessionError {
     /// joins the first arm.
     pub fn http_status(&self) -> u16 {
         match self {
-            SessionError::LockTimeout
+            SessionError::LockTimeout(_)
             | SessionError::StoreFull(_)
             | SessionError::Store(StoreError::Unavailable(_) | StoreError::LockLost) => 503,
             SessionError::Store(StoreError::Io { source, .. }) | SessionError::Scratch(source)
@@ -57,7 +75,7 @@ fn io_passes(e: &std::io::Error) -> bool {
 impl std::fmt::Display for SessionError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SessionError::LockTimeout => write!(f, "timed out waiting for the session lock"),
+            SessionError::LockTimeout(_) => write!(f, "timed out waiting for the session lock"),
             SessionError::StoreFull(max) => write!(
                 f,
                 "the store holds RSessionMaxSessions ({max}) live sessions; no new one is kept"
@@ -112,6 +130,7 @@ pub struct ActiveSession {
     scratch_dir: Option<PathBuf>,
     cookie: Option<CookieChange>,
     lock: Option<SessionLock>,
+    outcome: Outcome,
 }
 
 /// Takes the lock of a session that nobody else knows yet (when locking is
@@ -124,9 +143,10 @@ fn lock_session(
     if !dir.lock() {
         return Ok(None);
     }
+    let started = Instant::now();
     let acquired =
         lock::acquire(rt.store.as_ref(), id, dir.lock_timeout(), rt.lock_ttl).map(|l| (l, ()));
-    counted(rt, acquired).map(|(l, ())| Some(l))
+    counted(rt, id, started, acquired).map(|(l, ())| Some(l))
 }
 
 /// Locks (when locking is on) and loads, in one step where the store can.
@@ -138,25 +158,31 @@ fn lock_and_load(
     if !dir.lock() {
         return Ok((None, rt.store.load(id)));
     }
+    let started = Instant::now();
     let acquired = lock::acquire_and_load(rt.store.as_ref(), id, dir.lock_timeout(), rt.lock_ttl);
-    counted(rt, acquired).map(|(l, loaded)| (Some(l), loaded))
+    counted(rt, id, started, acquired).map(|(l, loaded)| (Some(l), loaded))
 }
 
-/// Counts a lock attempt's waits and timeouts for the status page.
+/// Counts a lock attempt's waits, their time and timeouts for the status
+/// page. A request that timed out waited too.
 fn counted<T>(
     rt: &Runtime,
+    id: &SessionId,
+    started: Instant,
     acquired: Result<(SessionLock, T), LockError>,
 ) -> Result<(SessionLock, T), SessionError> {
+    let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
     match acquired {
         Ok((l, extra)) => {
             if l.waited {
-                rt.stats.bump(Counter::LockWaits);
+                rt.stats.lock_waited(micros(l.wait));
             }
             Ok((l, extra))
         }
         Err(LockError::Timeout) => {
+            rt.stats.lock_waited(micros(started.elapsed()));
             rt.stats.bump(Counter::LockTimeouts);
-            Err(SessionError::LockTimeout)
+            Err(SessionError::LockTimeout(*id))
         }
         Err(LockError::Store(e)) => Err(e.into()),
     }
@@ -245,6 +271,7 @@ impl ActiveSession {
                 scratch_dir,
                 cookie: None,
                 lock,
+                outcome: Outcome::Unchanged,
             });
         }
         rt.stats.add(Counter::RejectedCookies, rejected);
@@ -285,6 +312,7 @@ impl ActiveSession {
                 scratch_dir: dir.scratch().then(|| rt.scratch.path(id)),
                 cookie: None,
                 lock: None,
+                outcome: Outcome::Unchanged,
             }));
         }
         Ok(None)
@@ -312,6 +340,7 @@ impl ActiveSession {
             scratch_dir: None,
             cookie: None,
             lock: None,
+            outcome: Outcome::Unchanged,
         };
         if dir.create_always() {
             session.keep(rt, true)?;
@@ -361,6 +390,14 @@ impl ActiveSession {
     }
     pub fn is_new(&self) -> bool {
         self.is_new
+    }
+    /// How long this request waited for the session's lock, if it did.
+    pub fn lock_wait(&self) -> Option<Duration> {
+        self.lock.as_ref().filter(|l| l.waited).map(|l| l.wait)
+    }
+    /// What `finish` did with the session.
+    pub fn outcome(&self) -> Outcome {
+        self.outcome
     }
     pub fn scratch_dir(&self) -> Option<&PathBuf> {
         self.scratch_dir.as_ref()
@@ -533,6 +570,8 @@ impl ActiveSession {
             if stamp(now).saturating_sub(record.accessed) >= dir.effective_touch_interval() {
                 record.accessed = stamp(now);
                 rt.store.save(&self.id, &record, lock.fence())?;
+                rt.stats.bump(Counter::Saved);
+                self.outcome = Outcome::Saved;
             }
         }
         Ok(())
@@ -557,6 +596,7 @@ impl ActiveSession {
                 rt.store.delete(&self.id, self.fence())?;
                 let _ = rt.scratch.remove(&self.id);
                 rt.stats.bump(Counter::Invalidated);
+                self.outcome = Outcome::Invalidated;
                 rt.stats.sessions_removed(1);
                 self.cookie = Some(CookieChange::Expire);
                 return Ok(());
@@ -571,10 +611,13 @@ impl ActiveSession {
                 // Left untouched: nothing remains, not even its directory.
                 let _ = rt.scratch.remove(&self.id);
                 rt.stats.bump(Counter::Discarded);
+                self.outcome = Outcome::Discarded;
                 return Ok(());
             }
             self.stamp_access(dir, now);
             self.keep(rt, false)?;
+            rt.stats.bump(Counter::Saved);
+            self.outcome = Outcome::Kept;
             if !self.regenerate {
                 return Ok(());
             }
@@ -599,12 +642,17 @@ impl ActiveSession {
                         .map_err(SessionError::Scratch)?,
                 );
             }
+            let old_id = self.id;
             self.id = new_id;
             self.cookie = Some(CookieChange::Set(new_id));
             rt.stats.bump(Counter::Regenerated);
+            rt.stats.bump(Counter::Saved);
+            self.outcome = Outcome::Regenerated(old_id);
         } else if self.data_changed || touch_due || limits_changed {
             self.stamp_access(dir, now);
             rt.store.save(&self.id, &self.record, self.fence())?;
+            rt.stats.bump(Counter::Saved);
+            self.outcome = Outcome::Saved;
         }
         Ok(())
     }

@@ -20,10 +20,17 @@ pub enum Counter {
     GcRemoved,
     /// New sessions that nothing was written to, so nothing was kept.
     Discarded,
+    /// Records written at the end of a request (a new session kept, a
+    /// change, an access-time refresh, a regeneration).
+    Saved,
+    /// Time requests spent waiting for session locks, in microseconds.
+    LockWaitMicros,
+    /// The longest single lock wait, in microseconds (a high-water mark).
+    LockWaitMaxMicros,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 12] = [
+    pub const ALL: [Counter; 15] = [
         Counter::Created,
         Counter::Resumed,
         Counter::RejectedCookies,
@@ -36,6 +43,9 @@ impl Counter {
         Counter::GcRuns,
         Counter::GcRemoved,
         Counter::Discarded,
+        Counter::Saved,
+        Counter::LockWaitMicros,
+        Counter::LockWaitMaxMicros,
     ];
 
     pub fn name(self) -> &'static str {
@@ -52,6 +62,41 @@ impl Counter {
             Counter::GcRuns => "gc_runs",
             Counter::GcRemoved => "gc_removed",
             Counter::Discarded => "discarded",
+            Counter::Saved => "saved",
+            Counter::LockWaitMicros => "lock_wait_us",
+            Counter::LockWaitMaxMicros => "lock_wait_max_us",
+        }
+    }
+
+    /// The Prometheus description.
+    fn help(self) -> &'static str {
+        match self {
+            Counter::Created => "Sessions created (kept for the first time).",
+            Counter::Resumed => "Requests that resumed an existing session.",
+            Counter::RejectedCookies => "Session cookies rejected as malformed or badly signed.",
+            Counter::Expired => "Sessions found or swept expired.",
+            Counter::Invalidated => "Sessions invalidated by a handler.",
+            Counter::Regenerated => "Sessions given a new id by a handler.",
+            Counter::LockWaits => {
+                "Requests that waited for a session lock held by another request."
+            }
+            Counter::LockTimeouts => "Requests that gave up waiting for a session lock (503).",
+            Counter::StoreErrors => "Session store errors seen by requests.",
+            Counter::GcRuns => "Background sweeps of the store.",
+            Counter::GcRemoved => "Records and orphaned scratch directories the sweeper removed.",
+            Counter::Discarded => "New sessions nothing was written to, so nothing was kept.",
+            Counter::Saved => "Session records written at the end of a request.",
+            Counter::LockWaitMicros => "Time requests spent waiting for session locks.",
+            Counter::LockWaitMaxMicros => "The longest single wait for a session lock.",
+        }
+    }
+
+    /// Prometheus name (without the `rsession_` prefix) and type.
+    fn metric(self) -> (String, &'static str) {
+        match self {
+            Counter::LockWaitMicros => ("lock_wait_seconds_total".into(), "counter"),
+            Counter::LockWaitMaxMicros => ("lock_wait_max_seconds".into(), "gauge"),
+            c => (format!("{}_total", c.name()), "counter"),
         }
     }
 }
@@ -121,6 +166,13 @@ impl Stats {
         }
     }
 
+    /// Counts one lock wait of `micros`.
+    pub fn lock_waited(&self, micros: u64) {
+        self.bump(Counter::LockWaits);
+        self.add(Counter::LockWaitMicros, micros);
+        self.slots[Counter::LockWaitMaxMicros as usize].fetch_max(micros, Ordering::Relaxed);
+    }
+
     pub fn get(&self, c: Counter) -> u64 {
         self.slots[c as usize].load(Ordering::Relaxed)
     }
@@ -154,6 +206,72 @@ pub fn render(store: &str, stats: &Stats, json: bool) -> String {
     out
 }
 
+/// The Prometheus text exposition format (0.0.4): one family per figure,
+/// labelled with the store; times in seconds, as Prometheus has them.
+pub fn render_prometheus(store: &str, stats: &Stats) -> String {
+    let label = format!("{{store=\"{}\"}}", escape_label(store));
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, value: String| {
+        out.push_str(&format!(
+            "# HELP rsession_{name} {help}\n# TYPE rsession_{name} {kind}\nrsession_{name}{label} {value}\n"
+        ));
+    };
+    family(
+        "live_sessions",
+        "gauge",
+        "Sessions the store holds.",
+        stats.live().to_string(),
+    );
+    for c in Counter::ALL {
+        let (name, kind) = c.metric();
+        let value = match c {
+            Counter::LockWaitMicros | Counter::LockWaitMaxMicros => {
+                format!("{:.6}", stats.get(c) as f64 / 1e6)
+            }
+            _ => stats.get(c).to_string(),
+        };
+        family(&name, kind, c.help(), value);
+    }
+    out
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// mod_status's `?auto` lines: the figures of `render`, each key prefixed
+/// with `rsession_` so that they cannot clash with other modules' keys.
+pub fn render_auto(store: &str, stats: &Stats) -> String {
+    render(store, stats, false)
+        .lines()
+        .map(|l| format!("rsession_{l}\n"))
+        .collect()
+}
+
+/// mod_status's HTML section.
+pub fn render_html(store: &str, stats: &Stats) -> String {
+    let mut out = String::from("<hr />\n<h2>mod_rsession</h2>\n<dl>\n");
+    out.push_str(&format!(
+        "<dt>store: {}</dt>\n<dt>live_sessions: {}</dt>\n",
+        escape_html(store),
+        stats.live()
+    ));
+    for (k, v) in stats.figures() {
+        out.push_str(&format!("<dt>{k}: {v}</dt>\n"));
+    }
+    out.push_str("</dl>\n");
+    out
+}
+
+fn escape_html(v: &str) -> String {
+    v.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +296,36 @@ mod tests {
         assert_eq!(json["live_sessions"], 3);
         stats.sessions_removed(10);
         assert_eq!(stats.live(), 0, "never below zero");
+    }
+
+    #[test]
+    fn prometheus_families_have_help_type_and_escaped_labels() {
+        let stats = Stats::default();
+        stats.bump(Counter::Created);
+        stats.lock_waited(1_500_000);
+        stats.lock_waited(500_000);
+        let text = render_prometheus("redis://h/0?prefix=\"a\\b", &stats);
+        assert!(text.contains("# TYPE rsession_created_total counter\n"));
+        assert!(text.contains("# TYPE rsession_live_sessions gauge\n"));
+        assert!(text.contains(
+            "rsession_lock_wait_seconds_total{store=\"redis://h/0?prefix=\\\"a\\\\b\"} 2.000000\n"
+        ), "{text}");
+        assert!(text.contains("rsession_lock_wait_max_seconds{"));
+        assert!(text.contains("} 1.500000\n"));
+        assert!(text.contains("rsession_lock_waits_total{"));
+        let samples = text.lines().filter(|l| !l.starts_with('#')).count();
+        assert_eq!(samples, Counter::ALL.len() + 1);
+    }
+
+    #[test]
+    fn status_sections_escape_and_prefix() {
+        let stats = Stats::default();
+        stats.bump(Counter::Saved);
+        let auto = render_auto("file:/x<y>", &stats);
+        assert!(auto.starts_with("rsession_store: file:/x<y>\nrsession_live_sessions: 0\n"));
+        assert!(auto.contains("rsession_saved: 1\n"));
+        let html = render_html("file:/x<y>", &stats);
+        assert!(html.contains("store: file:/x&lt;y&gt;"), "{html}");
     }
 
     #[test]

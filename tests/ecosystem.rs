@@ -5,8 +5,9 @@
 mod harness;
 
 use harness::http::{get, get_with_cookie, Response};
+use harness::php::PhpFpm;
 use harness::scripts::Backend;
-use harness::{Httpd, Mpm, Options, MODULES};
+use harness::{Httpd, Mpm, Options};
 use std::path::Path;
 use std::process::Command;
 
@@ -96,31 +97,66 @@ fn make_install_lays_out_files_that_apachectl_accepts() {
     );
     let checked = harness::check_config_without_module(&fragment);
     assert!(checked.is_ok(), "{checked:?}");
+
+    // Installed stripped: no debug information, a fraction of the build.
+    let sections = Command::new("readelf")
+        .arg("-S")
+        .arg(&installed)
+        .output()
+        .expect("readelf runs");
+    let sections = String::from_utf8_lossy(&sections.stdout);
+    assert!(!sections.contains(".debug_"), "{sections}");
+    let size = std::fs::metadata(&installed).unwrap().len();
+    assert!(size < 4 << 20, "installed module is {size} bytes");
+
+    // `make uninstall` takes back exactly what `make install` put there.
+    for f in ["rsession.load", "a2enmod-confdir"] {
+        let p = dest.path().join(f);
+        let _ = std::fs::remove_file(&p);
+        let _ = std::fs::remove_dir_all(&p);
+    }
+    let out = Command::new("make")
+        .args(["-C", repo().to_str().unwrap(), "uninstall"])
+        .arg(format!("DESTDIR={}", dest.path().display()))
+        .output()
+        .expect("make runs");
+    assert!(
+        out.status.success(),
+        "make uninstall: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left: Vec<_> = walk(dest.path());
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// Every path under `dir` (not `dir` itself).
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        out.push(e.path());
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        }
+    }
+    out
 }
 
 #[test]
 fn php_mod_lua_and_a_proxied_app_share_one_session() {
-    if !Path::new(MODULES).join("libphp8.2.so").exists() && !has_php() {
-        panic!("mod_php is missing: make deps installs libapache2-mod-php");
-    }
-    let php = std::fs::read_dir(MODULES)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .find(|n| n.starts_with("libphp") && n.ends_with(".so"))
-        .unwrap();
+    // PHP through php-fpm (mod_proxy_fcgi), a master of the test's own:
+    // mod_php would need the prefork MPM system-wide.
+    let fpm = PhpFpm::start();
     let backend_port = harness::free_port();
     let _backend = Backend::start(backend_port);
     let h = Httpd::start(Options {
-        mpm: Mpm::Prefork,
-        modules: vec!["lua", "proxy", "proxy_http"],
+        mpm: Mpm::Event,
+        modules: vec!["lua", "proxy", "proxy_http", "proxy_fcgi"],
         fragment: format!(
-            r#"LoadModule php_module {MODULES}/{php}
-Alias /php/ {root}/tests/support/
+            r#"Alias /php/ {root}/tests/support/
 <Directory {root}/tests/support>
   Require all granted
   <FilesMatch "\.php$">
-    SetHandler application/x-httpd-php
+    SetHandler "{handler}"
   </FilesMatch>
 </Directory>
 LuaMapHandler ^/lua$ {root}/tests/support/session.lua handle
@@ -132,12 +168,13 @@ LuaMapHandler ^/lua$ {root}/tests/support/session.lua handle
   RSession On
 </LocationMatch>
 "#,
-            root = repo().display()
+            root = repo().display(),
+            handler = fpm.handler()
         ),
         ..Options::default()
     });
     let first = get(&h.url("/php/session.php?user=Zo%C3%AB"), &[]);
-    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(first.status, 200, "{first:?}\nphp-fpm log:\n{}", fpm.log());
     let cookie = first.cookie_pair();
     let id = line(&first, "id").unwrap();
     assert_eq!(id.len(), 32);
@@ -166,13 +203,4 @@ LuaMapHandler ^/lua$ {root}/tests/support/session.lua handle
         "the backend's own update: {}",
         all.body
     );
-}
-
-fn has_php() -> bool {
-    std::fs::read_dir(MODULES)
-        .map(|d| {
-            d.flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with("libphp"))
-        })
-        .unwrap_or(false)
 }

@@ -121,9 +121,8 @@ fn a_busy_session_blocks_only_itself_and_times_out_with_503() {
         "held=done",
         "the holder's update was saved; the 503 changed nothing"
     );
-    assert!(h
-        .error_log()
-        .contains("timed out waiting for the session lock"));
+    // One warning for the timeout (tests/observability.rs: rate-limited).
+    assert!(h.error_log().contains("RS0130"));
 }
 
 #[test]

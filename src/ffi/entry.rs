@@ -347,6 +347,24 @@ pub extern "C" fn rsession_status_handler(r: *mut sys::request_rec) -> c_int {
         .unwrap_or_else(|p| request_panic(req, "status handler", p))
 }
 
+/// mod_status's optional `status_hook`: our section of /server-status.
+/// `flags` carries AP_STATUS_SHORT for `?auto`.
+#[no_mangle]
+pub extern "C" fn rsession_status_hook(r: *mut sys::request_rec, flags: c_int) -> c_int {
+    // SAFETY: as in rsession_fixups (mod_status calls this from its handler).
+    let Some(req) = (unsafe { Request::from_raw(r) }) else {
+        return sys::STATUS_OK;
+    };
+    guard::run(|| hooks::status_section(req, flags & AP_STATUS_SHORT != 0)).unwrap_or_else(|p| {
+        request_panic(req, "status hook", p);
+        sys::STATUS_OK
+    })
+}
+
+/// mod_status.h's flag for the `?auto` form (not in our bindings: the
+/// header is mod_status's own).
+const AP_STATUS_SHORT: c_int = 0x1;
+
 // ---- C optional functions (c_shim/mod_rsession.h) ------------------------
 
 /// Runs a C API call with a live request, or returns `fallback`.

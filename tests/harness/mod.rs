@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod php;
 pub mod redis;
 pub mod scripts;
 pub mod sign;

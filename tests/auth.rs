@@ -83,6 +83,10 @@ ScriptAlias /admin/ {{ROOT}}/cgi-bin/
     Require rsession role=admin
   </RequireAny>
 </Location>
+<Directory {{ROOT}}/htdocs/private/h>
+  Options +ExecCGI
+  AddHandler cgi-script .cgi
+</Directory>
 <LocationMatch "evil">
   AuthType RSession
   RSessionLoginURL /cgi-bin/login.cgi
@@ -102,6 +106,18 @@ ScriptAlias /admin/ {{ROOT}}/cgi-bin/
     for page in ["private/page.html", "either/index.html", "local/index.html"] {
         h.htdoc(page, "<p>protected</p>\n");
     }
+    // A CGI known as one only from its name (mod_mime, after
+    // authorization), and a page that includes a protected CGI.
+    h.htdoc("private/h/counter.cgi", COUNTER_CGI);
+    std::fs::set_permissions(
+        h.path("htdocs/private/h/counter.cgi"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    h.htdoc(
+        "private/inc.shtml",
+        "<!--#include virtual=\"/private/cgi/who.cgi\" -->",
+    );
     h
 }
 
@@ -167,6 +183,13 @@ fn visitors_sign_in_and_come_back_as_their_user() {
     assert_eq!(who.env("REMOTE_USER").as_deref(), Some("ann"));
     assert_eq!(who.env("AUTH_TYPE").as_deref(), Some("RSession"));
     assert_eq!(who.env("RSESSION_ID"), Some(id_of(&cookie)));
+    // An include (a subrequest into a protected CGI) shares the session.
+    let started = Instant::now();
+    let inc = get_with_cookie(&h.url("/private/inc.shtml"), &cookie);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(inc.status, 200, "{inc:?}");
+    assert_eq!(inc.env("REMOTE_USER").as_deref(), Some("ann"));
+    assert_eq!(inc.env("RSESSION_ID"), Some(id_of(&cookie)));
     wait_for("the access log lines", Duration::from_secs(10), || {
         let log = users_log(&h);
         (log.contains("\"GET /private/page.html HTTP/1.1\" 200 user=ann")
@@ -310,11 +333,16 @@ fn login_redirects_never_leave_the_site() {
 fn parallel_increments_under_authtype_rsession_lose_nothing() {
     let h = site("", free_port());
     let cookie = sign_in(&h, "ann", "");
+    // Half through a ScriptAlias (a CGI from the start), half through
+    // AddHandler (taken for a static file until mod_mime names it).
     std::thread::scope(|s| {
-        for _ in 0..10 {
-            s.spawn(|| {
+        for t in 0..10 {
+            let cookie = &cookie;
+            let h = &h;
+            s.spawn(move || {
+                let path = if t % 2 == 0 { "/private/cgi/counter.cgi" } else { "/private/h/counter.cgi" };
                 for _ in 0..10 {
-                    let r = get_with_cookie(&h.url("/private/cgi/counter.cgi"), &cookie);
+                    let r = get_with_cookie(&h.url(path), cookie);
                     assert_eq!(r.status, 200, "{r:?}");
                 }
             });

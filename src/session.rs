@@ -1142,6 +1142,110 @@ mod tests {
         assert!(t.has_changes());
     }
 
+    /// The ids the index lists for `user` under the fixture's scope.
+    fn indexed(f: &Fixture, user: &str) -> Vec<SessionId> {
+        let key = user_index_key(&f.rt.scope, user);
+        let mut ids = f.rt.store.user_index().unwrap().sessions(&key, 1000).unwrap();
+        ids.sort_by_key(|id| id.to_string());
+        ids
+    }
+
+    fn signed_in(f: &Fixture, user: &str, now: u64) -> SessionId {
+        let mut s = start(f, &Candidates::default(), now);
+        s.apply(
+            &[Command::Set(vec![("user".into(), user.into())])],
+            1000,
+            false,
+        );
+        s.finish(&f.rt, &f.conf, now).unwrap();
+        *s.id()
+    }
+
+    #[test]
+    fn the_user_index_follows_sign_in_regenerate_sign_out_and_expiry() {
+        let mut f = fixture();
+        f.conf.set("RSessionUser", "user").unwrap();
+        let id = signed_in(&f, "ann", 1000);
+        assert_eq!(indexed(&f, "ann"), vec![id]);
+
+        let mut s = start(&f, &cookies(&f, &id), 1001);
+        s.apply(&[Command::Regenerate], 1000, false);
+        let Some(CookieChange::Set(new)) = s.finish(&f.rt, &f.conf, 1001).unwrap() else {
+            panic!("no new id")
+        };
+        assert_eq!(indexed(&f, "ann"), vec![new], "regenerate moves the entry");
+
+        let mut s = start(&f, &cookies(&f, &new), 1002);
+        s.apply(&[Command::Set(vec![("user".into(), "bob".into())])], 1000, false);
+        s.finish(&f.rt, &f.conf, 1002).unwrap();
+        assert!(indexed(&f, "ann").is_empty());
+        assert_eq!(indexed(&f, "bob"), vec![new], "a new user moves it");
+
+        // A location without RSessionUser leaves the index alone.
+        let mut elsewhere = f.conf.clone();
+        elsewhere.user_key = None;
+        let mut s =
+            ActiveSession::begin(&f.rt, &elsewhere, &cookies(&f, &new), 1003, &mut Notes::default())
+                .unwrap();
+        s.apply(&[Command::Set(vec![("x".into(), "1".into())])], 1000, false);
+        s.finish(&f.rt, &elsewhere, 1003).unwrap();
+        assert_eq!(indexed(&f, "bob"), vec![new]);
+
+        let mut s = start(&f, &cookies(&f, &new), 1004);
+        s.apply(&[Command::Unset(vec!["user".into()])], 1000, false);
+        s.finish(&f.rt, &f.conf, 1004).unwrap();
+        assert!(indexed(&f, "bob").is_empty(), "signing out drops it");
+
+        let gone = signed_in(&f, "cy", 1005);
+        let mut s = start(&f, &cookies(&f, &gone), 1006);
+        s.invalidate().unwrap();
+        s.finish(&f.rt, &f.conf, 1006).unwrap();
+        assert!(indexed(&f, "cy").is_empty(), "invalidate drops it");
+
+        let expiring = signed_in(&f, "dee", 1007);
+        let later = start(&f, &cookies(&f, &expiring), 2000);
+        assert!(later.is_new());
+        let key = user_index_key(&f.rt.scope, "dee");
+        let dir = f._dir.path().join("store/users").join(&key[..2]).join(&key);
+        assert!(!dir.exists(), "an expired session leaves the index");
+    }
+
+    #[test]
+    fn invalidate_user_ends_every_session_of_the_user_and_no_other() {
+        let mut f = fixture();
+        f.conf.set("RSessionUser", "user").unwrap();
+        let ann: Vec<SessionId> = (0..3).map(|_| signed_in(&f, "ann", 1000)).collect();
+        let bob = signed_in(&f, "bob", 1000);
+        let mut s = start(&f, &cookies(&f, &ann[0]), 1001);
+        s.apply(&[Command::InvalidateUser], 1000, false);
+        assert_eq!(
+            s.finish(&f.rt, &f.conf, 1001).unwrap(),
+            Some(CookieChange::Expire)
+        );
+        assert_eq!(s.ended_others(), 2);
+        for id in &ann {
+            assert!(f.rt.store.load(id).unwrap().is_none());
+            assert!(!f.rt.scratch.path(id).exists());
+        }
+        assert!(indexed(&f, "ann").is_empty());
+        assert!(f.rt.store.load(&bob).unwrap().is_some());
+        assert_eq!(indexed(&f, "bob"), vec![bob]);
+        assert_eq!(f.rt.stats.live(), 1);
+    }
+
+    #[test]
+    fn a_regenerate_racing_invalidate_user_does_not_survive_it() {
+        let mut f = fixture();
+        f.conf.set("RSessionUser", "user").unwrap();
+        let id = signed_in(&f, "ann", 1000);
+        let mut racing = start(&f, &cookies(&f, &id), 1001);
+        racing.apply(&[Command::Regenerate], 1000, false);
+        // invalidate-user elsewhere ends the old id while it is held.
+        f.rt.store.delete(&id, None).unwrap();
+        assert!(racing.finish(&f.rt, &f.conf, 1001).is_err());
+        assert!(indexed(&f, "ann").is_empty(), "no new id survives");
+    }
+
     #[test]
     fn a_held_session_times_out_other_requests() {
         let mut f = fixture();

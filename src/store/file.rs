@@ -189,6 +189,11 @@ impl FileStore {
                 dir.display()
             )))?;
         }
+        let users = root.join(USERS);
+        ensure_private_dir(&users).map_err(io_error(format!(
+            "cannot create store directory {}",
+            users.display()
+        )))?;
         Ok(FileStore {
             root,
             can_exchange: AtomicBool::new(true),

@@ -816,7 +816,11 @@ fn resolve_early(r: Request<'_>, dir: &DirConfig) -> Result<(), c_int> {
     r.headers_in()
         .unset_where(crate::expose::is_reserved_request_header);
     let Some(runtime) = r.server_state().runtime.get() else {
-        rlog!(r, Level::Err, "RS0003 sessions are not initialised for this server; request served without one");
+        rlog!(
+            r,
+            Level::Err,
+            "RS0003 sessions are not initialised for this server; request served without one"
+        );
         return Ok(());
     };
     let initial = r.initial();
@@ -902,9 +906,17 @@ pub fn check_authn(r: Request<'_>) -> c_int {
         return sys::HTTP_UNAUTHORIZED as c_int;
     };
     if !dir.enabled() {
-        rlog!(r, Level::Warning, "RS0112 AuthType RSession where RSession is Off: nobody can sign in here");
+        rlog!(
+            r,
+            Level::Warning,
+            "RS0112 AuthType RSession where RSession is Off: nobody can sign in here"
+        );
     } else if dir.user_key().is_none() {
-        rlog!(r, Level::Warning, "RS0111 AuthType RSession without RSessionUser: nobody can sign in here");
+        rlog!(
+            r,
+            Level::Warning,
+            "RS0111 AuthType RSession without RSessionUser: nobody can sign in here"
+        );
     }
     // No cache may keep a redirect or refusal meant for this visitor.
     r.err_headers_out().set("Cache-Control", "no-store");
@@ -916,7 +928,11 @@ pub fn check_authn(r: Request<'_>) -> c_int {
     let (path, query) = r.initial().request_path_and_query();
     let location =
         crate::auth::login_location(login, path.as_deref().unwrap_or("/"), query.as_deref());
-    rlog!(r, Level::Debug, "no user in the session: sending the visitor to {login}");
+    rlog!(
+        r,
+        Level::Debug,
+        "no user in the session: sending the visitor to {login}"
+    );
     r.headers_out().set("Location", &location);
     sys::HTTP_MOVED_TEMPORARILY as c_int
 }

@@ -1145,7 +1145,12 @@ mod tests {
     /// The ids the index lists for `user` under the fixture's scope.
     fn indexed(f: &Fixture, user: &str) -> Vec<SessionId> {
         let key = user_index_key(&f.rt.scope, user);
-        let mut ids = f.rt.store.user_index().unwrap().sessions(&key, 1000).unwrap();
+        let mut ids =
+            f.rt.store
+                .user_index()
+                .unwrap()
+                .sessions(&key, 1000)
+                .unwrap();
         ids.sort_by_key(|id| id.to_string());
         ids
     }
@@ -1176,7 +1181,11 @@ mod tests {
         assert_eq!(indexed(&f, "ann"), vec![new], "regenerate moves the entry");
 
         let mut s = start(&f, &cookies(&f, &new), 1002);
-        s.apply(&[Command::Set(vec![("user".into(), "bob".into())])], 1000, false);
+        s.apply(
+            &[Command::Set(vec![("user".into(), "bob".into())])],
+            1000,
+            false,
+        );
         s.finish(&f.rt, &f.conf, 1002).unwrap();
         assert!(indexed(&f, "ann").is_empty());
         assert_eq!(indexed(&f, "bob"), vec![new], "a new user moves it");
@@ -1184,9 +1193,14 @@ mod tests {
         // A location without RSessionUser leaves the index alone.
         let mut elsewhere = f.conf.clone();
         elsewhere.user_key = None;
-        let mut s =
-            ActiveSession::begin(&f.rt, &elsewhere, &cookies(&f, &new), 1003, &mut Notes::default())
-                .unwrap();
+        let mut s = ActiveSession::begin(
+            &f.rt,
+            &elsewhere,
+            &cookies(&f, &new),
+            1003,
+            &mut Notes::default(),
+        )
+        .unwrap();
         s.apply(&[Command::Set(vec![("x".into(), "1".into())])], 1000, false);
         s.finish(&f.rt, &elsewhere, 1003).unwrap();
         assert_eq!(indexed(&f, "bob"), vec![new]);

@@ -35,7 +35,13 @@ const LOGOUT_ALL_CGI: &str = r#"#!/bin/sh
 printf 'Content-Type: text/plain\nX-RSession: invalidate-user\n\nsigned out everywhere\n'
 "#;
 
-const MODULES: [&str; 5] = ["authn_core", "authz_user", "authz_host", "proxy", "proxy_http"];
+const MODULES: [&str; 5] = [
+    "authn_core",
+    "authz_user",
+    "authz_host",
+    "proxy",
+    "proxy_http",
+];
 
 /// The protected site: `/private/` (static files and CGIs) needs a user,
 /// `/admin/` the role admin (with an ErrorDocument CGI for refusals),
@@ -87,6 +93,9 @@ ScriptAlias /admin/ {{ROOT}}/cgi-bin/
   Options +ExecCGI
   AddHandler cgi-script .cgi
 </Directory>
+<Location /expr/>
+  Require expr "%{{env:RSESSION_DATA}} =~ /role=admin/"
+</Location>
 <LocationMatch "evil">
   AuthType RSession
   RSessionLoginURL /cgi-bin/login.cgi
@@ -103,7 +112,12 @@ ScriptAlias /admin/ {{ROOT}}/cgi-bin/
     h.cgi("who.cgi", WHO_CGI);
     h.cgi("counter.cgi", COUNTER_CGI);
     h.cgi("logout-all.cgi", LOGOUT_ALL_CGI);
-    for page in ["private/page.html", "either/index.html", "local/index.html"] {
+    for page in [
+        "private/page.html",
+        "either/index.html",
+        "local/index.html",
+        "expr/index.html",
+    ] {
         h.htdoc(page, "<p>protected</p>\n");
     }
     // A CGI known as one only from its name (mod_mime, after
@@ -123,7 +137,10 @@ ScriptAlias /admin/ {{ROOT}}/cgi-bin/
 
 /// Signs in on `h`; returns the cookie pair of the new session.
 fn sign_in(h: &Httpd, user: &str, role: &str) -> String {
-    let r = get(&h.url(&format!("/cgi-bin/login.cgi?user={user}&role={role}")), &[]);
+    let r = get(
+        &h.url(&format!("/cgi-bin/login.cgi?user={user}&role={role}")),
+        &[],
+    );
     assert_eq!(r.status, 200, "{r:?}");
     r.cookie_pair()
 }
@@ -169,15 +186,27 @@ fn visitors_sign_in_and_come_back_as_their_user() {
     let away = get(&h.url("/private/page.html?tab=2&x=a%20b"), &[]);
     assert_eq!(away.status, 302, "{away:?}");
     let location = away.header("location").expect("a Location").to_string();
-    assert!(location.starts_with("/cgi-bin/login.cgi?return="), "{location}");
+    assert!(
+        location.starts_with("/cgi-bin/login.cgi?return="),
+        "{location}"
+    );
     assert_eq!(return_of(&location), "/private/page.html?tab=2&x=a%20b");
-    assert!(away.set_cookie().is_none(), "a static file makes no session");
+    assert!(
+        away.set_cookie().is_none(),
+        "a static file makes no session"
+    );
     let login = get(&h.url(&location), &[]);
-    assert_eq!(login.body.trim(), "login page, return=%2Fprivate%2Fpage.html%3Ftab%3D2%26x%3Da%2520b");
+    assert_eq!(
+        login.body.trim(),
+        "login page, return=%2Fprivate%2Fpage.html%3Ftab%3D2%26x%3Da%2520b"
+    );
 
     let cookie = sign_in(&h, "ann", "");
     let page = get_with_cookie(&h.url("/private/page.html"), &cookie);
-    assert_eq!((page.status, page.body.as_str()), (200, "<p>protected</p>\n"));
+    assert_eq!(
+        (page.status, page.body.as_str()),
+        (200, "<p>protected</p>\n")
+    );
     let who = get_with_cookie(&h.url("/private/cgi/who.cgi"), &cookie);
     assert_eq!(who.status, 200, "{who:?}");
     assert_eq!(who.env("REMOTE_USER").as_deref(), Some("ann"));
@@ -200,12 +229,18 @@ fn visitors_sign_in_and_come_back_as_their_user() {
 
     // A value that cannot be a user name is not used, and is logged.
     let odd = sign_in(&h, "a%0Db", "");
-    assert_eq!(get_with_cookie(&h.url("/private/page.html"), &odd).status, 302);
+    assert_eq!(
+        get_with_cookie(&h.url("/private/page.html"), &odd).status,
+        302
+    );
     wait_for("RS0110", Duration::from_secs(10), || {
         h.error_log().contains("RS0110").then_some(())
     });
     let long = sign_in(&h, &"x".repeat(300), "");
-    assert_eq!(get_with_cookie(&h.url("/private/page.html"), &long).status, 302);
+    assert_eq!(
+        get_with_cookie(&h.url("/private/page.html"), &long).status,
+        302
+    );
 }
 
 #[test]
@@ -241,7 +276,11 @@ fn require_rsession_grants_denies_and_combines_with_other_providers() {
     // RSessionLockTimeout is 5 s).
     let started = Instant::now();
     let refused = get_with_cookie(&h.url("/admin/who.cgi"), &user);
-    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
     assert_eq!(refused.status, 403, "{refused:?}");
     assert_eq!(refused.env("RSESSION_ID"), Some(id_of(&user)));
     assert_eq!(refused.env("REMOTE_USER").as_deref(), Some("bob"));
@@ -249,12 +288,18 @@ fn require_rsession_grants_denies_and_combines_with_other_providers() {
     // Not signed in: asked to sign in, not refused.
     let anonymous = get(&h.url("/admin/who.cgi"), &[]);
     assert_eq!(anonymous.status, 302, "{anonymous:?}");
-    assert_eq!(return_of(anonymous.header("location").unwrap()), "/admin/who.cgi");
+    assert_eq!(
+        return_of(anonymous.header("location").unwrap()),
+        "/admin/who.cgi"
+    );
 
     // <RequireAny>: an address that does not match leaves it to the session.
     assert_eq!(get_with_cookie(&h.url("/either/"), &admin).status, 200);
     assert_eq!(get_with_cookie(&h.url("/either/"), &user).status, 403);
     assert_eq!(get(&h.url("/either/"), &[]).status, 403);
+    // The session is there for every provider, `Require expr` included.
+    assert_eq!(get_with_cookie(&h.url("/expr/"), &admin).status, 200);
+    assert_eq!(get_with_cookie(&h.url("/expr/"), &user).status, 403);
     // One that matches grants without any session.
     assert_eq!(get(&h.url("/local/"), &[]).status, 200);
     assert_eq!(get_with_cookie(&h.url("/local/"), &user).status, 200);
@@ -267,7 +312,9 @@ fn require_rsession_lines_are_checked_at_startup() {
     assert!(err.contains("Require rsession"), "{err}");
     let err = harness::check_config("<Location /x>\n  Require rsession\n</Location>").unwrap_err();
     assert!(err.contains("at least one"), "{err}");
-    let err = harness::check_config("<Location /x>\n  RSessionLoginURL //evil.example/\n</Location>").unwrap_err();
+    let err =
+        harness::check_config("<Location /x>\n  RSessionLoginURL //evil.example/\n</Location>")
+            .unwrap_err();
     assert!(err.contains("RSessionLoginURL"), "{err}");
 }
 
@@ -313,7 +360,10 @@ fn login_redirects_never_leave_the_site() {
         }
         redirected += 1;
         let location = location.unwrap_or_else(|| panic!("{target}: no Location\n{head}"));
-        assert!(location.starts_with("/cgi-bin/login.cgi?return="), "{target}: {location}");
+        assert!(
+            location.starts_with("/cgi-bin/login.cgi?return="),
+            "{target}: {location}"
+        );
         let back = return_of(&location);
         assert!(back.starts_with('/'), "{target}: return={back:?}");
         let mut decoded = back.clone();
@@ -322,7 +372,10 @@ fn login_redirects_never_leave_the_site() {
                 !decoded.starts_with("//") && !decoded.starts_with("/\\"),
                 "{target}: return={back:?} leaves the site"
             );
-            assert!(!decoded.chars().any(|c| c.is_control()), "{target}: {back:?}");
+            assert!(
+                !decoded.chars().any(|c| c.is_control()),
+                "{target}: {back:?}"
+            );
             decoded = percent_decode(&decoded);
         }
     }
@@ -340,7 +393,11 @@ fn parallel_increments_under_authtype_rsession_lose_nothing() {
             let cookie = &cookie;
             let h = &h;
             s.spawn(move || {
-                let path = if t % 2 == 0 { "/private/cgi/counter.cgi" } else { "/private/h/counter.cgi" };
+                let path = if t % 2 == 0 {
+                    "/private/cgi/counter.cgi"
+                } else {
+                    "/private/h/counter.cgi"
+                };
                 for _ in 0..10 {
                     let r = get_with_cookie(&h.url(path), cookie);
                     assert_eq!(r.status, 200, "{r:?}");
@@ -374,7 +431,9 @@ fn log_out_everywhere_ends_every_session_of_the_user_in_the_file_store() {
     }
     assert!(signed_in(&h, &bob), "other users are untouched");
     wait_for("RS0113", Duration::from_secs(10), || {
-        h.error_log().contains("ended 2 other session(s)").then_some(())
+        h.error_log()
+            .contains("ended 2 other session(s)")
+            .then_some(())
     });
     // Nothing of ann is left in the index; bob's entry is.
     let index = h.path("logs/rsession/users");
@@ -402,7 +461,11 @@ fn log_out_everywhere_reaches_every_server_sharing_redis() {
     let store = format!("RSessionStore {}", redis.url("auth:"));
     let a = site(&store, free_port());
     let b = site(&store, free_port());
-    let ann = [sign_in(&a, "ann", ""), sign_in(&b, "ann", ""), sign_in(&a, "ann", "")];
+    let ann = [
+        sign_in(&a, "ann", ""),
+        sign_in(&b, "ann", ""),
+        sign_in(&a, "ann", ""),
+    ];
     let bob = sign_in(&b, "bob", "");
     for c in &ann {
         assert!(signed_in(&a, c) && signed_in(&b, c), "sessions are shared");
@@ -414,7 +477,10 @@ fn log_out_everywhere_reaches_every_server_sharing_redis() {
         assert!(!signed_in(&a, c), "a session of ann survived on A");
         assert_eq!(redis.cmd(&["EXISTS", &format!("auth:{}", id_of(c))]), ":0");
     }
-    assert!(signed_in(&b, &bob) && signed_in(&a, &bob), "other users are untouched");
+    assert!(
+        signed_in(&b, &bob) && signed_in(&a, &bob),
+        "other users are untouched"
+    );
     let sets = redis.cmd(&["KEYS", "auth:user:*"]);
     assert_eq!(sets.lines().count(), 1, "only bob's index is left: {sets}");
 }

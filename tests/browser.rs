@@ -245,11 +245,15 @@ fn the_demo_works_in_a_real_browser() {
     b.type_into("input[name=user]", "Ann");
     b.type_into("input[name=password]", "wrong");
     b.click("#login");
-    b.text_when("body", "the refusal", |t| t.contains("Wrong name or password"));
+    b.text_when("body", "the refusal", |t| {
+        t.contains("Wrong name or password")
+    });
     b.type_into("input[name=user]", "Ann");
     b.type_into("input[name=password]", "demo");
     b.click("#login");
-    b.text_when("#members", "the members page", |t| t.contains("Members only"));
+    b.text_when("#members", "the members page", |t| {
+        t.contains("Members only")
+    });
     b.go(&format!("{site}private/app/"));
     assert_eq!(
         b.text_when("#remote-user", "the proxied app", |t| !t.is_empty()),

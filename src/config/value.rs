@@ -148,7 +148,9 @@ pub fn scope_name(directive: &str, value: &str) -> Result<String, ConfigError> {
 /// A session data key (`RSessionUser`): printable, no spaces, at most
 /// 255 bytes.
 pub fn data_key(directive: &str, value: &str) -> Result<String, ConfigError> {
-    let ok = !value.is_empty() && value.len() <= 255 && !value.chars().any(|c| c.is_control() || c.is_whitespace());
+    let ok = !value.is_empty()
+        && value.len() <= 255
+        && !value.chars().any(|c| c.is_control() || c.is_whitespace());
     if !ok {
         return Err(ConfigError::new(
             directive,

@@ -395,12 +395,8 @@ impl<'r> Request<'r> {
         self.state_at(PEEK_KEY)
     }
 
-    fn state_at(
-        &self,
-        key: &CStr,
-    ) -> Option<&'r std::cell::RefCell<crate::hooks::RequestState>> {
-        let p = self.pool().userdata(key)
-            as *const std::cell::RefCell<crate::hooks::RequestState>;
+    fn state_at(&self, key: &CStr) -> Option<&'r std::cell::RefCell<crate::hooks::RequestState>> {
+        let p = self.pool().userdata(key) as *const std::cell::RefCell<crate::hooks::RequestState>;
         // SAFETY: only `set_state_at` stores under these keys, always a
         // RefCell<RequestState> attached to this same pool, so it lives as
         // long as the pool (and so for 'r).

@@ -851,7 +851,9 @@ mod tests {
         let (_d, s) = store();
         let key = crate::auth::user_index_key("scope", "ann");
         let other = crate::auth::user_index_key("scope", "bob");
-        let ids: Vec<SessionId> = (0..10_000).map(|_| SessionId::generate().unwrap()).collect();
+        let ids: Vec<SessionId> = (0..10_000)
+            .map(|_| SessionId::generate().unwrap())
+            .collect();
         for id in &ids {
             s.create(id, &Record::new(10, 60, 0)).unwrap();
             s.add(&key, id).unwrap();
@@ -884,7 +886,10 @@ mod tests {
         r.scope = "sc".into();
         r.user = Some("ann".into());
         let key = crate::auth::user_index_key("sc", "ann");
-        let (expired, stale) = (SessionId::generate().unwrap(), SessionId::generate().unwrap());
+        let (expired, stale) = (
+            SessionId::generate().unwrap(),
+            SessionId::generate().unwrap(),
+        );
         s.create(&expired, &r).unwrap();
         s.add(&key, &expired).unwrap();
         s.add(&key, &stale).unwrap();

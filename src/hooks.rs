@@ -864,11 +864,21 @@ fn resolve_early(r: Request<'_>, dir: &DirConfig) -> Result<(), c_int> {
 }
 
 /// `RSessionUser`: the session's user becomes `r->user`, if it is a
-/// plausible name.
+/// plausible name. Not under another module's AuthType (Basic, Digest,
+/// form): that module authenticates there, and a session must not let
+/// anyone past it.
 fn set_user(r: Request<'_>, dir: &DirConfig, session: &ActiveSession) {
     let Some(key) = dir.user_key() else {
         return;
     };
+    if r.auth_type().is_some() && !is_rsession_auth(r) {
+        rlog!(
+            r,
+            Level::Debug,
+            "another AuthType authenticates here: the session's user is not the request's"
+        );
+        return;
+    }
     match crate::auth::user_of(session.data(), key) {
         None => {}
         Some(Ok(user)) => {
@@ -944,7 +954,7 @@ pub fn authz_check(r: Request<'_>, terms: &[crate::auth::Term]) -> c_int {
     let Some(dir) = r.dir_config() else {
         return AUTHZ_DENIED;
     };
-    if dir.enabled() && decision_state(r).is_none() {
+    if dir.enabled() && !dir.needs_early_session() && decision_state(r).is_none() {
         // The section was not marked at startup (no config vector to
         // mark): resolve now.
         if resolve_early(r, dir).is_err() {

@@ -35,10 +35,12 @@ const LOGOUT_ALL_CGI: &str = r#"#!/bin/sh
 printf 'Content-Type: text/plain\nX-RSession: invalidate-user\n\nsigned out everywhere\n'
 "#;
 
-const MODULES: [&str; 5] = [
+const MODULES: [&str; 7] = [
     "authn_core",
     "authz_user",
     "authz_host",
+    "auth_basic",
+    "authn_file",
     "proxy",
     "proxy_http",
 ];
@@ -93,6 +95,13 @@ ScriptAlias /admin/ {{ROOT}}/cgi-bin/
   Options +ExecCGI
   AddHandler cgi-script .cgi
 </Directory>
+<Location /basic/>
+  AuthType Basic
+  AuthName basic
+  AuthBasicProvider file
+  AuthUserFile {{ROOT}}/htpasswd
+  Require valid-user
+</Location>
 <Location /expr/>
   Require expr "%{{env:RSESSION_DATA}} =~ /role=admin/"
 </Location>
@@ -117,6 +126,7 @@ ScriptAlias /admin/ {{ROOT}}/cgi-bin/
         "either/index.html",
         "local/index.html",
         "expr/index.html",
+        "basic/index.html",
     ] {
         h.htdoc(page, "<p>protected</p>\n");
     }
@@ -300,6 +310,13 @@ fn require_rsession_grants_denies_and_combines_with_other_providers() {
     // The session is there for every provider, `Require expr` included.
     assert_eq!(get_with_cookie(&h.url("/expr/"), &admin).status, 200);
     assert_eq!(get_with_cookie(&h.url("/expr/"), &user).status, 403);
+    // Under another AuthType the session's user lets nobody past it.
+    let basic = get_with_cookie(&h.url("/basic/"), &admin);
+    assert_eq!(basic.status, 401, "{basic:?}");
+    assert!(basic
+        .header("www-authenticate")
+        .unwrap()
+        .starts_with("Basic"));
     // One that matches grants without any session.
     assert_eq!(get(&h.url("/local/"), &[]).status, 200);
     assert_eq!(get_with_cookie(&h.url("/local/"), &user).status, 200);

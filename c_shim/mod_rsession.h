@@ -43,4 +43,10 @@ APR_DECLARE_OPTIONAL_FN(apr_status_t, rsession_invalidate, (request_rec *r));
 /* New id and cookie, same data, scratch directory moved, old id dead. */
 APR_DECLARE_OPTIONAL_FN(apr_status_t, rsession_regenerate, (request_rec *r));
 
+/* "Log out everywhere": at the end of the request, end every session whose
+ * RSessionUser key holds this session's user, this one included (in a
+ * shared store, on every server). APR_ENOENT without a session,
+ * APR_EGENERAL once the session has been saved or for a static file. */
+APR_DECLARE_OPTIONAL_FN(apr_status_t, rsession_invalidate_user, (request_rec *r));
+
 #endif /* MOD_RSESSION_H */

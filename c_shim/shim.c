@@ -9,6 +9,7 @@
 #include "http_request.h"
 #include "util_filter.h"
 #include "mpm_common.h"
+#include "mod_auth.h"
 #include "mod_rsession.h"
 #include "mod_status.h"
 #include "shim_buckets.h"
@@ -34,6 +35,28 @@ const char *rsession_get(request_rec *r, const char *key);
 apr_status_t rsession_set(request_rec *r, const char *key, const char *value);
 apr_status_t rsession_invalidate(request_rec *r);
 apr_status_t rsession_regenerate(request_rec *r);
+apr_status_t rsession_invalidate_user(request_rec *r);
+int rsession_access_checker(request_rec *r);
+int rsession_check_authn(request_rec *r);
+int rsession_note_auth_failure(request_rec *r, const char *auth_type);
+int rsession_authz_check(request_rec *r, const char *require_line, const void *parsed);
+const char *rsession_authz_parse(cmd_parms *cmd, const char *require_line, const void **parsed);
+
+/* The Rust side returns authz_status values as plain ints. */
+_Static_assert(AUTHZ_DENIED == 0 && AUTHZ_GRANTED == 1 && AUTHZ_GENERAL_ERROR == 3
+               && AUTHZ_DENIED_NO_USER == 4, "authz_status values");
+
+static authz_status rsession_authz_trampoline(request_rec *r, const char *require_line,
+                                              const void *parsed)
+{
+    return (authz_status)rsession_authz_check(r, require_line, parsed);
+}
+
+/* `Require rsession KEY[=VALUE] ...` */
+static const authz_provider rsession_authz_provider = {
+    &rsession_authz_trampoline,
+    &rsession_authz_parse,
+};
 
 /* Added to requests by handle: adding by name lowercases and looks the
  * name up on every request. */
@@ -92,6 +115,7 @@ void rsession_brigade_append(apr_bucket_brigade *bb, apr_bucket *e)
  * and .htaccess under AllowOverride AuthConfig. */
 #define RS_SV   RSRC_CONF
 #define RS_SVDH (RSRC_CONF | ACCESS_CONF | OR_AUTHCFG)
+#define RS_DH   (ACCESS_CONF | OR_AUTHCFG)
 #define RS_TAKE1(name, where, help) AP_INIT_TAKE1(name, rsession_cmd_take1, NULL, where, help)
 
 const command_rec rsession_cmds[] = {
@@ -121,6 +145,8 @@ const command_rec rsession_cmds[] = {
     RS_TAKE1("RSessionCreate", RS_SVDH, "OnWrite|Always: keep a new session only once a request writes to it, or always (default OnWrite)"),
     RS_TAKE1("RSessionScope", RS_SV, "name sessions are bound to: a cookie from another scope gets a fresh session (default: the server's ServerName)"),
     RS_TAKE1("RSessionMaxSessions", RS_SV, "live sessions per store beyond which requests that would keep a new one get 503; 0 = no ceiling (default 0)"),
+    RS_TAKE1("RSessionUser", RS_SVDH, "session data key whose value becomes the request's user (REMOTE_USER, %u, Require user) before authorization (default unset)"),
+    RS_TAKE1("RSessionLoginURL", RS_DH, "with AuthType RSession: where visitors without a user are sent (302, the original URL in ?return=); unset: 401"),
     RS_TAKE1("RSessionGCInterval", RS_SV, "seconds between background sweeps of expired sessions; 0 disables (default 60)"),
     { NULL }
 };
@@ -128,7 +154,6 @@ const command_rec rsession_cmds[] = {
 /* The table of contents: what mod_rsession does, and when. */
 void rsession_register_hooks(apr_pool_t *p)
 {
-    (void)p;
     ap_hook_post_config(rsession_post_config, NULL, NULL, APR_HOOK_MIDDLE);
     /* The sweeper thread starts in each child, never in the parent. */
     ap_hook_child_init(rsession_child_init, NULL, NULL, APR_HOOK_MIDDLE);
@@ -150,6 +175,17 @@ void rsession_register_hooks(apr_pool_t *p)
      * connection's filters; this one sits above TLS, so it sees plain text. */
     rsession_interim_filter_handle =
         ap_register_output_filter("RSESSION_INTERIM", rsession_interim_filter, NULL, AP_FTYPE_CONNECTION);
+    /* RSessionUser, AuthType RSession and Require rsession: the session is
+     * resolved in the first auth phase, so r->user is set before
+     * mod_authz_core looks at any Require line. Per conf: subrequests and
+     * redirects with the same config skip the phases (and share r->user). */
+    ap_hook_check_access(rsession_access_checker, NULL, NULL, APR_HOOK_FIRST,
+                         AP_AUTH_INTERNAL_PER_CONF);
+    ap_hook_check_authn(rsession_check_authn, NULL, NULL, APR_HOOK_MIDDLE,
+                        AP_AUTH_INTERNAL_PER_CONF);
+    ap_hook_note_auth_failure(rsession_note_auth_failure, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_register_auth_provider(p, AUTHZ_PROVIDER_GROUP, "rsession", AUTHZ_PROVIDER_VERSION,
+                              &rsession_authz_provider, AP_AUTH_INTERNAL_PER_CONF);
     ap_hook_handler(rsession_status_handler, NULL, NULL, APR_HOOK_MIDDLE);
     /* Our section of /server-status; called only when mod_status is loaded. */
     APR_OPTIONAL_HOOK(ap, status_hook, rsession_status_hook, NULL, NULL, APR_HOOK_MIDDLE);
@@ -159,4 +195,5 @@ void rsession_register_hooks(apr_pool_t *p)
     APR_REGISTER_OPTIONAL_FN(rsession_set);
     APR_REGISTER_OPTIONAL_FN(rsession_invalidate);
     APR_REGISTER_OPTIONAL_FN(rsession_regenerate);
+    APR_REGISTER_OPTIONAL_FN(rsession_invalidate_user);
 }

@@ -46,7 +46,7 @@ pub fn update_header(data: &[u8]) {
                 assert!(!pairs.is_empty() && pairs.iter().all(|(k, _)| !k.is_empty()))
             }
             Command::Unset(keys) => assert!(!keys.is_empty() && keys.iter().all(|k| !k.is_empty())),
-            Command::Invalidate | Command::Regenerate => {}
+            Command::Invalidate | Command::Regenerate | Command::InvalidateUser => {}
         }
     }
 }

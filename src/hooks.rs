@@ -245,6 +245,22 @@ pub fn fixups(r: Request<'_>) -> c_int {
         .unset_where(crate::expose::is_reserved_request_header);
 
     let initial = r.initial();
+    if r.as_ptr() == initial.as_ptr() && !r.is_static_file() && is_peeked(initial) {
+        // Authorization looked at the session as a static file's, but the
+        // handler found since is not the core's: the handler gets the
+        // session locked, as everywhere else.
+        if let Some(runtime) = r.server_state().runtime.get() {
+            if let Err(status) = spool_body(r, dir, runtime) {
+                return status;
+            }
+            let fresh = begin(r, dir, runtime);
+            if let Some(state) = initial.session_state() {
+                if let Ok(mut state) = state.try_borrow_mut() {
+                    *state = fresh;
+                }
+            }
+        }
+    }
     let state = match initial.session_state() {
         Some(state) => state,
         None => {
@@ -669,6 +685,14 @@ fn save(r: Request<'_>, rs: &mut RequestSession) -> FirstOutput {
     let result = rs.session.finish(&rs.runtime, &rs.dir, now());
     log_outcome(r, &rs.session);
     r.interim_watch().disarm(r.initial());
+    if rs.session.ended_others() > 0 {
+        rlog!(
+            r,
+            Level::Info,
+            "RS0113 session {short}...: invalidate-user ended {} other session(s) of its user",
+            rs.session.ended_others()
+        );
+    }
     let e = match result {
         Ok(Some(change)) => {
             set_cookie(r, rs, &change);
@@ -861,6 +885,218 @@ pub fn status_section(r: Request<'_>, short: bool) -> c_int {
     OK
 }
 
+// ---- authentication and authorization --------------------------------------
+
+/// The `AuthType` this module answers for.
+pub const AUTH_TYPE: &str = "RSession";
+
+/// `authz_status` values (checked against mod_auth.h in shim.c).
+pub const AUTHZ_DENIED: c_int = 0;
+pub const AUTHZ_GRANTED: c_int = 1;
+pub const AUTHZ_GENERAL_ERROR: c_int = 3;
+pub const AUTHZ_DENIED_NO_USER: c_int = 4;
+
+fn is_rsession_auth(r: Request<'_>) -> bool {
+    r.auth_type()
+        .is_some_and(|t| t.eq_ignore_ascii_case(AUTH_TYPE))
+}
+
+/// Whether the chain's session was taken read-only (a static file's),
+/// i.e. without its lock.
+fn is_peeked(initial: Request<'_>) -> bool {
+    initial.session_state().is_some_and(|s| {
+        s.try_borrow()
+            .is_ok_and(|s| matches!(&*s, RequestState::Active(rs) if rs.session.is_read_only()))
+    })
+}
+
+/// The first auth phase. Wherever `RSessionUser`, `AuthType RSession` or
+/// `Require rsession` is in use, the chain's session is resolved here,
+/// once, as fixups would otherwise do (a static file's read-only and
+/// without waiting, anything else locked), so that `r->user`, the
+/// notes and the environment are there for every Require line.
+/// Elsewhere this costs one config lookup.
+pub fn access_checker(r: Request<'_>) -> c_int {
+    let Some(dir) = r.dir_config() else {
+        return DECLINED;
+    };
+    if !dir.enabled() || !(dir.needs_early_session() || is_rsession_auth(r)) {
+        return DECLINED;
+    }
+    match resolve_early(r, dir) {
+        Ok(()) => DECLINED,
+        Err(status) => status,
+    }
+}
+
+/// Resolves (or reuses) the session of `r`'s chain before authorization,
+/// sets the user and exposes the session. A subrequest that comes before
+/// its chain has a session (a lookup from another location's handler)
+/// only looks, read-only, for its own decision.
+fn resolve_early(r: Request<'_>, dir: &DirConfig) -> Result<(), c_int> {
+    r.headers_in()
+        .unset_where(crate::expose::is_reserved_request_header);
+    let Some(runtime) = r.server_state().runtime.get() else {
+        rlog!(
+            r,
+            Level::Err,
+            "RS0003 sessions are not initialised for this server; request served without one"
+        );
+        return Ok(());
+    };
+    let initial = r.initial();
+    if initial.session_state().is_none() && r.is_main() {
+        if r.is_static_file() {
+            if let Some(state) = begin_static(r, dir, runtime) {
+                initial.set_session_state(state);
+            }
+        } else {
+            // Only a client with a validly signed cookie has its body read
+            // before it is authorized.
+            if !cookie_candidates(r, dir, runtime).signed.is_empty() {
+                spool_body(r, dir, runtime)?;
+            }
+            initial.set_session_state(begin(r, dir, runtime));
+        }
+    }
+    let state = match initial.session_state() {
+        Some(state) => state,
+        None if r.is_main() => return Ok(()),
+        None => match r.session_peek() {
+            Some(peek) => peek,
+            None => match begin_static(r, dir, runtime) {
+                Some(state) => r.set_session_peek(state),
+                None => return Ok(()),
+            },
+        },
+    };
+    let Ok(state) = state.try_borrow() else {
+        return Ok(());
+    };
+    match &*state {
+        RequestState::Active(rs) => {
+            set_user(r, dir, &rs.session);
+            expose(r, dir, &rs.session);
+            Ok(())
+        }
+        RequestState::Failed(status) if r.as_ptr() == initial.as_ptr() => Err(*status),
+        RequestState::Failed(_) => Ok(()),
+    }
+}
+
+/// `RSessionUser`: the session's user becomes `r->user`, if it is a
+/// plausible name. Not under another module's AuthType (Basic, Digest,
+/// form): that module authenticates there, and a session must not let
+/// anyone past it.
+fn set_user(r: Request<'_>, dir: &DirConfig, session: &ActiveSession) {
+    let Some(key) = dir.user_key() else {
+        return;
+    };
+    if r.auth_type().is_some() && !is_rsession_auth(r) {
+        rlog!(
+            r,
+            Level::Debug,
+            "another AuthType authenticates here: the session's user is not the request's"
+        );
+        return;
+    }
+    match crate::auth::user_of(session.data(), key) {
+        None => {}
+        Some(Ok(user)) => {
+            r.set_user(user);
+            if is_rsession_auth(r) {
+                r.set_auth_type_name(AUTH_TYPE);
+            }
+        }
+        Some(Err(why)) => rlog!(
+            r,
+            Level::Warning,
+            "RS0110 session {}...: the value under RSessionUser key '{key}' is not used as the user: {why}",
+            session.id().short()
+        ),
+    }
+}
+
+/// The session `r`'s authorization looks at: its chain's, or the one a
+/// subrequest looked at on its own.
+fn decision_state(r: Request<'_>) -> Option<&std::cell::RefCell<RequestState>> {
+    r.initial().session_state().or_else(|| r.session_peek())
+}
+
+/// check_authn for `AuthType RSession`. It runs only when a Require line
+/// needs a user that the session did not provide: the visitor is sent to
+/// `RSessionLoginURL` (with where it was going), else answered 401.
+pub fn check_authn(r: Request<'_>) -> c_int {
+    if !is_rsession_auth(r) {
+        return DECLINED;
+    }
+    if r.user().is_some() {
+        return OK;
+    }
+    let Some(dir) = r.dir_config() else {
+        return sys::HTTP_UNAUTHORIZED as c_int;
+    };
+    if !dir.enabled() {
+        rlog!(
+            r,
+            Level::Warning,
+            "RS0112 AuthType RSession where RSession is Off: nobody can sign in here"
+        );
+    } else if dir.user_key().is_none() {
+        rlog!(
+            r,
+            Level::Warning,
+            "RS0111 AuthType RSession without RSessionUser: nobody can sign in here"
+        );
+    }
+    // No cache may keep a redirect or refusal meant for this visitor.
+    r.err_headers_out().set("Cache-Control", "no-store");
+    let Some(login) = dir.login_url() else {
+        rlog!(r, Level::Debug, "no user in the session: answering 401");
+        r.err_headers_out().set("WWW-Authenticate", AUTH_TYPE);
+        return sys::HTTP_UNAUTHORIZED as c_int;
+    };
+    let (path, query) = r.initial().request_path_and_query();
+    let location =
+        crate::auth::login_location(login, path.as_deref().unwrap_or("/"), query.as_deref());
+    rlog!(
+        r,
+        Level::Debug,
+        "no user in the session: sending the visitor to {login}"
+    );
+    r.headers_out().set("Location", &location);
+    sys::HTTP_MOVED_TEMPORARILY as c_int
+}
+
+/// `Require rsession KEY[=VALUE] …`: granted when every term holds in the
+/// session's data. Without a user under `AuthType RSession`, a refusal
+/// asks for one (the visitor is sent to sign in); otherwise it is final.
+pub fn authz_check(r: Request<'_>, terms: &[crate::auth::Term]) -> c_int {
+    let Some(dir) = r.dir_config() else {
+        return AUTHZ_DENIED;
+    };
+    if dir.enabled() && !dir.needs_early_session() && decision_state(r).is_none() {
+        // The section was not marked at startup (no config vector to
+        // mark): resolve now.
+        if resolve_early(r, dir).is_err() {
+            return AUTHZ_GENERAL_ERROR;
+        }
+    }
+    let holds = decision_state(r).is_some_and(|state| {
+        state.try_borrow().is_ok_and(|s| match &*s {
+            RequestState::Active(rs) => crate::auth::require_holds(terms, rs.session.data()),
+            RequestState::Failed(_) => false,
+        })
+    });
+    if holds {
+        return AUTHZ_GRANTED;
+    }
+    if r.user().is_none() && is_rsession_auth(r) {
+        return AUTHZ_DENIED_NO_USER;
+    }
+    AUTHZ_DENIED
+}
+
 // ---- C API -----------------------------------------------------------------
 
 /// Runs `f` on the session of the request's chain, if it has one.
@@ -913,6 +1149,14 @@ pub fn api_set(r: Request<'_>, key: &str, value: Option<&str>) -> sys::apr_statu
 
 pub fn api_invalidate(r: Request<'_>) -> sys::apr_status_t {
     with_session(r, |rs| match rs.session.invalidate() {
+        Ok(()) => sys::STATUS_SUCCESS,
+        Err(_) => sys::STATUS_EGENERAL,
+    })
+    .unwrap_or(sys::STATUS_ENOENT)
+}
+
+pub fn api_invalidate_user(r: Request<'_>) -> sys::apr_status_t {
+    with_session(r, |rs| match rs.session.request_invalidate_user() {
         Ok(()) => sys::STATUS_SUCCESS,
         Err(_) => sys::STATUS_EGENERAL,
     })

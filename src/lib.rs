@@ -11,6 +11,7 @@
 // much of the rest.
 #![cfg_attr(any(test, not(feature = "host")), allow(dead_code))]
 
+mod auth;
 mod body;
 mod config;
 mod cookie;

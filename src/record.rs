@@ -35,6 +35,11 @@ pub struct Record {
     /// valid nowhere).
     #[serde(rename = "s", default)]
     pub scope: String,
+    /// The user (`RSessionUser`) the session was last stored under, so
+    /// whoever removes the record (a sweeper included) can remove it from
+    /// that user's index without the request's config.
+    #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     #[serde(rename = "d")]
     pub data: Data,
 }
@@ -49,6 +54,7 @@ impl Record {
             max_lifetime,
             grace: 0,
             scope: String::new(),
+            user: None,
             data: Data::new(),
         }
     }

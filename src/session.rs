@@ -2,6 +2,7 @@
 //! create), apply the handler's changes, save, unlock. `hooks` calls these
 //! with plain values and writes the results back into the request.
 
+use crate::auth::user_index_key;
 use crate::config::DirConfig;
 use crate::cookie::Candidates;
 use crate::generation::Runtime;
@@ -131,6 +132,34 @@ pub struct ActiveSession {
     cookie: Option<CookieChange>,
     lock: Option<SessionLock>,
     outcome: Outcome,
+    /// The user the stored record is indexed under (`Record::user` as
+    /// loaded, then as last written).
+    stored_user: Option<String>,
+    /// `invalidate-user`: end every session of this session's user.
+    invalidate_user: bool,
+    /// How many other sessions `invalidate-user` ended.
+    ended_others: u64,
+}
+
+/// Most sessions of a user listed at once by `invalidate-user`.
+const USER_SESSIONS_BATCH: usize = 100_000;
+
+/// Best effort: the entry of a session whose record is gone is dropped by
+/// the next listing or sweep anyway.
+fn unindex(rt: &Runtime, user: Option<&str>, id: &SessionId) {
+    if let (Some(index), Some(user)) = (rt.store.user_index(), user) {
+        let _ = index.remove(&user_index_key(&rt.scope, user), id);
+    }
+}
+
+/// Adds `id` to its user's index, before its record names that user: a
+/// failure leaves an extra entry at worst, never a session the index
+/// cannot find.
+fn index(rt: &Runtime, user: Option<&str>, id: &SessionId) -> Result<(), SessionError> {
+    if let (Some(index), Some(user)) = (rt.store.user_index(), user) {
+        index.add(&user_index_key(&rt.scope, user), id)?;
+    }
+    Ok(())
 }
 
 /// Takes the lock of a session that nobody else knows yet (when locking is
@@ -241,6 +270,7 @@ impl ActiveSession {
                 // than leave it to the sweeper.
                 rt.store
                     .delete(id, lock.as_ref().and_then(SessionLock::fence))?;
+                unindex(rt, record.user.as_deref(), id);
                 let _ = rt.scratch.remove(id);
                 rt.stats.bump(Counter::Expired);
                 rt.stats.sessions_removed(1);
@@ -261,6 +291,7 @@ impl ActiveSession {
             };
             return Ok(ActiveSession {
                 id: *id,
+                stored_user: record.user.clone(),
                 record,
                 is_new: false,
                 kept: true,
@@ -272,6 +303,8 @@ impl ActiveSession {
                 cookie: None,
                 lock,
                 outcome: Outcome::Unchanged,
+                invalidate_user: false,
+                ended_others: 0,
             });
         }
         rt.stats.add(Counter::RejectedCookies, rejected);
@@ -302,6 +335,9 @@ impl ActiveSession {
             rt.stats.bump(Counter::Resumed);
             return Ok(Some(ActiveSession {
                 id: *id,
+                stored_user: record.user.clone(),
+                invalidate_user: false,
+                ended_others: 0,
                 record,
                 is_new: false,
                 kept: true,
@@ -341,6 +377,9 @@ impl ActiveSession {
             cookie: None,
             lock: None,
             outcome: Outcome::Unchanged,
+            stored_user: None,
+            invalidate_user: false,
+            ended_others: 0,
         };
         if dir.create_always() {
             session.keep(rt, true)?;
@@ -422,7 +461,79 @@ impl ActiveSession {
     /// Whether finishing must write something the handler asked for (data,
     /// a new id, a removal), beyond the access time.
     pub fn has_changes(&self) -> bool {
-        self.data_changed || self.regenerate || self.state == State::Invalidated
+        self.data_changed
+            || self.regenerate
+            || self.invalidate_user
+            || self.state == State::Invalidated
+    }
+
+    /// How many other sessions of this session's user `invalidate-user`
+    /// ended (known once the session is finished).
+    pub fn ended_others(&self) -> u64 {
+        self.ended_others
+    }
+
+    /// `invalidate-user`: at the end of the request, every session of this
+    /// session's user is ended, this one included.
+    pub fn request_invalidate_user(&mut self) -> Result<(), &'static str> {
+        if self.read_only {
+            return Err("a static file sees the session read-only");
+        }
+        match self.state {
+            State::Finished => Err("the session was already saved"),
+            _ => {
+                self.invalidate_user = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// The user the record is to be stored (and indexed) under: the value
+    /// of the location's `RSessionUser` key, if it is a plausible name;
+    /// where no `RSessionUser` is configured, the one stored before.
+    fn user_for_record(&self, dir: &DirConfig) -> Option<String> {
+        match dir.user_key() {
+            Some(key) => crate::auth::user_of(&self.record.data, key)
+                .and_then(Result::ok)
+                .map(str::to_string),
+            None => self.stored_user.clone(),
+        }
+    }
+
+    /// Ends every other session the index lists for this session's user.
+    /// Listed again until a round finds none it has not ended, so a
+    /// session regenerated meanwhile (see `save`) is caught too.
+    fn end_user_sessions(&mut self, rt: &Runtime, dir: &DirConfig) -> Result<(), SessionError> {
+        let user = self
+            .user_for_record(dir)
+            .or_else(|| self.stored_user.clone());
+        let (Some(user), Some(index)) = (user, rt.store.user_index()) else {
+            return Ok(());
+        };
+        let key = user_index_key(&rt.scope, &user);
+        let mut ended = std::collections::HashSet::from([self.id]);
+        for _ in 0..4 {
+            let fresh: Vec<SessionId> = index
+                .sessions(&key, USER_SESSIONS_BATCH)?
+                .into_iter()
+                .filter(|id| !ended.contains(id))
+                .collect();
+            if fresh.is_empty() {
+                break;
+            }
+            for id in fresh {
+                // Not under its lock: a request holding it finds its
+                // session gone when it saves (and answers 503).
+                rt.store.delete(&id, None)?;
+                let _ = rt.scratch.remove(&id);
+                index.remove(&key, &id)?;
+                rt.stats.bump(Counter::Invalidated);
+                rt.stats.sessions_removed(1);
+                self.ended_others += 1;
+                ended.insert(id);
+            }
+        }
+        Ok(())
     }
 
     /// Sets (`Some`) or removes (`None`) one key; refused when the encoded
@@ -479,6 +590,7 @@ impl ActiveSession {
         for cmd in commands {
             let result = match cmd {
                 Command::Invalidate => self.invalidate(),
+                Command::InvalidateUser => self.request_invalidate_user(),
                 _ if server_error => Err("changes sent with a 5xx response are discarded"),
                 Command::Set(pairs) => self.apply_one(max_size, |d| {
                     d.extend(pairs.iter().cloned());
@@ -584,6 +696,10 @@ impl ActiveSession {
                 _ => Ok(()),
             };
         }
+        if self.invalidate_user && self.state != State::Finished {
+            self.end_user_sessions(rt, dir)?;
+            self.state = State::Invalidated;
+        }
         match self.state {
             State::Finished => return Ok(()),
             State::Invalidated if !self.kept => {
@@ -594,6 +710,7 @@ impl ActiveSession {
             }
             State::Invalidated => {
                 rt.store.delete(&self.id, self.fence())?;
+                unindex(rt, self.stored_user.as_deref(), &self.id);
                 let _ = rt.scratch.remove(&self.id);
                 rt.stats.bump(Counter::Invalidated);
                 self.outcome = Outcome::Invalidated;
@@ -615,13 +732,22 @@ impl ActiveSession {
                 return Ok(());
             }
             self.stamp_access(dir, now);
-            self.keep(rt, false)?;
+            let user = self.user_for_record(dir);
+            self.record.user = user.clone();
+            index(rt, user.as_deref(), &self.id)?;
+            if let Err(e) = self.keep(rt, false) {
+                unindex(rt, user.as_deref(), &self.id);
+                return Err(e);
+            }
+            self.stored_user = user;
             rt.stats.bump(Counter::Saved);
             self.outcome = Outcome::Kept;
             if !self.regenerate {
                 return Ok(());
             }
         }
+        let user = self.user_for_record(dir);
+        let user_changed = user != self.stored_user;
         let touch_due =
             stamp(now).saturating_sub(self.record.accessed) >= dir.effective_touch_interval();
         let limits_changed = self.record.idle_timeout != dir.timeout()
@@ -629,12 +755,32 @@ impl ActiveSession {
             || self.record.grace != dir.effective_touch_interval();
         if self.regenerate {
             self.stamp_access(dir, now);
+            self.record.user = user.clone();
             let new_id = create_record(rt, &self.record)?;
-            if let Err(e) = rt.store.delete(&self.id, self.fence()) {
-                // Nobody knows the new id yet: the session stays as it was.
+            // Nobody knows the new id yet: on failure the session stays as
+            // it was.
+            let undo = |e: SessionError| {
                 let _ = rt.store.delete(&new_id, None);
-                return Err(e.into());
+                unindex(rt, user.as_deref(), &new_id);
+                Err(e)
+            };
+            if let Err(e) = index(rt, user.as_deref(), &new_id) {
+                return undo(e);
             }
+            // The new id is listed before the old one is checked: an
+            // invalidate-user that ended the old id meanwhile either ended
+            // it before this check (the new one dies here) or lists again
+            // after and finds the new one.
+            match rt.store.exists(&self.id) {
+                Ok(true) => {}
+                Ok(false) => return undo(SessionError::Store(StoreError::Vanished)),
+                Err(e) => return undo(e.into()),
+            }
+            if let Err(e) = rt.store.delete(&self.id, self.fence()) {
+                return undo(e.into());
+            }
+            unindex(rt, self.stored_user.as_deref(), &self.id);
+            self.stored_user = user;
             if self.scratch_dir.is_some() {
                 self.scratch_dir = Some(
                     rt.scratch
@@ -648,9 +794,22 @@ impl ActiveSession {
             rt.stats.bump(Counter::Regenerated);
             rt.stats.bump(Counter::Saved);
             self.outcome = Outcome::Regenerated(old_id);
-        } else if self.data_changed || touch_due || limits_changed {
+        } else if self.data_changed || touch_due || limits_changed || user_changed {
             self.stamp_access(dir, now);
-            rt.store.save(&self.id, &self.record, self.fence())?;
+            self.record.user = user.clone();
+            if user_changed {
+                index(rt, user.as_deref(), &self.id)?;
+            }
+            if let Err(e) = rt.store.save(&self.id, &self.record, self.fence()) {
+                if user_changed {
+                    unindex(rt, user.as_deref(), &self.id);
+                }
+                return Err(e.into());
+            }
+            if user_changed {
+                unindex(rt, self.stored_user.as_deref(), &self.id);
+            }
+            self.stored_user = user;
             rt.stats.bump(Counter::Saved);
             self.outcome = Outcome::Saved;
         }
@@ -1035,6 +1194,124 @@ mod tests {
         let mut t = start(&f, &Candidates::default(), 1000);
         t.apply(&[Command::Invalidate], 1000, false);
         assert!(t.has_changes());
+    }
+
+    /// The ids the index lists for `user` under the fixture's scope.
+    fn indexed(f: &Fixture, user: &str) -> Vec<SessionId> {
+        let key = user_index_key(&f.rt.scope, user);
+        let mut ids =
+            f.rt.store
+                .user_index()
+                .unwrap()
+                .sessions(&key, 1000)
+                .unwrap();
+        ids.sort_by_key(|id| id.to_string());
+        ids
+    }
+
+    fn signed_in(f: &Fixture, user: &str, now: u64) -> SessionId {
+        let mut s = start(f, &Candidates::default(), now);
+        s.apply(
+            &[Command::Set(vec![("user".into(), user.into())])],
+            1000,
+            false,
+        );
+        s.finish(&f.rt, &f.conf, now).unwrap();
+        *s.id()
+    }
+
+    #[test]
+    fn the_user_index_follows_sign_in_regenerate_sign_out_and_expiry() {
+        let mut f = fixture();
+        f.conf.set("RSessionUser", "user").unwrap();
+        let id = signed_in(&f, "ann", 1000);
+        assert_eq!(indexed(&f, "ann"), vec![id]);
+
+        let mut s = start(&f, &cookies(&f, &id), 1001);
+        s.apply(&[Command::Regenerate], 1000, false);
+        let Some(CookieChange::Set(new)) = s.finish(&f.rt, &f.conf, 1001).unwrap() else {
+            panic!("no new id")
+        };
+        assert_eq!(indexed(&f, "ann"), vec![new], "regenerate moves the entry");
+
+        let mut s = start(&f, &cookies(&f, &new), 1002);
+        s.apply(
+            &[Command::Set(vec![("user".into(), "bob".into())])],
+            1000,
+            false,
+        );
+        s.finish(&f.rt, &f.conf, 1002).unwrap();
+        assert!(indexed(&f, "ann").is_empty());
+        assert_eq!(indexed(&f, "bob"), vec![new], "a new user moves it");
+
+        // A location without RSessionUser leaves the index alone.
+        let mut elsewhere = f.conf.clone();
+        elsewhere.user_key = None;
+        let mut s = ActiveSession::begin(
+            &f.rt,
+            &elsewhere,
+            &cookies(&f, &new),
+            1003,
+            &mut Notes::default(),
+        )
+        .unwrap();
+        s.apply(&[Command::Set(vec![("x".into(), "1".into())])], 1000, false);
+        s.finish(&f.rt, &elsewhere, 1003).unwrap();
+        assert_eq!(indexed(&f, "bob"), vec![new]);
+
+        let mut s = start(&f, &cookies(&f, &new), 1004);
+        s.apply(&[Command::Unset(vec!["user".into()])], 1000, false);
+        s.finish(&f.rt, &f.conf, 1004).unwrap();
+        assert!(indexed(&f, "bob").is_empty(), "signing out drops it");
+
+        let gone = signed_in(&f, "cy", 1005);
+        let mut s = start(&f, &cookies(&f, &gone), 1006);
+        s.invalidate().unwrap();
+        s.finish(&f.rt, &f.conf, 1006).unwrap();
+        assert!(indexed(&f, "cy").is_empty(), "invalidate drops it");
+
+        let expiring = signed_in(&f, "dee", 1007);
+        let later = start(&f, &cookies(&f, &expiring), 2000);
+        assert!(later.is_new());
+        let key = user_index_key(&f.rt.scope, "dee");
+        let dir = f._dir.path().join("store/users").join(&key[..2]).join(&key);
+        assert!(!dir.exists(), "an expired session leaves the index");
+    }
+
+    #[test]
+    fn invalidate_user_ends_every_session_of_the_user_and_no_other() {
+        let mut f = fixture();
+        f.conf.set("RSessionUser", "user").unwrap();
+        let ann: Vec<SessionId> = (0..3).map(|_| signed_in(&f, "ann", 1000)).collect();
+        let bob = signed_in(&f, "bob", 1000);
+        let mut s = start(&f, &cookies(&f, &ann[0]), 1001);
+        s.apply(&[Command::InvalidateUser], 1000, false);
+        assert_eq!(
+            s.finish(&f.rt, &f.conf, 1001).unwrap(),
+            Some(CookieChange::Expire)
+        );
+        assert_eq!(s.ended_others(), 2);
+        for id in &ann {
+            assert!(f.rt.store.load(id).unwrap().is_none());
+            assert!(!f.rt.scratch.path(id).exists());
+        }
+        assert!(indexed(&f, "ann").is_empty());
+        assert!(f.rt.store.load(&bob).unwrap().is_some());
+        assert_eq!(indexed(&f, "bob"), vec![bob]);
+        assert_eq!(f.rt.stats.live(), 1);
+    }
+
+    #[test]
+    fn a_regenerate_racing_invalidate_user_does_not_survive_it() {
+        let mut f = fixture();
+        f.conf.set("RSessionUser", "user").unwrap();
+        let id = signed_in(&f, "ann", 1000);
+        let mut racing = start(&f, &cookies(&f, &id), 1001);
+        racing.apply(&[Command::Regenerate], 1000, false);
+        // invalidate-user elsewhere ends the old id while it is held.
+        f.rt.store.delete(&id, None).unwrap();
+        assert!(racing.finish(&f.rt, &f.conf, 1001).is_err());
+        assert!(indexed(&f, "ann").is_empty(), "no new id survives");
     }
 
     #[test]

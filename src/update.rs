@@ -1,5 +1,5 @@
 //! The update header: `set k=v&k2=v2`, `unset k&k2`, `invalidate`,
-//! `regenerate`, one per header line or joined by commas. A bad command is
+//! `regenerate`, `invalidate-user`, one per header line or joined by commas. A bad command is
 //! a value (`Rejected`), never an error: it is logged and ignored.
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -8,6 +8,8 @@ pub enum Command {
     Unset(Vec<String>),
     Invalidate,
     Regenerate,
+    /// End every session of this session's user (`RSessionUser`).
+    InvalidateUser,
 }
 
 /// Why a command was ignored, for the log line (no values: they may be
@@ -63,9 +65,12 @@ fn parse_command(text: &str) -> Result<Command, Rejected> {
         }
         "invalidate" if args.is_empty() => Ok(Command::Invalidate),
         "regenerate" if args.is_empty() => Ok(Command::Regenerate),
-        "invalidate" | "regenerate" => Err(Rejected("invalidate and regenerate take no arguments")),
+        "invalidate-user" if args.is_empty() => Ok(Command::InvalidateUser),
+        "invalidate" | "regenerate" | "invalidate-user" => Err(Rejected(
+            "invalidate, regenerate and invalidate-user take no arguments",
+        )),
         _ => Err(Rejected(
-            "unknown command (expected set, unset, invalidate or regenerate)",
+            "unknown command (expected set, unset, invalidate, regenerate or invalidate-user)",
         )),
     }
 }
@@ -120,6 +125,16 @@ mod tests {
         assert_eq!(got.len(), 7);
         assert!(got[..6].iter().all(Result::is_err));
         assert_eq!(got[6], Ok(set(&[("ok", "1")])));
+    }
+
+    #[test]
+    fn invalidate_user_takes_no_arguments() {
+        assert_eq!(
+            parse(["set a=1, Invalidate-User"]),
+            vec![Ok(set(&[("a", "1")])), Ok(Command::InvalidateUser)]
+        );
+        assert!(parse(["invalidate-user bob"])[0].is_err());
+        assert!(parse(["invalidate-users"])[0].is_err());
     }
 
     #[test]

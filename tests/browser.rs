@@ -237,9 +237,32 @@ fn the_demo_works_in_a_real_browser() {
     );
     assert!(b.text("#scratch").ends_with(&sid));
 
-    // Sign in: a new id, same data and files.
+    // Members only: Apache sends us to sign in, and back after.
+    b.go(&format!("{site}private/"));
+    b.text_when("#user-none", "the sign-in page", |t| {
+        t.contains("Not signed in")
+    });
     b.type_into("input[name=user]", "Ann");
+    b.type_into("input[name=password]", "wrong");
     b.click("#login");
+    b.text_when("body", "the refusal", |t| {
+        t.contains("Wrong name or password")
+    });
+    b.type_into("input[name=user]", "Ann");
+    b.type_into("input[name=password]", "demo");
+    b.click("#login");
+    b.text_when("#members", "the members page", |t| {
+        t.contains("Members only")
+    });
+    b.go(&format!("{site}private/app/"));
+    assert_eq!(
+        b.text_when("#remote-user", "the proxied app", |t| !t.is_empty()),
+        "Ann",
+        "the proxied app knows the user"
+    );
+
+    // Signed in: a new id, same data and files.
+    b.go(&site);
     assert_eq!(
         b.text_when("#user", "the signed-in page", |t| !t.is_empty()),
         "Ann"
@@ -251,8 +274,8 @@ fn the_demo_works_in_a_real_browser() {
         "the upload moved with the session"
     );
 
-    // Sign out: the session and its files are gone.
-    b.click("#logout");
+    // Log out everywhere: the session and its files are gone.
+    b.click("#logout-all");
     b.text_when("#user-none", "the signed-out page", |t| {
         t.contains("Not signed in")
     });
@@ -263,5 +286,9 @@ fn the_demo_works_in_a_real_browser() {
         scratch.parent().unwrap().is_dir() && !scratch.exists(),
         "the scratch directory went with the session"
     );
+    b.go(&format!("{site}private/"));
+    b.text_when("#user-none", "the sign-in page again", |t| {
+        t.contains("Not signed in")
+    });
     drop(demo);
 }

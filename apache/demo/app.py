@@ -20,6 +20,9 @@ DATA = dict(urllib.parse.parse_qsl(os.environ.get("RSESSION_DATA", ""), keep_bla
 PATH = os.environ.get("PATH_INFO", "/") or "/"
 METHOD = os.environ.get("REQUEST_METHOD", "GET")
 MAX_UPLOAD = 1024 * 1024
+QUERY = dict(urllib.parse.parse_qsl(os.environ.get("QUERY_STRING", ""), keep_blank_values=True))
+# The demo's one password; a real sign-in page asks a user database.
+DEMO_PASSWORD = "demo"
 
 
 def respond(body, status="200 OK", updates=(), location=None):
@@ -34,8 +37,17 @@ def respond(body, status="200 OK", updates=(), location=None):
     out.write(body.encode())
 
 
-def redirect(updates=()):
-    respond("", "303 See Other", updates, location="/")
+def redirect(updates=(), to="/"):
+    respond("", "303 See Other", updates, location=to)
+
+
+def local_target(value):
+    """Where to go back after signing in: a local path only (mod_rsession
+    puts nothing else in `return`; this checks again, as one should)."""
+    if value.startswith("/") and not value.startswith(("//", "/\\")) and not any(
+            c in value for c in "\\\r\n"):
+        return value
+    return "/"
 
 
 def enc(value):
@@ -79,12 +91,19 @@ def handle_post():
     action = PATH.strip("/")
     if action == "login":
         user = form.get("user", (None, b""))[1].decode("utf-8", "replace").strip()[:40]
-        if not user:
-            return redirect()
+        password = form.get("password", (None, b""))[1].decode("utf-8", "replace")
+        back = local_target(form.get("return", (None, b"/"))[1].decode("utf-8", "replace"))
+        if not user or password != DEMO_PASSWORD:
+            return respond(page("Wrong name or password (the demo password is \"demo\").", back),
+                           "401 Unauthorized")
         # A new id at sign-in defeats session fixation; data and files move along.
-        return redirect(["set user=" + enc(user), "regenerate"])
+        return redirect(["set user=" + enc(user), "regenerate"], to=back)
     if action == "logout":
         return redirect(["invalidate"])
+    if action == "logout-all":
+        # Every session of this user ends, in every browser and on every
+        # server sharing the store.
+        return redirect(["invalidate-user"])
     if action == "upload":
         filename, content = form.get("file", (None, b""))
         if not content:
@@ -142,15 +161,23 @@ def files_section():
 <p><small>Private to this session (mode 0700) and removed with it.</small></p></section>""" % (html.escape(SCRATCH), listing)
 
 
-def page(notice=""):
+def page(notice="", back="/"):
     visits = int(DATA.get("visits", "0")) + 1
     user = DATA.get("user")
     who = ("<p>Signed in as <strong id='user'>%s</strong></p>"
-           "<form method='post' action='/logout'><button id='logout'>Log out</button></form>" % html.escape(user)
+           "<p><a id='private' href='/private/'>Members only</a> (static files) &middot; "
+           "<a href='/private/app/'>a proxied app</a>: Apache itself checks the session there.</p>"
+           "<form method='post' action='/logout'><button id='logout'>Log out</button></form>"
+           "<form method='post' action='/logout-all'><button id='logout-all'>Log out everywhere</button></form>"
+           % html.escape(user)
            if user else
            "<p id='user-none'>Not signed in.</p><form method='post' action='/login'>"
-           "<input type='text' name='user' placeholder='your name' required> <button id='login'>Sign in</button></form>"
-           "<p><small>Signing in gives you a new session id (same data, same files).</small></p>")
+           "<input type='hidden' name='return' value='%s'>"
+           "<input type='text' name='user' placeholder='your name' required> "
+           "<input type='password' name='password' placeholder='password (demo)' required> "
+           "<button id='login'>Sign in</button></form>"
+           "<p><small>Signing in gives you a new session id (same data, same files). "
+           "<a href='/private/'>Members only</a> needs it.</small></p>" % html.escape(back, quote=True))
     tag = "<span class='tag new'>new session</span>" if IS_NEW else "<span class='tag'>resumed</span>"
     data_rows = "".join("<li><code>%s</code> = <code>%s</code></li>" % (html.escape(k), html.escape(v))
                         for k, v in sorted(DATA.items())) or "<li>(empty)</li>"
@@ -177,6 +204,10 @@ def main():
         return respond("<p>mod_rsession is not active here (RSession Off?).</p>", "500 Internal Server Error")
     if METHOD == "POST":
         return handle_post()
+    if PATH.strip("/") == "login":
+        # Where AuthType RSession sends visitors without a user.
+        back = local_target(QUERY.get("return", "/"))
+        return respond(page("Please sign in to see %s." % back, back))
     visits = int(DATA.get("visits", "0")) + 1
     respond(page(), updates=["set visits=%d" % visits])
 

@@ -34,6 +34,13 @@ pub struct DirConfig {
     pub update_header: Option<String>,
     pub max_data_size: Option<usize>,
     pub create: Option<CreateMode>,
+    /// `RSessionUser`: the data key whose value is the request's user.
+    pub user_key: Option<String>,
+    /// `RSessionLoginURL`.
+    pub login_url: Option<String>,
+    /// Set (not by a directive) where a `Require rsession` line appears,
+    /// so the session is resolved before authorization there.
+    pub uses_authz: Option<bool>,
 }
 
 /// Fields for the main server and `<VirtualHost>`.
@@ -61,7 +68,8 @@ impl DirConfig {
             enabled, cookie_name, cookie_path, cookie_domain, cookie_secure,
             cookie_http_only, cookie_same_site, cookie_max_age, timeout,
             max_lifetime, touch_interval, lock, lock_timeout, scratch, env,
-            forward_headers, update_header, max_data_size, create)
+            forward_headers, update_header, max_data_size, create, user_key,
+            login_url, uses_authz)
     }
 
     /// Applies one directive to this container.
@@ -88,6 +96,8 @@ impl DirConfig {
             "RSessionUpdateHeader" => self.update_header = Some(header_name(d, arg)?),
             "RSessionMaxDataSize" => self.max_data_size = Some(bytes(d, arg)?),
             "RSessionCreate" => self.create = Some(create_mode(d, arg)?),
+            "RSessionUser" => self.user_key = Some(data_key(d, arg)?),
+            "RSessionLoginURL" => self.login_url = Some(crate::auth::login_url(d, arg)?),
             _ => return Err(ConfigError::new(d, arg, "a directive of mod_rsession")),
         }
         self.check_cookie_rules(d, arg)
@@ -164,6 +174,17 @@ impl DirConfig {
     }
     pub fn max_data_size(&self) -> usize {
         self.max_data_size.unwrap_or(65536)
+    }
+    pub fn user_key(&self) -> Option<&str> {
+        self.user_key.as_deref()
+    }
+    pub fn login_url(&self) -> Option<&str> {
+        self.login_url.as_deref()
+    }
+    /// Whether the session must be resolved before authorization (the
+    /// caller adds `AuthType RSession`, which mod_authn_core keeps).
+    pub fn needs_early_session(&self) -> bool {
+        self.user_key.is_some() || self.uses_authz == Some(true)
     }
     /// Whether a new session is kept even if the request writes nothing.
     pub fn create_always(&self) -> bool {

@@ -145,6 +145,22 @@ pub fn scope_name(directive: &str, value: &str) -> Result<String, ConfigError> {
     Ok(value.to_string())
 }
 
+/// A session data key (`RSessionUser`): printable, no spaces, at most
+/// 255 bytes.
+pub fn data_key(directive: &str, value: &str) -> Result<String, ConfigError> {
+    let ok = !value.is_empty()
+        && value.len() <= 255
+        && !value.chars().any(|c| c.is_control() || c.is_whitespace());
+    if !ok {
+        return Err(ConfigError::new(
+            directive,
+            value,
+            "a session data key of 1 to 255 characters without spaces",
+        ));
+    }
+    Ok(value.to_string())
+}
+
 /// RFC 7230 token characters: what cookie and header names may use.
 fn is_token(value: &str) -> bool {
     !value.is_empty()

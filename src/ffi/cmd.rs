@@ -80,3 +80,30 @@ pub fn apply(
         )),
     }
 }
+
+/// The DirConfig of the section a directive of another module (mod_authz_core's
+/// `Require`) is read in, made if that section has none yet, as httpd makes
+/// it for our own directives.
+///
+/// # Safety
+/// `cmd` must be the live cmd_parms of a directive being read.
+pub unsafe fn section_dir_config<'c>(cmd: *mut sys::cmd_parms) -> Option<&'c mut DirConfig> {
+    // SAFETY: the caller guarantees a live cmd_parms; `context` is the
+    // enclosing section's config vector (set by ap_walk_config) and lives
+    // in its pool; config reading is single-threaded, so the returned
+    // config has no other reference meanwhile.
+    unsafe {
+        let c = cmd.as_ref()?;
+        if c.context.is_null() {
+            return None;
+        }
+        let conf = sys::ap_set_config_vectors(
+            c.server,
+            c.context,
+            c.path,
+            std::ptr::addr_of_mut!(super::module::rsession_module),
+            c.pool,
+        );
+        (conf as *mut DirConfig).as_mut()
+    }
+}

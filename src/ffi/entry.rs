@@ -434,3 +434,107 @@ pub extern "C" fn rsession_invalidate(r: *mut sys::request_rec) -> sys::apr_stat
 pub extern "C" fn rsession_regenerate(r: *mut sys::request_rec) -> sys::apr_status_t {
     api(r, sys::STATUS_EGENERAL, hooks::api_regenerate)
 }
+
+#[no_mangle]
+pub extern "C" fn rsession_invalidate_user(r: *mut sys::request_rec) -> sys::apr_status_t {
+    api(r, sys::STATUS_EGENERAL, hooks::api_invalidate_user)
+}
+
+// ---- authentication and authorization ------------------------------------
+
+/// The first auth phase (check_access): resolves the session where the
+/// location's authentication or authorization needs it.
+#[no_mangle]
+pub extern "C" fn rsession_access_checker(r: *mut sys::request_rec) -> c_int {
+    // SAFETY: as in rsession_fixups.
+    let Some(req) = (unsafe { Request::from_raw(r) }) else {
+        return sys::STATUS_DECLINED;
+    };
+    guard::run(|| hooks::access_checker(req))
+        .unwrap_or_else(|p| request_panic(req, "access checker", p))
+}
+
+/// check_authn: `AuthType RSession`.
+#[no_mangle]
+pub extern "C" fn rsession_check_authn(r: *mut sys::request_rec) -> c_int {
+    // SAFETY: as in rsession_fixups.
+    let Some(req) = (unsafe { Request::from_raw(r) }) else {
+        return sys::STATUS_DECLINED;
+    };
+    guard::run(|| hooks::check_authn(req))
+        .unwrap_or_else(|p| request_panic(req, "authentication", p))
+}
+
+/// note_auth_failure: nothing to add to a response for `AuthType RSession`
+/// (claiming it keeps mod_authz_core from logging that nobody did).
+#[no_mangle]
+pub extern "C" fn rsession_note_auth_failure(
+    r: *mut sys::request_rec,
+    auth_type: *const c_char,
+) -> c_int {
+    let ours = c_arg(auth_type).is_some_and(|t| t.eq_ignore_ascii_case(hooks::AUTH_TYPE));
+    if r.is_null() || !ours {
+        return sys::STATUS_DECLINED;
+    }
+    sys::STATUS_OK
+}
+
+/// `Require rsession …`: the provider's check (an authz_status value).
+#[no_mangle]
+pub extern "C" fn rsession_authz_check(
+    r: *mut sys::request_rec,
+    _require_line: *const c_char,
+    parsed: *const c_void,
+) -> c_int {
+    // SAFETY: as in rsession_fixups; `parsed` is what rsession_authz_parse
+    // stored for this line: a Vec<Term> attached to the config pool, which
+    // outlives every request of its generation.
+    let (req, terms) = unsafe {
+        (
+            Request::from_raw(r),
+            (parsed as *const Vec<crate::auth::Term>).as_ref(),
+        )
+    };
+    let (Some(req), Some(terms)) = (req, terms) else {
+        return hooks::AUTHZ_GENERAL_ERROR;
+    };
+    guard::run(|| hooks::authz_check(req, terms)).unwrap_or_else(|p| {
+        request_panic(req, "Require rsession", p);
+        hooks::AUTHZ_GENERAL_ERROR
+    })
+}
+
+/// `Require rsession …` at startup: checks the terms, keeps them parsed,
+/// and marks the section so its requests resolve the session early.
+#[no_mangle]
+pub extern "C" fn rsession_authz_parse(
+    cmd: *mut sys::cmd_parms,
+    require_line: *const c_char,
+    parsed: *mut *const c_void,
+) -> *const c_char {
+    // SAFETY: httpd passes the live cmd_parms of the Require directive.
+    let Some(directive) = (unsafe { Directive::from_raw(cmd) }) else {
+        return c"mod_rsession: Require rsession without context".as_ptr();
+    };
+    let line = c_arg(require_line).unwrap_or_default();
+    let result = guard::run(|| match crate::auth::parse_require(&line) {
+        Ok(terms) => {
+            let kept = directive.pool.attach(terms);
+            if !parsed.is_null() {
+                // SAFETY: `parsed` is mod_authz_core's slot for this line.
+                unsafe { *parsed = kept as *const c_void };
+            }
+            // SAFETY: as above; the section is the one being read.
+            if let Some(dir) = unsafe { cmd::section_dir_config(cmd) } {
+                dir.uses_authz = Some(true);
+            }
+            std::ptr::null()
+        }
+        Err(e) => directive.pool.strdup(&e.to_string()),
+    });
+    result.unwrap_or_else(|panic| {
+        directive
+            .pool
+            .strdup(&format!("Require rsession: internal error ({panic})"))
+    })
+}

@@ -186,6 +186,39 @@ impl<'r> Request<'r> {
     pub fn is_header_only(&self) -> bool {
         self.rec().header_only != 0
     }
+
+    /// `ap_auth_type`: the AuthType in force (mod_authn_core), if any.
+    pub fn auth_type(&self) -> Option<Cow<'r, str>> {
+        // SAFETY: the request is live; the result lives in the config.
+        text(unsafe { sys::ap_auth_type(self.as_ptr()) })
+    }
+
+    /// `r->user`.
+    pub fn user(&self) -> Option<Cow<'r, str>> {
+        text(self.rec().user)
+    }
+
+    /// Sets `r->user` (a copy in the request pool).
+    pub fn set_user(&self, user: &str) {
+        let copy = self.pool().strdup(user) as *mut c_char;
+        // SAFETY: the request is live; httpd reads r->user as a string in
+        // its pool, which `copy` is.
+        unsafe { (*self.as_ptr()).user = copy };
+    }
+
+    /// Sets `r->ap_auth_type` (CGI's AUTH_TYPE), as authentication modules do.
+    pub fn set_auth_type_name(&self, name: &str) {
+        let copy = self.pool().strdup(name) as *mut c_char;
+        // SAFETY: as in set_user.
+        unsafe { (*self.as_ptr()).ap_auth_type = copy };
+    }
+
+    /// The path and query of the request line, as the client sent them
+    /// (not decoded; from an absolute-form target, only its path).
+    pub fn request_path_and_query(&self) -> (Option<Cow<'r, str>>, Option<Cow<'r, str>>) {
+        let uri = &self.rec().parsed_uri;
+        (text(uri.path), text(uri.query))
+    }
 }
 
 /// The roles an instance of the response filter (RSESSION_OUT) plays.
@@ -346,14 +379,25 @@ impl<'r> Table<'r> {
 
 /// Pool userdata key of the session state on the initial request.
 const STATE_KEY: &CStr = c"rsession:request-state";
+/// Pool userdata key of a session a subrequest looked at on its own (for
+/// its authorization only: the chain had none yet).
+const PEEK_KEY: &CStr = c"rsession:peek";
 
 impl<'r> Request<'r> {
     /// The session state kept on this request's pool, if any. Call it on
     /// `initial()`: subrequests and redirects share the initial request's.
     pub fn session_state(&self) -> Option<&'r std::cell::RefCell<crate::hooks::RequestState>> {
-        let p = self.pool().userdata(STATE_KEY)
-            as *const std::cell::RefCell<crate::hooks::RequestState>;
-        // SAFETY: only `set_session_state` stores under STATE_KEY, always a
+        self.state_at(STATE_KEY)
+    }
+
+    /// The session this (sub)request looked at on its own, if any.
+    pub fn session_peek(&self) -> Option<&'r std::cell::RefCell<crate::hooks::RequestState>> {
+        self.state_at(PEEK_KEY)
+    }
+
+    fn state_at(&self, key: &CStr) -> Option<&'r std::cell::RefCell<crate::hooks::RequestState>> {
+        let p = self.pool().userdata(key) as *const std::cell::RefCell<crate::hooks::RequestState>;
+        // SAFETY: only `set_state_at` stores under these keys, always a
         // RefCell<RequestState> attached to this same pool, so it lives as
         // long as the pool (and so for 'r).
         unsafe { p.as_ref() }
@@ -365,9 +409,24 @@ impl<'r> Request<'r> {
         &self,
         state: crate::hooks::RequestState,
     ) -> &'r std::cell::RefCell<crate::hooks::RequestState> {
+        self.set_state_at(STATE_KEY, state)
+    }
+
+    pub fn set_session_peek(
+        &self,
+        state: crate::hooks::RequestState,
+    ) -> &'r std::cell::RefCell<crate::hooks::RequestState> {
+        self.set_state_at(PEEK_KEY, state)
+    }
+
+    fn set_state_at(
+        &self,
+        key: &'static CStr,
+        state: crate::hooks::RequestState,
+    ) -> &'r std::cell::RefCell<crate::hooks::RequestState> {
         let pool = self.pool();
         let p = pool.attach(std::cell::RefCell::new(state));
-        pool.set_userdata(STATE_KEY, p as *mut std::ffi::c_void);
+        pool.set_userdata(key, p as *mut std::ffi::c_void);
         // SAFETY: `attach` returned a live pointer owned by the pool.
         unsafe { &*p }
     }

@@ -9,6 +9,10 @@
 //!                       and one that lets a single saver at a time use its spare
 //!   .tmp-<id>-<pid>-<n> temporaries (only where the kernel cannot swap)
 //! .sweeper-<tag>        admits one sweeper per scratch root (tag: its path)
+//! users/<kk>/<key>/<id> the user index (invalidate-user): one empty file
+//!                       per session of a user, under a hash of the scope
+//!                       and the user name (`auth::user_index_key`; a name
+//!                       never becomes a path), sharded by its first byte
 //! ```
 //!
 //! The root belongs to `User`, so handlers can plant anything in it. The
@@ -32,7 +36,7 @@
 //! exclude each other, the kernel drops the lock when a process dies, and
 //! descriptors are `O_CLOEXEC`, so CGI children never inherit a lock.
 
-use super::{Created, Fence, HeldLock, SessionStore, StoreError, SweepCounts};
+use super::{Created, Fence, HeldLock, SessionStore, StoreError, SweepCounts, UserIndex};
 use crate::id::SessionId;
 use crate::record::Record;
 use crate::safe_fs::{self, Setup};
@@ -54,6 +58,8 @@ const LOCKS: &str = ".locks";
 const SWEEPER_LOCK: &str = ".sweeper-";
 /// The largest record read; anything bigger is not one of ours.
 const MAX_RECORD: u64 = 16 << 20;
+/// Directory of the user index.
+const USERS: &str = "users";
 /// Temporary files younger than this are left alone: a write may still be
 /// under way.
 const DEBRIS_AGE: Duration = Duration::from_secs(600);
@@ -194,6 +200,50 @@ impl FileStore {
             can_exchange: AtomicBool::new(true),
             lock_files: Arc::new(LockFilePool::new()),
         })
+    }
+
+    /// `users/<kk>/<key>`; `None` for a key that is not a 64-digit hash.
+    fn user_dir(&self, key: &str) -> Option<PathBuf> {
+        let ok = key.len() == 64 && key.bytes().all(|c| c.is_ascii_hexdigit());
+        ok.then(|| self.root.join(USERS).join(&key[..2]).join(key))
+    }
+
+    /// Removes the user entries whose record is gone (a crash between the
+    /// two, a record removed by hand) and empty user directories, looking
+    /// at no more than `budget` entries.
+    fn sweep_user_index(&self, budget: u64, counts: &mut SweepCounts) {
+        let mut seen = 0u64;
+        let Ok(shards) = fs::read_dir(self.root.join(USERS)) else {
+            return;
+        };
+        for shard in shards.flatten() {
+            let Ok(users) = fs::read_dir(shard.path()) else {
+                continue;
+            };
+            for user in users.flatten() {
+                if !user.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let Ok(entries) = fs::read_dir(user.path()) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    seen += 1;
+                    if seen > budget {
+                        return;
+                    }
+                    let stale = match entry.file_name().to_str().map(str::parse::<SessionId>) {
+                        Some(Ok(id)) => !self.exists(&id).unwrap_or(true),
+                        _ => true,
+                    };
+                    if stale && fs::remove_file(entry.path()).is_ok() {
+                        counts.debris += 1;
+                    }
+                }
+                // Only an empty directory goes.
+                let _ = fs::remove_dir(user.path());
+            }
+        }
     }
 
     #[cfg(test)]
@@ -512,7 +562,7 @@ impl SessionStore for FileStore {
     /// directory of `User` is set aside (see `safe_fs::Root`).
     fn prepare_local(&self, setup: &Setup) -> Result<Vec<String>, String> {
         let root = setup.root(&self.root)?;
-        Ok(root.check_subdirs((0..=255u8).map(shard_name)))
+        Ok(root.check_subdirs((0..=255u8).map(shard_name).chain([USERS.to_string()])))
     }
 
     fn exists(&self, id: &SessionId) -> Result<bool, StoreError> {
@@ -638,15 +688,24 @@ impl SessionStore for FileStore {
                     }
                 };
                 // Re-read under the lock: a request may have renewed it.
-                let expired = match self.load(&id) {
-                    Ok(Some(record)) => record.is_expired(now),
-                    Ok(None) => false,
-                    Err(StoreError::Corrupt(_)) => true,
-                    Err(_) => false,
+                let (expired, user) = match self.load(&id) {
+                    Ok(Some(record)) => (
+                        record.is_expired(now),
+                        record
+                            .user
+                            .as_deref()
+                            .map(|u| crate::auth::user_index_key(&record.scope, u)),
+                    ),
+                    Ok(None) => (false, None),
+                    Err(StoreError::Corrupt(_)) => (true, None),
+                    Err(_) => (false, None),
                 };
                 if expired {
                     match self.delete(&id, None) {
                         Ok(()) => {
+                            if let Some(user) = user {
+                                let _ = self.remove(&user, &id);
+                            }
                             removed(&id);
                             counts.expired += 1;
                         }
@@ -659,7 +718,106 @@ impl SessionStore for FileStore {
             }
         }
         *cursor = 0;
+        let left = (budget as u64).saturating_sub(counts.scanned);
+        self.sweep_user_index(left, &mut counts);
         Ok(counts)
+    }
+
+    fn user_index(&self) -> Option<&dyn UserIndex> {
+        Some(self)
+    }
+}
+
+/// Makes `dir` a real directory of ours (0700): something else there (a
+/// link, a file a CGI planted) is removed, never followed.
+fn ensure_real_dir(dir: &Path) -> std::io::Result<()> {
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => fs::remove_file(dir)?,
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    }
+}
+
+impl UserIndex for FileStore {
+    fn add(&self, user: &str, id: &SessionId) -> Result<(), StoreError> {
+        let dir = self
+            .user_dir(user)
+            .ok_or_else(|| StoreError::Corrupt("a malformed user index key".into()))?;
+        let entry = dir.join(id.to_string());
+        let mut attempt = 0;
+        loop {
+            // Children make the index's directories when first needed, as
+            // they do shards (the parent never writes inside the store).
+            let made = ensure_real_dir(&self.root.join(USERS))
+                .and_then(|()| dir.parent().map_or(Ok(()), ensure_real_dir))
+                .and_then(|()| ensure_real_dir(&dir))
+                .and_then(|()| {
+                    OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .mode(0o600)
+                        .open(&entry)
+                        .map(drop)
+                });
+            match made {
+                Ok(()) => return Ok(()),
+                // A sweeper or a removal took the empty directory away
+                // between our mkdir and our create: make it again.
+                Err(e) if e.kind() == ErrorKind::NotFound && attempt < 3 => attempt += 1,
+                Err(e) => return Err(self.io("cannot add to the user index")(e)),
+            }
+        }
+    }
+
+    fn remove(&self, user: &str, id: &SessionId) -> Result<(), StoreError> {
+        let Some(dir) = self.user_dir(user) else {
+            return Ok(());
+        };
+        match fs::remove_file(dir.join(id.to_string())) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(self.io("cannot remove from the user index")(e)),
+        }
+        // Fails while other sessions of the user remain: that is fine.
+        let _ = fs::remove_dir(&dir);
+        Ok(())
+    }
+
+    fn sessions(&self, user: &str, limit: usize) -> Result<Vec<SessionId>, StoreError> {
+        let Some(dir) = self.user_dir(user) else {
+            return Ok(Vec::new());
+        };
+        if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+            return Ok(Vec::new());
+        }
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.io("cannot list the user index")(e)),
+        };
+        let mut found = Vec::new();
+        for entry in entries.flatten() {
+            if found.len() >= limit {
+                break;
+            }
+            let Some(Ok(id)) = entry.file_name().to_str().map(str::parse::<SessionId>) else {
+                let _ = fs::remove_file(entry.path());
+                continue;
+            };
+            if self.exists(&id)? {
+                found.push(id);
+            } else {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(found)
     }
 }
 
@@ -775,6 +933,74 @@ mod tests {
         r.data.insert("k".into(), "v".into());
         s.save(&id, &r, None).unwrap();
         assert_eq!(s.load(&id).unwrap(), Some(r));
+    }
+
+    #[test]
+    fn the_user_index_follows_records_and_stays_bounded() {
+        let (_d, s) = store();
+        let key = crate::auth::user_index_key("scope", "ann");
+        let other = crate::auth::user_index_key("scope", "bob");
+        let ids: Vec<SessionId> = (0..10_000)
+            .map(|_| SessionId::generate().unwrap())
+            .collect();
+        for id in &ids {
+            s.create(id, &Record::new(10, 60, 0)).unwrap();
+            s.add(&key, id).unwrap();
+        }
+        let bobs = SessionId::generate().unwrap();
+        s.create(&bobs, &Record::new(10, 60, 0)).unwrap();
+        s.add(&other, &bobs).unwrap();
+        assert_eq!(s.sessions(&key, 100).unwrap().len(), 100, "the limit holds");
+        assert_eq!(s.sessions(&key, usize::MAX).unwrap().len(), 10_000);
+        // Records gone without the index knowing are dropped from it.
+        for id in &ids[..9_990] {
+            s.delete(id, None).unwrap();
+        }
+        assert_eq!(s.sessions(&key, usize::MAX).unwrap().len(), 10);
+        let user_dir = s.user_dir(&key).unwrap();
+        assert_eq!(fs::read_dir(&user_dir).unwrap().count(), 10);
+        for id in &ids[9_990..] {
+            s.remove(&key, id).unwrap();
+        }
+        assert!(!user_dir.exists(), "an empty user directory goes");
+        assert_eq!(s.sessions(&other, 10).unwrap(), vec![bobs]);
+        assert!(s.user_dir("../../etc").is_none());
+        assert!(s.add("../../etc", &bobs).is_err());
+    }
+
+    #[test]
+    fn the_sweeper_removes_index_entries_with_their_records() {
+        let (_d, s) = store();
+        let mut r = Record::new(10, 60, 0);
+        r.scope = "sc".into();
+        r.user = Some("ann".into());
+        let key = crate::auth::user_index_key("sc", "ann");
+        let (expired, stale) = (
+            SessionId::generate().unwrap(),
+            SessionId::generate().unwrap(),
+        );
+        s.create(&expired, &r).unwrap();
+        s.add(&key, &expired).unwrap();
+        s.add(&key, &stale).unwrap();
+        let mut cursor = 0;
+        s.sweep(1_000, &mut cursor, 1_000, &mut |_| {}).unwrap();
+        assert!(!s.exists(&expired).unwrap());
+        assert!(!s.user_dir(&key).unwrap().exists(), "both entries went");
+    }
+
+    #[test]
+    fn planted_links_in_the_index_are_not_followed() {
+        let (d, s) = store();
+        let key = crate::auth::user_index_key("sc", "ann");
+        let dir = s.user_dir(&key).unwrap();
+        fs::create_dir_all(dir.parent().unwrap()).unwrap();
+        let elsewhere = d.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &dir).unwrap();
+        let id = SessionId::generate().unwrap();
+        s.add(&key, &id).unwrap();
+        assert!(fs::symlink_metadata(&dir).unwrap().is_dir());
+        assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
     }
 
     #[test]

@@ -142,6 +142,28 @@ pub trait SessionStore: Send + Sync {
         budget: usize,
         removed: &mut dyn FnMut(&SessionId),
     ) -> Result<SweepCounts, StoreError>;
+    /// The store's user → sessions index (`invalidate-user`), if it keeps
+    /// one. An optional capability, like tower-sessions' ExpiredDeletion:
+    /// stores without it refuse `invalidate-user`.
+    fn user_index(&self) -> Option<&dyn UserIndex> {
+        None
+    }
+}
+
+/// Which sessions belong to a user, so that all of them can be ended at
+/// once. `user` is always `auth::user_index_key` (a hash of the scope and
+/// the name), never a raw name. Entries follow the records: the session
+/// code adds and removes them as it stores, regenerates and deletes, the
+/// sweeper removes those of the records it deletes, and `sessions` drops
+/// entries whose record is gone (expired in a store that expires keys by
+/// itself), so an index never grows past its user's live sessions by
+/// more than a bounded slack.
+pub trait UserIndex: Send + Sync {
+    fn add(&self, user: &str, id: &SessionId) -> Result<(), StoreError>;
+    /// Removing an entry that is not there is not an error.
+    fn remove(&self, user: &str, id: &SessionId) -> Result<(), StoreError>;
+    /// At most `limit` of the user's sessions whose record still exists.
+    fn sessions(&self, user: &str, limit: usize) -> Result<Vec<SessionId>, StoreError>;
 }
 
 /// Decodes stored bytes (`None`: no record), naming the session and the

@@ -17,6 +17,7 @@
 use super::redis_link::{Link, Target};
 use super::{
     Created, Fence, HeldLock, LockedLoad, RedisUrl, SessionStore, StoreError, SweepCounts,
+    UserIndex,
 };
 use crate::id::SessionId;
 use crate::record::Record;
@@ -950,6 +951,116 @@ impl SessionStore for RedisStore {
             records: self.count()?,
             ..SweepCounts::default()
         })
+    }
+
+    fn user_index(&self) -> Option<&dyn UserIndex> {
+        Some(self)
+    }
+}
+
+/// A user's index is pruned when it reaches this many members, and then
+/// each time its size doubles (so pruning costs O(1) per sign-in).
+const PRUNE_AT: u64 = 64;
+/// Members checked per round trip.
+const INDEX_BATCH: usize = 500;
+
+/// The user index: a set per user, `PREFIXuser:<key>` (`key` a hash of
+/// the scope and the name), holding session ids. Every command on it names
+/// that one key alone: in Redis Cluster it lives in a slot of its own,
+/// apart from the records' and locks' slots, and is never combined with
+/// them in a script or transaction. Redis expires records by itself, so a
+/// set may keep ids whose record is gone: they are dropped when the set is
+/// listed and whenever it has grown to PRUNE_AT and then twice its size.
+impl RedisStore {
+    fn user_set(&self, user: &str) -> String {
+        format!("{}user:{}", self.url.prefix, user)
+    }
+
+    /// Which of `ids` still have a record, in one round trip.
+    fn existing(&self, ids: &[SessionId]) -> Result<Vec<bool>, StoreError> {
+        let keys: Vec<String> = ids.iter().map(|id| self.key(id)).collect();
+        self.pool.with(|c| {
+            let mut pipe = redis::pipe();
+            for k in &keys {
+                pipe.cmd("EXISTS").arg(k);
+            }
+            pipe.query::<Vec<bool>>(c)
+        })
+    }
+
+    /// Every member of the set (SSCAN, so the server never blocks on a
+    /// big one), keeping those with a record and removing the others.
+    fn live_members(&self, set: &str, limit: usize) -> Result<Vec<SessionId>, StoreError> {
+        let mut cursor: u64 = 0;
+        let mut live = Vec::new();
+        loop {
+            let (next, members): (u64, Vec<String>) = self.pool.with(|c| {
+                redis::cmd("SSCAN")
+                    .arg(set)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(INDEX_BATCH)
+                    .query(c)
+            })?;
+            let mut junk: Vec<String> = Vec::new();
+            let mut ids = Vec::new();
+            for m in members {
+                match m.parse::<SessionId>() {
+                    Ok(id) => ids.push(id),
+                    Err(_) => junk.push(m),
+                }
+            }
+            for chunk in ids.chunks(INDEX_BATCH) {
+                for (id, exists) in chunk.iter().zip(self.existing(chunk)?) {
+                    if exists {
+                        live.push(*id);
+                    } else {
+                        junk.push(id.to_string());
+                    }
+                }
+            }
+            if !junk.is_empty() {
+                self.pool
+                    .with(|c| redis::cmd("SREM").arg(set).arg(&junk).query::<i64>(c))?;
+            }
+            if next == 0 || live.len() >= limit {
+                live.truncate(limit);
+                return Ok(live);
+            }
+            cursor = next;
+        }
+    }
+}
+
+impl UserIndex for RedisStore {
+    fn add(&self, user: &str, id: &SessionId) -> Result<(), StoreError> {
+        let set = self.user_set(user);
+        let member = id.to_string();
+        let (_, size): (i64, u64) = self.pool.with(|c| {
+            redis::pipe()
+                .cmd("SADD")
+                .arg(&set)
+                .arg(&member)
+                .cmd("SCARD")
+                .arg(&set)
+                .query(c)
+        })?;
+        if size >= PRUNE_AT && size.is_power_of_two() {
+            self.live_members(&set, usize::MAX)?;
+        }
+        Ok(())
+    }
+
+    fn remove(&self, user: &str, id: &SessionId) -> Result<(), StoreError> {
+        let set = self.user_set(user);
+        let member = id.to_string();
+        self.pool
+            .with(|c| redis::cmd("SREM").arg(&set).arg(&member).query::<i64>(c))
+            .map(drop)
+    }
+
+    fn sessions(&self, user: &str, limit: usize) -> Result<Vec<SessionId>, StoreError> {
+        self.live_members(&self.user_set(user), limit)
     }
 }
 

@@ -10,7 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
-        seen = {k: v for k, v in self.headers.items() if k.lower().startswith("x-rsession")}
+        seen = {k: v for k, v in self.headers.items()
+                if k.lower().startswith("x-rsession") or k.lower() == "x-remote-user"}
         data = dict(urllib.parse.parse_qsl(self.headers.get("X-RSession-Data", ""), keep_blank_values=True))
         visits = int(data.get("visits", "0")) + 1
         body = json.dumps({"headers": seen, "data": data, "visits": visits}).encode()

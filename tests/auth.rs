@@ -1,0 +1,503 @@
+//! Issue 15: Apache itself protects a location with the session.
+//! `RSessionUser` makes the session's user the request's (REMOTE_USER,
+//! `%u`, `Require user`), `AuthType RSession` sends visitors without one to
+//! sign in, `Require rsession KEY[=VALUE]` authorizes on the session's
+//! data, and `invalidate-user` ends every session of a user, on every
+//! server that shares the store.
+
+mod harness;
+
+use harness::http::{get, get_with_cookie, raw, raw_status, Response};
+use harness::redis::Redis;
+use harness::scripts::{Backend, COUNTER_CGI};
+use harness::{free_port, id_of, wait_for, Httpd, Options};
+use std::time::{Duration, Instant};
+
+/// Signs in as `?user=U&role=R` (a new id at sign-in), or shows where it
+/// would send the visitor back to.
+const LOGIN_CGI: &str = r#"#!/bin/sh
+param() { printf '%s' "$QUERY_STRING" | tr '&' '\n' | sed -n "s/^$1=//p"; }
+user=$(param user)
+if [ -z "$user" ]; then
+  printf 'Content-Type: text/plain\n\nlogin page, return=%s\n' "$(param return)"
+  exit 0
+fi
+printf 'Content-Type: text/plain\nX-RSession: set user=%s&role=%s\nX-RSession: regenerate\n\nsigned in\n' "$user" "$(param role)"
+"#;
+
+/// What a handler behind the protection sees.
+const WHO_CGI: &str = r#"#!/bin/sh
+printf 'Content-Type: text/plain\n\n'
+printf 'REMOTE_USER=%s\nAUTH_TYPE=%s\nRSESSION_ID=%s\n' "$REMOTE_USER" "$AUTH_TYPE" "$RSESSION_ID"
+"#;
+
+const LOGOUT_ALL_CGI: &str = r#"#!/bin/sh
+printf 'Content-Type: text/plain\nX-RSession: invalidate-user\n\nsigned out everywhere\n'
+"#;
+
+const MODULES: [&str; 7] = [
+    "authn_core",
+    "authz_user",
+    "authz_host",
+    "auth_basic",
+    "authn_file",
+    "proxy",
+    "proxy_http",
+];
+
+/// The protected site: `/private/` (static files and CGIs) needs a user,
+/// `/admin/` the role admin (with an ErrorDocument CGI for refusals),
+/// `/app/` is a proxied backend, `/either/` and `/local/` combine
+/// providers, `/evil*` catches open-redirect attempts.
+fn site(store: &str, backend_port: u16) -> Httpd {
+    let fragment = format!(
+        r#"{store}
+RSessionUser user
+RSessionLockTimeout 5
+LogFormat "%h \"%r\" %>s user=%u" withuser
+CustomLog {{ROOT}}/logs/users.log withuser
+ScriptAlias /private/cgi/ {{ROOT}}/cgi-bin/
+ScriptAlias /admin/ {{ROOT}}/cgi-bin/
+<Location />
+  RSession On
+</Location>
+<Location /private/>
+  AuthType RSession
+  RSessionLoginURL /cgi-bin/login.cgi
+  Require valid-user
+</Location>
+<Location /admin/>
+  AuthType RSession
+  RSessionLoginURL /cgi-bin/login.cgi
+  Require rsession role=admin
+  ErrorDocument 403 /cgi-bin/who.cgi
+</Location>
+<Location /app/>
+  AuthType RSession
+  Require valid-user
+  RSessionForwardHeaders On
+  RequestHeader set X-Remote-User "expr=%{{REMOTE_USER}}"
+  ProxyPass http://127.0.0.1:{backend_port}/
+</Location>
+<Location /either/>
+  <RequireAny>
+    Require ip 10.255.255.1
+    Require rsession role=admin
+  </RequireAny>
+</Location>
+<Location /local/>
+  <RequireAny>
+    Require ip 127.0.0.1
+    Require rsession role=admin
+  </RequireAny>
+</Location>
+<Directory {{ROOT}}/htdocs/private/h>
+  Options +ExecCGI
+  AddHandler cgi-script .cgi
+</Directory>
+<Location /basic/>
+  AuthType Basic
+  AuthName basic
+  AuthBasicProvider file
+  AuthUserFile {{ROOT}}/htpasswd
+  Require valid-user
+</Location>
+<Location /expr/>
+  Require expr "%{{env:RSESSION_DATA}} =~ /role=admin/"
+</Location>
+<LocationMatch "evil">
+  AuthType RSession
+  RSessionLoginURL /cgi-bin/login.cgi
+  Require valid-user
+</LocationMatch>
+"#
+    );
+    let h = Httpd::start(Options {
+        fragment,
+        modules: MODULES.to_vec(),
+        ..Options::default()
+    });
+    h.cgi("login.cgi", LOGIN_CGI);
+    h.cgi("who.cgi", WHO_CGI);
+    h.cgi("counter.cgi", COUNTER_CGI);
+    h.cgi("logout-all.cgi", LOGOUT_ALL_CGI);
+    for page in [
+        "private/page.html",
+        "either/index.html",
+        "local/index.html",
+        "expr/index.html",
+        "basic/index.html",
+    ] {
+        h.htdoc(page, "<p>protected</p>\n");
+    }
+    // A CGI known as one only from its name (mod_mime, after
+    // authorization), and a page that includes a protected CGI.
+    h.htdoc("private/h/counter.cgi", COUNTER_CGI);
+    std::fs::set_permissions(
+        h.path("htdocs/private/h/counter.cgi"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    h.htdoc(
+        "private/inc.shtml",
+        "<!--#include virtual=\"/private/cgi/who.cgi\" -->",
+    );
+    h
+}
+
+/// Signs in on `h`; returns the cookie pair of the new session.
+fn sign_in(h: &Httpd, user: &str, role: &str) -> String {
+    let r = get(
+        &h.url(&format!("/cgi-bin/login.cgi?user={user}&role={role}")),
+        &[],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    r.cookie_pair()
+}
+
+/// The `return` parameter of a login redirect, decoded.
+fn return_of(location: &str) -> String {
+    let query = location.split_once('?').map_or("", |(_, q)| q);
+    form_decode(query, "return").unwrap_or_else(|| panic!("no return in {location}"))
+}
+
+fn form_decode(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == key).then(|| percent_decode(&v.replace('+', " ")))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() + 1 && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn users_log(h: &Httpd) -> String {
+    std::fs::read_to_string(h.path("logs/users.log")).unwrap_or_default()
+}
+
+#[test]
+fn visitors_sign_in_and_come_back_as_their_user() {
+    let h = site("", free_port());
+    let away = get(&h.url("/private/page.html?tab=2&x=a%20b"), &[]);
+    assert_eq!(away.status, 302, "{away:?}");
+    let location = away.header("location").expect("a Location").to_string();
+    assert!(
+        location.starts_with("/cgi-bin/login.cgi?return="),
+        "{location}"
+    );
+    assert_eq!(return_of(&location), "/private/page.html?tab=2&x=a%20b");
+    assert!(
+        away.set_cookie().is_none(),
+        "a static file makes no session"
+    );
+    let login = get(&h.url(&location), &[]);
+    assert_eq!(
+        login.body.trim(),
+        "login page, return=%2Fprivate%2Fpage.html%3Ftab%3D2%26x%3Da%2520b"
+    );
+
+    let cookie = sign_in(&h, "ann", "");
+    let page = get_with_cookie(&h.url("/private/page.html"), &cookie);
+    assert_eq!(
+        (page.status, page.body.as_str()),
+        (200, "<p>protected</p>\n")
+    );
+    let who = get_with_cookie(&h.url("/private/cgi/who.cgi"), &cookie);
+    assert_eq!(who.status, 200, "{who:?}");
+    assert_eq!(who.env("REMOTE_USER").as_deref(), Some("ann"));
+    assert_eq!(who.env("AUTH_TYPE").as_deref(), Some("RSession"));
+    assert_eq!(who.env("RSESSION_ID"), Some(id_of(&cookie)));
+    // An include (a subrequest into a protected CGI) shares the session.
+    let started = Instant::now();
+    let inc = get_with_cookie(&h.url("/private/inc.shtml"), &cookie);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(inc.status, 200, "{inc:?}");
+    assert_eq!(inc.env("REMOTE_USER").as_deref(), Some("ann"));
+    assert_eq!(inc.env("RSESSION_ID"), Some(id_of(&cookie)));
+    wait_for("the access log lines", Duration::from_secs(10), || {
+        let log = users_log(&h);
+        (log.contains("\"GET /private/page.html HTTP/1.1\" 200 user=ann")
+            && log.contains("\"GET /private/cgi/who.cgi HTTP/1.1\" 200 user=ann")
+            && log.contains("\"GET /private/page.html?tab=2&x=a%20b HTTP/1.1\" 302 user=-"))
+        .then_some(())
+    });
+
+    // A value that cannot be a user name is not used, and is logged.
+    let odd = sign_in(&h, "a%0Db", "");
+    assert_eq!(
+        get_with_cookie(&h.url("/private/page.html"), &odd).status,
+        302
+    );
+    wait_for("RS0110", Duration::from_secs(10), || {
+        h.error_log().contains("RS0110").then_some(())
+    });
+    let long = sign_in(&h, &"x".repeat(300), "");
+    assert_eq!(
+        get_with_cookie(&h.url("/private/page.html"), &long).status,
+        302
+    );
+}
+
+#[test]
+fn a_proxied_backend_sees_the_user_and_without_a_login_url_the_answer_is_401() {
+    let backend_port = free_port();
+    let _backend = Backend::start(backend_port);
+    let h = site("", backend_port);
+    let anonymous = get(&h.url("/app/x"), &[]);
+    assert_eq!(anonymous.status, 401, "{anonymous:?}");
+    let cookie = sign_in(&h, "bob", "");
+    let r = get_with_cookie(&h.url("/app/x"), &cookie);
+    assert_eq!(r.status, 200, "{r:?}");
+    let json: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(json["headers"]["X-Remote-User"], "bob", "{json}");
+    // The backend's own update header still reaches the session.
+    assert_eq!(json["visits"], 1);
+    let again = get_with_cookie(&h.url("/app/x"), &cookie);
+    let json: serde_json::Value = serde_json::from_str(&again.body).unwrap();
+    assert_eq!(json["visits"], 2);
+}
+
+#[test]
+fn require_rsession_grants_denies_and_combines_with_other_providers() {
+    let h = site("", free_port());
+    let admin = sign_in(&h, "ann", "admin");
+    let user = sign_in(&h, "bob", "user");
+    let ok = get_with_cookie(&h.url("/admin/who.cgi"), &admin);
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(ok.env("REMOTE_USER").as_deref(), Some("ann"));
+
+    // Refused: the ErrorDocument CGI runs with the same session and
+    // promptly (it must not wait for the lock its own request holds:
+    // RSessionLockTimeout is 5 s).
+    let started = Instant::now();
+    let refused = get_with_cookie(&h.url("/admin/who.cgi"), &user);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(refused.status, 403, "{refused:?}");
+    assert_eq!(refused.env("RSESSION_ID"), Some(id_of(&user)));
+    assert_eq!(refused.env("REMOTE_USER").as_deref(), Some("bob"));
+
+    // Not signed in: asked to sign in, not refused.
+    let anonymous = get(&h.url("/admin/who.cgi"), &[]);
+    assert_eq!(anonymous.status, 302, "{anonymous:?}");
+    assert_eq!(
+        return_of(anonymous.header("location").unwrap()),
+        "/admin/who.cgi"
+    );
+
+    // <RequireAny>: an address that does not match leaves it to the session.
+    assert_eq!(get_with_cookie(&h.url("/either/"), &admin).status, 200);
+    assert_eq!(get_with_cookie(&h.url("/either/"), &user).status, 403);
+    assert_eq!(get(&h.url("/either/"), &[]).status, 403);
+    // The session is there for every provider, `Require expr` included.
+    assert_eq!(get_with_cookie(&h.url("/expr/"), &admin).status, 200);
+    assert_eq!(get_with_cookie(&h.url("/expr/"), &user).status, 403);
+    // Under another AuthType the session's user lets nobody past it.
+    let basic = get_with_cookie(&h.url("/basic/"), &admin);
+    assert_eq!(basic.status, 401, "{basic:?}");
+    assert!(basic
+        .header("www-authenticate")
+        .unwrap()
+        .starts_with("Basic"));
+    // One that matches grants without any session.
+    assert_eq!(get(&h.url("/local/"), &[]).status, 200);
+    assert_eq!(get_with_cookie(&h.url("/local/"), &user).status, 200);
+}
+
+#[test]
+fn require_rsession_lines_are_checked_at_startup() {
+    let fragment = "<Location /x>\n  Require rsession =admin\n</Location>";
+    let err = harness::check_config(fragment).unwrap_err();
+    assert!(err.contains("Require rsession"), "{err}");
+    let err = harness::check_config("<Location /x>\n  Require rsession\n</Location>").unwrap_err();
+    assert!(err.contains("at least one"), "{err}");
+    let err =
+        harness::check_config("<Location /x>\n  RSessionLoginURL //evil.example/\n</Location>")
+            .unwrap_err();
+    assert!(err.contains("RSessionLoginURL"), "{err}");
+}
+
+/// A raw request's response: status and the Location header.
+fn raw_get(h: &Httpd, target: &str) -> (u16, Option<String>, String) {
+    let resp = raw(
+        h.port,
+        format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    let head = resp.split("\r\n\r\n").next().unwrap_or("").to_string();
+    let location = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Location: ").map(str::to_string));
+    (raw_status(&resp), location, head)
+}
+
+#[test]
+fn login_redirects_never_leave_the_site() {
+    let h = site("", free_port());
+    let attempts = [
+        "/evil",
+        "//evil.example/",
+        "///evil.example/",
+        "/\\evil.example/",
+        "/%5Cevil.example/",
+        "/%2F%2Fevil.example/",
+        "/%252F%252Fevil.example/",
+        "/evil?next=%0D%0ALocation:%20http://evil.example/",
+        "/evil?x=%0d%0aSet-Cookie:%20a=b",
+        "http://evil.example/evil",
+        "http://evil.example//evil.example/",
+    ];
+    let mut redirected = 0;
+    for target in attempts {
+        let (status, location, head) = raw_get(&h, target);
+        assert!(
+            !head.to_ascii_lowercase().contains("set-cookie: a=b"),
+            "{target}: header injected:\n{head}"
+        );
+        if status != 302 {
+            assert!((400..500).contains(&status), "{target}: {status}\n{head}");
+            continue;
+        }
+        redirected += 1;
+        let location = location.unwrap_or_else(|| panic!("{target}: no Location\n{head}"));
+        assert!(
+            location.starts_with("/cgi-bin/login.cgi?return="),
+            "{target}: {location}"
+        );
+        let back = return_of(&location);
+        assert!(back.starts_with('/'), "{target}: return={back:?}");
+        let mut decoded = back.clone();
+        for _ in 0..3 {
+            assert!(
+                !decoded.starts_with("//") && !decoded.starts_with("/\\"),
+                "{target}: return={back:?} leaves the site"
+            );
+            assert!(
+                !decoded.chars().any(|c| c.is_control()),
+                "{target}: {back:?}"
+            );
+            decoded = percent_decode(&decoded);
+        }
+    }
+    assert!(redirected >= 5, "most attempts reach the login redirect");
+}
+
+#[test]
+fn parallel_increments_under_authtype_rsession_lose_nothing() {
+    let h = site("", free_port());
+    let cookie = sign_in(&h, "ann", "");
+    // Half through a ScriptAlias (a CGI from the start), half through
+    // AddHandler (taken for a static file until mod_mime names it).
+    std::thread::scope(|s| {
+        for t in 0..10 {
+            let cookie = &cookie;
+            let h = &h;
+            s.spawn(move || {
+                let path = if t % 2 == 0 {
+                    "/private/cgi/counter.cgi"
+                } else {
+                    "/private/h/counter.cgi"
+                };
+                for _ in 0..10 {
+                    let r = get_with_cookie(&h.url(path), cookie);
+                    assert_eq!(r.status, 200, "{r:?}");
+                }
+            });
+        }
+    });
+    let last = get_with_cookie(&h.url("/private/cgi/counter.cgi"), &cookie);
+    assert_eq!(last.body.trim(), "101");
+}
+
+/// Whether the session behind `cookie` still opens `/private/` on `h`.
+fn signed_in(h: &Httpd, cookie: &str) -> bool {
+    let r: Response = get_with_cookie(&h.url("/private/page.html"), cookie);
+    assert!(matches!(r.status, 200 | 302), "{r:?}");
+    r.status == 200
+}
+
+#[test]
+fn log_out_everywhere_ends_every_session_of_the_user_in_the_file_store() {
+    let h = site("", free_port());
+    let ann: Vec<String> = (0..3).map(|_| sign_in(&h, "ann", "")).collect();
+    let bob = sign_in(&h, "bob", "");
+    assert!(ann.iter().chain([&bob]).all(|c| signed_in(&h, c)));
+    let out = get_with_cookie(&h.url("/cgi-bin/logout-all.cgi"), &ann[1]);
+    assert_eq!(out.status, 200, "{out:?}");
+    assert!(out.set_cookie().unwrap().contains("Max-Age=0"), "{out:?}");
+    for c in &ann {
+        assert!(!signed_in(&h, c), "a session of ann survived");
+        assert!(!h.record(&id_of(c)).exists());
+    }
+    assert!(signed_in(&h, &bob), "other users are untouched");
+    wait_for("RS0113", Duration::from_secs(10), || {
+        h.error_log()
+            .contains("ended 2 other session(s)")
+            .then_some(())
+    });
+    // Nothing of ann is left in the index; bob's entry is.
+    let index = h.path("logs/rsession/users");
+    let entries: usize = walk(&index);
+    assert_eq!(entries, 1, "only bob's session is indexed");
+}
+
+fn walk(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |rd| {
+        rd.flatten()
+            .map(|e| {
+                if e.file_type().unwrap().is_dir() {
+                    walk(&e.path())
+                } else {
+                    1
+                }
+            })
+            .sum()
+    })
+}
+
+#[test]
+fn log_out_everywhere_reaches_every_server_sharing_redis() {
+    let redis = Redis::start();
+    let store = format!("RSessionStore {}", redis.url("auth:"));
+    let a = site(&store, free_port());
+    let b = site(&store, free_port());
+    let ann = [
+        sign_in(&a, "ann", ""),
+        sign_in(&b, "ann", ""),
+        sign_in(&a, "ann", ""),
+    ];
+    let bob = sign_in(&b, "bob", "");
+    for c in &ann {
+        assert!(signed_in(&a, c) && signed_in(&b, c), "sessions are shared");
+    }
+    let out = get_with_cookie(&a.url("/cgi-bin/logout-all.cgi"), &ann[0]);
+    assert_eq!(out.status, 200, "{out:?}");
+    for c in &ann {
+        assert!(!signed_in(&b, c), "a session of ann survived on B");
+        assert!(!signed_in(&a, c), "a session of ann survived on A");
+        assert_eq!(redis.cmd(&["EXISTS", &format!("auth:{}", id_of(c))]), ":0");
+    }
+    assert!(
+        signed_in(&b, &bob) && signed_in(&a, &bob),
+        "other users are untouched"
+    );
+    let sets = redis.cmd(&["KEYS", "auth:user:*"]);
+    assert_eq!(sets.lines().count(), 1, "only bob's index is left: {sets}");
+}

@@ -161,8 +161,13 @@ def files_section():
 <p><small>Private to this session (mode 0700) and removed with it.</small></p></section>""" % (html.escape(SCRATCH), listing)
 
 
-def page(notice="", back="/"):
-    visits = int(DATA.get("visits", "0")) + 1
+def page(notice="", back="/", counted=False):
+    """The page; `counted`: this request counts as a view, and the data
+    card shows the session as this request leaves it."""
+    shown = dict(DATA)
+    visits = int(DATA.get("visits", "0")) + (1 if counted else 0)
+    if counted:
+        shown["visits"] = str(visits)
     user = DATA.get("user")
     who = ("<p>Signed in as <strong id='user'>%s</strong></p>"
            "<p><a id='private' href='/private/'>Members only</a> (static files) &middot; "
@@ -180,7 +185,7 @@ def page(notice="", back="/"):
            "<a href='/private/'>Members only</a> needs it.</small></p>" % html.escape(back, quote=True))
     tag = "<span class='tag new'>new session</span>" if IS_NEW else "<span class='tag'>resumed</span>"
     data_rows = "".join("<li><code>%s</code> = <code>%s</code></li>" % (html.escape(k), html.escape(v))
-                        for k, v in sorted(DATA.items())) or "<li>(empty)</li>"
+                        for k, v in sorted(shown.items())) or "<li>(empty)</li>"
     return """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1"><title>mod_rsession demo</title>
 <style>%s</style></head><body>
@@ -208,8 +213,11 @@ def main():
         # Where AuthType RSession sends visitors without a user.
         back = local_target(QUERY.get("return", "/"))
         return respond(page("Please sign in to see %s." % back, back))
+    if PATH == "/favicon.ico":
+        # Browsers ask for it on their own: not a page view.
+        return respond("", "404 Not Found")
     visits = int(DATA.get("visits", "0")) + 1
-    respond(page(), updates=["set visits=%d" % visits])
+    respond(page(counted=True), updates=["set visits=%d" % visits])
 
 
 main()

@@ -23,14 +23,6 @@ fn records(h: &Httpd) -> usize {
         .count()
 }
 
-fn figure(h: &Httpd, key: &str) -> u64 {
-    let page = get(&h.url("/rsession-status"), &[]);
-    page.body
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(": ")?.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in {}", page.body))
-}
-
 #[test]
 fn a_session_ceiling_refuses_new_sessions_while_existing_ones_work() {
     let h = Httpd::start(Options {
@@ -55,7 +47,7 @@ fn a_session_ceiling_refuses_new_sessions_while_existing_ones_work() {
         assert_eq!(r.status, 200);
         assert_eq!(r.env("RSESSION_NEW").as_deref(), Some("0"));
     }
-    assert_eq!(figure(&h, "live_sessions"), 5);
+    assert_eq!(h.status_figure("live_sessions"), 5);
     let warnings = h.error_log().matches("RS0015").count();
     assert!(
         (1..=2).contains(&warnings),
@@ -77,17 +69,17 @@ fn counters_and_the_live_count_survive_graceful_restarts() {
     for _ in 0..2 {
         get(&h.url("/cgi-bin/env.cgi"), &[]);
     }
-    assert_eq!(figure(&h, "created"), 3);
+    assert_eq!(h.status_figure("created"), 3);
     h.graceful();
     get_with_cookie(&h.url("/cgi-bin/env.cgi"), &cookie);
     assert_eq!(
-        figure(&h, "created"),
+        h.status_figure("created"),
         3,
         "graceful restarts keep the counters"
     );
-    assert_eq!(figure(&h, "resumed"), 1);
-    assert_eq!(figure(&h, "live_sessions"), 3);
+    assert_eq!(h.status_figure("resumed"), 1);
+    assert_eq!(h.status_figure("live_sessions"), 3);
     h.restart();
-    assert_eq!(figure(&h, "created"), 3, "and so do full restarts");
-    assert_eq!(figure(&h, "live_sessions"), 3);
+    assert_eq!(h.status_figure("created"), 3, "and so do full restarts");
+    assert_eq!(h.status_figure("live_sessions"), 3);
 }

@@ -37,16 +37,6 @@ fn server(mpm: Mpm, extra: &str, modules: Vec<&'static str>) -> Httpd {
     h
 }
 
-fn figure(h: &Httpd, key: &str) -> u64 {
-    let page = get(&h.url("/rsession-status"), &[]);
-    page.body
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}: ")))
-        .unwrap_or_else(|| panic!("no {key} in {}", page.body))
-        .parse()
-        .unwrap()
-}
-
 /// A request of `cookie` sent on a connection of our own, returned once
 /// the server has read it (it is then in a child's hands, waiting for the
 /// lock that `hold.cgi` keeps).
@@ -94,7 +84,7 @@ fn every_request_that_waited_for_the_lock_is_counted_with_its_time() {
     let first = get(&h.url("/cgi-bin/env.cgi"), &[]);
     let cookie = first.cookie_pair();
     let dir = first.env("RSESSION_DIR").expect("RSESSION_DIR");
-    assert_eq!(figure(&h, "lock_waits"), 0);
+    assert_eq!(h.status_figure("lock_waits"), 0);
     std::thread::scope(|s| {
         let (holder, release) = hold(s, &h, &cookie, &dir);
         let waiting: Vec<_> = (0..4).map(|_| in_flight(&h, &cookie)).collect();
@@ -105,10 +95,10 @@ fn every_request_that_waited_for_the_lock_is_counted_with_its_time() {
         }
     });
     // The four waited; most of them briefly, in this process's gate.
-    assert_eq!(figure(&h, "lock_waits"), 4);
-    assert_eq!(figure(&h, "lock_timeouts"), 0);
-    let total = figure(&h, "lock_wait_us");
-    let max = figure(&h, "lock_wait_max_us");
+    assert_eq!(h.status_figure("lock_waits"), 4);
+    assert_eq!(h.status_figure("lock_timeouts"), 0);
+    let total = h.status_figure("lock_wait_us");
+    let max = h.status_figure("lock_wait_max_us");
     assert!(max > 0 && total >= max, "total {total} µs, max {max} µs");
     let log = h.error_log();
     assert_eq!(
@@ -139,13 +129,13 @@ fn lock_timeouts_count_as_waits_and_log_one_warning_per_session() {
         std::fs::write(&release, "").unwrap();
         assert_eq!(holder.join().unwrap(), 200);
     });
-    assert_eq!(figure(&h, "lock_timeouts"), 5);
+    assert_eq!(h.status_figure("lock_timeouts"), 5);
     assert_eq!(
-        figure(&h, "lock_waits"),
+        h.status_figure("lock_waits"),
         5,
         "a request that timed out waited"
     );
-    assert!(figure(&h, "lock_wait_us") >= 5 * 200_000);
+    assert!(h.status_figure("lock_wait_us") >= 5 * 200_000);
     let log = h.error_log();
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("RS0130")).collect();
     // One line per session and minute in each child process.
@@ -189,9 +179,9 @@ fn debug_lines_for_saves_regeneration_and_invalidation() {
         has(&format!("session {}... invalidated", &new_id[..8])),
         "{log}"
     );
-    assert!(figure(&h, "saved") >= 3, "kept, saved, regenerated");
-    assert_eq!(figure(&h, "regenerated"), 1);
-    assert_eq!(figure(&h, "invalidated"), 1);
+    assert!(h.status_figure("saved") >= 3, "kept, saved, regenerated");
+    assert_eq!(h.status_figure("regenerated"), 1);
+    assert_eq!(h.status_figure("invalidated"), 1);
 }
 
 #[test]

@@ -46,14 +46,6 @@ fn entries_below(dir: &Path) -> Vec<String> {
     out
 }
 
-fn figure(h: &Httpd, key: &str) -> u64 {
-    let page = get(&h.url("/rsession-status"), &[]);
-    page.body
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(": ")?.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in {}", page.body))
-}
-
 #[test]
 fn cookieless_requests_that_write_nothing_leave_no_trace() {
     let h = server();
@@ -103,9 +95,9 @@ fn cookieless_requests_that_write_nothing_leave_no_trace() {
         })
         .collect();
     assert!(new_in_scratch.is_empty(), "{new_in_scratch:?}");
-    assert_eq!(figure(&h, "created"), 0, "not counted as created");
-    assert_eq!(figure(&h, "discarded"), 1000);
-    assert_eq!(figure(&h, "live_sessions"), 0);
+    assert_eq!(h.status_figure("created"), 0, "not counted as created");
+    assert_eq!(h.status_figure("discarded"), 1000);
+    assert_eq!(h.status_figure("live_sessions"), 0);
 }
 
 #[test]
@@ -119,7 +111,7 @@ fn the_first_write_keeps_the_session_and_sets_the_cookie() {
     let second = get_with_cookie(&h.url("/cgi-bin/counter.cgi"), &cookie);
     assert_eq!(second.body.trim(), "2");
     assert!(second.set_cookie().is_none());
-    assert_eq!(figure(&h, "created"), 1);
+    assert_eq!(h.status_figure("created"), 1);
 }
 
 #[test]

@@ -529,6 +529,16 @@ impl Httpd {
             .collect()
     }
 
+    /// A figure of the `rsession-status` page served at /rsession-status
+    /// (the test's config must have that location).
+    pub fn status_figure(&self, key: &str) -> u64 {
+        let page = http::get(&self.url("/rsession-status"), &[]);
+        page.body
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(": ")?.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {}", page.body))
+    }
+
     /// Lines of the error log that mean a crash or a panic.
     pub fn crash_lines(&self) -> Vec<String> {
         self.error_log()

@@ -233,8 +233,15 @@ fn plant_expired(h: &Httpd, n: usize) {
         let id = format!("{:016x}{:016x}", 0xabcd_u64, i);
         let path = h.record(&id);
         make_store_shard(h, &id[..2]);
+        // The server's sweeper is running: each session appears whole (its
+        // directory first, then its record by rename, owner and mtime
+        // already set), never half-made under the sweeper's eyes.
+        if i % 2 == 0 {
+            make_scratch_dir(h, &h.scratch_dir(&id));
+        }
+        let staged = path.with_file_name(format!(".plant-{id}"));
         std::fs::write(
-            &path,
+            &staged,
             format!(
                 "{{\"v\":1,\"c\":{t},\"a\":{t},\"t\":60,\"l\":0,\"d\":{{}}}}",
                 t = now - 7200
@@ -243,14 +250,12 @@ fn plant_expired(h: &Httpd, n: usize) {
         .unwrap();
         std::fs::File::options()
             .write(true)
-            .open(&path)
+            .open(&staged)
             .unwrap()
             .set_modified(past)
             .unwrap();
-        chown(&path, Some(uid), Some(gid)).unwrap();
-        if i % 2 == 0 {
-            make_scratch_dir(h, &h.scratch_dir(&id));
-        }
+        chown(&staged, Some(uid), Some(gid)).unwrap();
+        std::fs::rename(&staged, &path).unwrap();
     }
 }
 

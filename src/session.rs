@@ -681,7 +681,10 @@ impl ActiveSession {
         if let Some(mut record) = rt.store.load(&self.id)? {
             if stamp(now).saturating_sub(record.accessed) >= dir.effective_touch_interval() {
                 record.accessed = stamp(now);
-                rt.store.save(&self.id, &record, lock.fence())?;
+                match lock.fence() {
+                    Some(fence) => rt.store.save_and_release(&self.id, &record, fence)?,
+                    None => rt.store.save(&self.id, &record, None)?,
+                }
                 rt.stats.bump(Counter::Saved);
                 self.outcome = Outcome::Saved;
             }
@@ -800,7 +803,15 @@ impl ActiveSession {
             if user_changed {
                 index(rt, user.as_deref(), &self.id)?;
             }
-            if let Err(e) = rt.store.save(&self.id, &self.record, self.fence()) {
+            let saved = match self.fence() {
+                // The last write: the lock goes with it (one round trip),
+                // unless the old user's entry is still to be removed.
+                Some(fence) if !user_changed => {
+                    rt.store.save_and_release(&self.id, &self.record, fence)
+                }
+                fence => rt.store.save(&self.id, &self.record, fence),
+            };
+            if let Err(e) = saved {
                 if user_changed {
                     unindex(rt, user.as_deref(), &self.id);
                 }

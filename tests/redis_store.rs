@@ -9,6 +9,8 @@ use harness::http::{get, get_with_cookie, try_send};
 use harness::redis::Redis;
 use harness::scripts::{COUNTER_CGI, ENV_CGI, HOLD_CGI};
 use harness::{wait_for, Httpd, Mpm, Options};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -487,4 +489,104 @@ fn locks_of_requests_that_ended_while_redis_was_down_do_not_outlive_its_restart(
             s.spawn(move || assert_served_promptly(h, cookie, "after the restart"));
         }
     });
+}
+
+/// Watches what clients send `redis` (`MONITOR`), leaving out what
+/// scripts run inside Redis, connection setup, and this test's own checks.
+struct Monitor(BufReader<TcpStream>);
+
+impl Monitor {
+    fn start(redis: &Redis) -> Monitor {
+        let s = TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut m = Monitor(BufReader::new(s));
+        m.0.get_mut().write_all(b"MONITOR\r\n").unwrap();
+        let mut ok = String::new();
+        m.0.read_line(&mut ok).unwrap();
+        assert!(ok.starts_with("+OK"), "{ok}");
+        m
+    }
+
+    /// The commands sent since the last call, by name.
+    fn sent(&mut self, redis: &Redis) -> Vec<String> {
+        let mark = format!("rsession-mark-{:?}", Instant::now());
+        redis.cmd(&["ECHO", &mark]);
+        let skip = ["keys", "info", "client", "select", "hello", "auth", "ping"];
+        let mut sent = Vec::new();
+        loop {
+            let mut line = String::new();
+            self.0.read_line(&mut line).expect("MONITOR stopped");
+            if line.contains(&mark) {
+                return sent;
+            }
+            // +1700000000.000000 [0 127.0.0.1:40000] "evalsha" ...
+            let Some((source, command)) = line.split_once("] ") else {
+                continue;
+            };
+            let name = command.split('"').nth(1).unwrap_or("").to_lowercase();
+            if !source.contains("lua") && !skip.contains(&name.as_str()) {
+                sent.push(name);
+            }
+        }
+    }
+}
+
+/// The commands one request to `path` sends Redis, until its lock is
+/// released.
+fn commands_per_request(
+    redis: &Redis,
+    m: &mut Monitor,
+    h: &Httpd,
+    path: &str,
+    cookie: &str,
+) -> Vec<String> {
+    m.sent(redis);
+    let r = get_with_cookie(&h.url(path), cookie);
+    assert!(
+        r.status == 200 && r.set_cookie().is_none(),
+        "resumed: {r:?}"
+    );
+    wait_for_no_locks(redis, path);
+    m.sent(redis)
+}
+
+/// Issue 16: a resumed request costs Redis two commands (lock and load in
+/// one, the release the request does not wait for), and one that changes
+/// the session two as well (lock and load, then save and release in one):
+/// an operator pays for every round trip.
+#[test]
+fn a_request_costs_two_redis_commands() {
+    let redis = Redis::start();
+    // No sweeper: its marker and counting would add commands.
+    let h = node_with(&redis, Mpm::Event, "RSessionGCInterval 0", "");
+    let (cookie, ..) = new_session(&h);
+    // Warm up the connections (set-up commands are not counted anyway).
+    for _ in 0..3 {
+        get_with_cookie(&h.url("/cgi-bin/env.cgi"), &cookie);
+    }
+    wait_for_no_locks(&redis, "after warming up");
+    let mut m = Monitor::start(&redis);
+    assert_eq!(
+        commands_per_request(&redis, &mut m, &h, "/cgi-bin/env.cgi", &cookie).len(),
+        2,
+        "a resumed request: lock+load, release"
+    );
+    let r = get_with_cookie(&h.url("/cgi-bin/env.cgi"), &cookie);
+    let n: u64 = r
+        .env("RSESSION_DATA")
+        .unwrap()
+        .trim_start_matches("n=")
+        .parse()
+        .unwrap();
+    assert_eq!(
+        commands_per_request(&redis, &mut m, &h, "/cgi-bin/counter.cgi", &cookie).len(),
+        2,
+        "a read+write request: lock+load, save+release"
+    );
+    let r = get_with_cookie(&h.url("/cgi-bin/env.cgi"), &cookie);
+    assert_eq!(
+        r.env("RSESSION_DATA"),
+        Some(format!("n={}", n + 1)),
+        "saved"
+    );
 }

@@ -14,6 +14,7 @@ use crate::id::SessionId;
 use crate::record::Record;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,17 +31,31 @@ pub trait HeldLock: Send {
 }
 
 /// Opaque proof of a held lock, issued by the store that took it and read
-/// only by that store.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Fence(String);
+/// only by that store. It also notes whether a write released the lock
+/// already (`SessionStore::save_and_release`), so dropping it costs nothing.
+pub struct Fence {
+    token: String,
+    released: AtomicBool,
+}
 
 impl Fence {
     pub(crate) fn new(token: String) -> Fence {
-        Fence(token)
+        Fence {
+            token,
+            released: AtomicBool::new(false),
+        }
     }
 
     pub(crate) fn token(&self) -> &str {
-        &self.0
+        &self.token
+    }
+
+    pub(crate) fn mark_released(&self) {
+        self.released.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_released(&self) -> bool {
+        self.released.load(Ordering::Relaxed)
     }
 }
 
@@ -83,6 +98,17 @@ pub trait SessionStore: Send + Sync {
         record: &Record,
         fence: Option<&Fence>,
     ) -> Result<(), StoreError>;
+    /// `save` as the last write under the lock `fence` came from: a store
+    /// may release that lock in the same step (one round trip for both).
+    /// Nothing may be done under the lock afterwards.
+    fn save_and_release(
+        &self,
+        id: &SessionId,
+        record: &Record,
+        fence: &Fence,
+    ) -> Result<(), StoreError> {
+        self.save(id, record, Some(fence))
+    }
     /// Removes the record; removing a missing record is not an error. The
     /// `fence` works as for `save`.
     fn delete(&self, id: &SessionId, fence: Option<&Fence>) -> Result<(), StoreError>;

@@ -61,6 +61,23 @@ static FENCED_SET: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
+/// FENCED_SET, then releases lock KEYS[2] if it was ours: the last write
+/// of a request and its release in one round trip.
+static FENCED_SET_RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('GET', KEYS[2]) ~= ARGV[3] then return -1 end \
+         local saved = redis.call('SET', KEYS[1], ARGV[1], 'XX', 'EXAT', ARGV[2]) \
+         redis.call('DEL', KEYS[2]) \
+         if saved then return 1 end \
+         return 0",
+    )
+});
+
+/// RELEASE as EVAL, for a release sent without waiting for its reply (an
+/// EVALSHA could come back NOSCRIPT when nobody reads the reply to retry).
+const RELEASE_SRC: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+
 /// Deletes record KEYS[1] only while lock KEYS[2] holds our token ARGV[1].
 static FENCED_DEL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -86,8 +103,10 @@ const RENEW_RETRY: Duration = Duration::from_millis(200);
 /// Pauses between attempts to clean up an abandoned lock grow to this.
 const MAX_CLEAN_PAUSE: Duration = Duration::from_secs(1);
 /// Abandoned locks remembered per process; beyond this, their TTL frees
-/// them.
+/// them (and a release is then waited for instead).
 const MAX_ABANDONED: usize = 4096;
+/// Releases left unread on one connection; beyond this, they are read first.
+const MAX_UNREAD: usize = 32;
 
 pub struct RedisStore {
     url: RedisUrl,
@@ -99,6 +118,15 @@ struct Pool {
     target: Target,
     timeout: Duration,
     idle: Mutex<Vec<Conn>>,
+    /// Where releases whose outcome is unknown go to be retried.
+    keeper: std::sync::OnceLock<std::sync::Weak<Keeper>>,
+}
+
+/// A release sent on a connection whose reply is not read yet.
+struct Unread {
+    key: String,
+    token: String,
+    ttl: Duration,
 }
 
 struct Conn {
@@ -108,6 +136,9 @@ struct Conn {
     /// Who the server says we are, so that a command left running on this
     /// connection can be stopped by killing it (`CLIENT KILL`).
     client: Option<ClientId>,
+    /// Releases sent without waiting: their replies come first on this
+    /// connection, and are read (and checked) before its next use.
+    unread: Vec<Unread>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -186,22 +217,126 @@ impl Pool {
             }
         };
         con.set_timeouts(self.timeout)?;
-        Ok(Conn { con, epoch, client })
+        Ok(Conn {
+            con,
+            epoch,
+            client,
+            unread: Vec::new(),
+        })
     }
 
     fn put_back(&self, conn: Conn) {
         let mut idle = self.idle.lock();
         if idle.len() < MAX_IDLE && conn.epoch == self.target.epoch() {
             idle.push(conn);
+        } else {
+            drop(idle);
+            self.discard(conn);
         }
     }
 
     /// An idle connection, unless the master moved since it was made.
     fn take_idle(&self) -> Option<Conn> {
         let epoch = self.target.epoch();
-        let mut idle = self.idle.lock();
-        idle.retain(|c| c.epoch == epoch);
-        idle.pop()
+        let mut stale = Vec::new();
+        let conn = {
+            let mut idle = self.idle.lock();
+            let (keep, old): (Vec<Conn>, Vec<Conn>) = std::mem::take(&mut *idle)
+                .into_iter()
+                .partition(|c| c.epoch == epoch);
+            *idle = keep;
+            stale.extend(old);
+            idle.pop()
+        };
+        stale.into_iter().for_each(|c| self.discard(c));
+        conn
+    }
+
+    /// Drops a connection; releases sent on it whose replies were not read
+    /// may not have run: the keeper makes sure (repeating a release is
+    /// harmless, it deletes only our token).
+    fn discard(&self, conn: Conn) {
+        self.orphan(conn.unread);
+    }
+
+    fn orphan(&self, unread: Vec<Unread>) {
+        if unread.is_empty() {
+            return;
+        }
+        if let Some(keeper) = self.keeper.get().and_then(std::sync::Weak::upgrade) {
+            for u in unread {
+                keeper.abandon(&u.key, &u.token, u.ttl, LateSet::No);
+            }
+        }
+    }
+
+    /// Reads the replies of the releases sent on `conn`; false when the
+    /// connection broke (the releases not confirmed went to the keeper).
+    fn read_unread(&self, conn: &mut Conn) -> bool {
+        let Link::One(c) = &mut conn.con else {
+            return true;
+        };
+        while !conn.unread.is_empty() {
+            match c.recv_response() {
+                // 1: released; 0: the lock was no longer ours.
+                Ok(redis::Value::Int(_)) => {
+                    conn.unread.remove(0);
+                }
+                // An error reply (the script did not run): try again later.
+                Ok(_) => {
+                    let u = conn.unread.remove(0);
+                    self.orphan(vec![u]);
+                }
+                Err(e) if !is_broken(&e) => {
+                    let u = conn.unread.remove(0);
+                    self.orphan(vec![u]);
+                }
+                Err(_) => {
+                    self.orphan(std::mem::take(&mut conn.unread));
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Sends the release of `key` (our `token`) on an idle connection
+    /// without waiting for the reply. False when there was no idle
+    /// connection to send it on (a new one would cost round trips) or
+    /// sending failed.
+    fn send_release(&self, key: &str, token: &str, ttl: Duration) -> bool {
+        let Some(mut conn) = self.take_idle() else {
+            return false;
+        };
+        if conn.unread.len() >= MAX_UNREAD && !self.read_unread(&mut conn) {
+            return false;
+        }
+        let Link::One(c) = &mut conn.con else {
+            self.put_back(conn);
+            return false;
+        };
+        let packed = redis::cmd("EVAL")
+            .arg(RELEASE_SRC)
+            .arg(1)
+            .arg(key)
+            .arg(token)
+            .get_packed_command();
+        match c.send_packed_command(&packed) {
+            Ok(()) => {
+                conn.unread.push(Unread {
+                    key: key.to_string(),
+                    token: token.to_string(),
+                    ttl,
+                });
+                self.put_back(conn);
+                true
+            }
+            Err(_) => {
+                // Possibly half sent: the connection goes.
+                self.discard(conn);
+                false
+            }
+        }
     }
 
     /// Runs `f` on a pooled connection; a connection that failed goes away.
@@ -217,7 +352,14 @@ impl Pool {
         loop {
             let from_pool = pooled.is_some();
             let mut conn = match pooled.take() {
-                Some(c) => c,
+                Some(mut c) => {
+                    if !self.read_unread(&mut c) {
+                        // Broken while idle: nothing of `f` was sent; a
+                        // fresh one.
+                        continue;
+                    }
+                    c
+                }
                 None => match self.connect() {
                     Ok(c) => c,
                     Err(error) => {
@@ -461,11 +603,12 @@ impl Keeper {
         self.state.lock().held.remove(&serial);
     }
 
-    /// Remembers a lock that may be in Redis with nobody to release it.
-    fn abandon(self: &Arc<Self>, key: &str, token: &str, ttl: Duration, late: LateSet) {
+    /// Remembers a lock that may be in Redis with nobody to release it;
+    /// false when too many are remembered already.
+    fn abandon(self: &Arc<Self>, key: &str, token: &str, ttl: Duration, late: LateSet) -> bool {
         let mut kept = self.state.lock();
         if kept.abandoned_count >= MAX_ABANDONED {
-            return;
+            return false;
         }
         self.ensure_thread(&mut kept);
         let now = Instant::now();
@@ -482,6 +625,7 @@ impl Keeper {
             });
         kept.abandoned_count += 1;
         self.wake.notify_all();
+        true
     }
 
     /// Tokens of this process's abandoned locks on `key`.
@@ -504,6 +648,7 @@ impl Keeper {
             if pid == std::process::id() && t.thread().id() != std::thread::current().id() {
                 // Bounded: the thread waits at most one `timeout` for Redis.
                 let _ = t.join();
+                self.flush();
             } else {
                 std::mem::forget(t);
             }
@@ -515,7 +660,18 @@ impl Keeper {
             if !work.renew.is_empty() {
                 self.renew(&work.renew);
             }
-            for (key, token, late) in work.clean {
+            let (plain, late): (Vec<_>, Vec<_>) = work
+                .clean
+                .into_iter()
+                .partition(|(.., late)| matches!(late, LateSet::No));
+            if !plain.is_empty() {
+                let plain: Vec<_> = plain.into_iter().map(|(k, t, _)| (k, t)).collect();
+                if !self.release_all(&plain) {
+                    self.state.lock().postpone_late_sets(Instant::now());
+                    continue;
+                }
+            }
+            for (key, token, late) in late {
                 if self.state.lock().stop {
                     break;
                 }
@@ -547,36 +703,83 @@ impl Keeper {
         }
     }
 
+    /// Sends `cmds` (EVALs, on any nodes) in one round trip.
+    fn pipelined(&self, cmds: &[redis::Cmd]) -> Result<Vec<i64>, StoreError> {
+        self.pool.with(|c| match c {
+            Link::One(c) => {
+                let mut p = redis::pipe();
+                cmds.iter().for_each(|cmd| {
+                    p.add_command(cmd.clone());
+                });
+                p.query(c)
+            }
+            // Locks live on several nodes: the cluster pipeline sends each
+            // node its part.
+            Link::Cluster(c) => {
+                let mut p = redis::cluster::cluster_pipe();
+                cmds.iter().for_each(|cmd| {
+                    p.add_command(cmd.clone());
+                });
+                p.query(c)
+            }
+        })
+    }
+
+    /// Deletes abandoned locks no late SET can retake (releases, mostly),
+    /// if still ours, in one round trip; false when Redis did not answer.
+    fn release_all(&self, locks: &[(String, String)]) -> bool {
+        let cmds: Vec<redis::Cmd> = locks
+            .iter()
+            .map(|(key, token)| {
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(RELEASE_SRC).arg(1).arg(key).arg(token);
+                cmd
+            })
+            .collect();
+        if self.pipelined(&cmds).is_err() {
+            return false;
+        }
+        let mut kept = self.state.lock();
+        for (key, token) in locks {
+            kept.settle(key, token, None);
+        }
+        true
+    }
+
+    /// On stop (a graceful restart): the releases still pending are sent
+    /// now, in one round trip bounded by `timeout`, rather than left to
+    /// hold their sessions until the TTL.
+    fn flush(&self) {
+        let pending: Vec<(String, String)> = {
+            let kept = self.state.lock();
+            kept.abandoned
+                .iter()
+                .flat_map(|(key, list)| {
+                    list.iter()
+                        .filter(|a| matches!(a.late, LateSet::No))
+                        .map(|a| (key.clone(), a.token.clone()))
+                })
+                .collect()
+        };
+        if !pending.is_empty() {
+            self.release_all(&pending);
+        }
+    }
+
     /// Extends every due lock in one round trip. A lock found lost (it
     /// expired, or another holder has it) is no longer renewed; its
     /// holder's fenced write will be refused.
     fn renew(&self, due: &[(u64, String, String, Duration)]) {
         let sent = Instant::now();
-        let replies: Result<Vec<i64>, _> = self.pool.with(|c| {
-            let renew = |key: &str, token: &str, ttl: Duration| {
+        let cmds: Vec<redis::Cmd> = due
+            .iter()
+            .map(|(_, key, token, ttl)| {
                 let mut cmd = redis::cmd("EVAL");
-                cmd.arg(RENEW).arg(1).arg(key).arg(token).arg(millis(ttl));
+                cmd.arg(RENEW).arg(1).arg(key).arg(token).arg(millis(*ttl));
                 cmd
-            };
-            match c {
-                Link::One(c) => {
-                    let mut p = redis::pipe();
-                    for (_, key, token, ttl) in due {
-                        p.add_command(renew(key, token, *ttl));
-                    }
-                    p.query(c)
-                }
-                // Locks live on several nodes: the cluster pipeline sends
-                // each node its part.
-                Link::Cluster(c) => {
-                    let mut p = redis::cluster::cluster_pipe();
-                    for (_, key, token, ttl) in due {
-                        p.add_command(renew(key, token, *ttl));
-                    }
-                    p.query(c)
-                }
-            }
-        });
+            })
+            .collect();
+        let replies = self.pipelined(&cmds);
         let Ok(replies) = replies else { return };
         let mut kept = self.state.lock();
         for ((serial, ..), reply) in due.iter().zip(replies) {
@@ -643,18 +846,25 @@ impl HeldLock for RedisLock {
 }
 
 impl Drop for RedisLock {
+    /// The request does not wait for the release: it is sent on an idle
+    /// connection whose next use reads the reply first, or else handed to
+    /// the keeper, which sends it. Both end with the keeper's retries when
+    /// the outcome is unknown; only a full keeper makes us wait.
     fn drop(&mut self) {
         self.keeper.forget(self.serial);
-        let token = self.fence.token();
-        let released = self
-            .keeper
-            .pool
-            .run(|c| RELEASE.key(&self.key).arg(token).invoke::<i64>(c));
-        if released.is_err() {
-            // Redis may never see this release: the keeper retries it. A
-            // release that still runs late is harmless.
-            self.keeper.abandon(&self.key, token, self.ttl, LateSet::No);
+        if self.fence.is_released() {
+            return;
         }
+        let token = self.fence.token();
+        let pool = &self.keeper.pool;
+        if pool.send_release(&self.key, token, self.ttl)
+            || self.keeper.abandon(&self.key, token, self.ttl, LateSet::No)
+        {
+            return;
+        }
+        // The keeper is full: wait for the release; if that fails too, the
+        // lock's TTL frees it.
+        let _ = pool.run(|c| RELEASE.key(&self.key).arg(token).invoke::<i64>(c));
     }
 }
 
@@ -683,10 +893,13 @@ impl RedisStore {
             target: Target::new(url).map_err(unavailable)?,
             timeout: url.timeout,
             idle: Mutex::new(Vec::new()),
+            keeper: std::sync::OnceLock::new(),
         });
+        let keeper = Arc::new(Keeper::new(pool.clone()));
+        let _ = pool.keeper.set(Arc::downgrade(&keeper));
         Ok(RedisStore {
             url: url.clone(),
-            keeper: Arc::new(Keeper::new(pool.clone())),
+            keeper,
             pool,
         })
     }
@@ -755,7 +968,7 @@ impl RedisStore {
                     Sent::Maybe(None) => Some(LateSet::Unknown),
                 };
                 if let Some(late) = late {
-                    self.keeper.abandon(&key, &token, ttl, late);
+                    let _ = self.keeper.abandon(&key, &token, ttl, late);
                 }
                 return Err(unavailable(error));
             }
@@ -820,6 +1033,32 @@ impl SessionStore for RedisStore {
                 .arg(fence.token())
                 .invoke(c)
         })?;
+        match reply {
+            1 => Ok(()),
+            0 => Err(StoreError::Vanished),
+            _ => Err(StoreError::LockLost),
+        }
+    }
+
+    fn save_and_release(
+        &self,
+        id: &SessionId,
+        record: &Record,
+        fence: &Fence,
+    ) -> Result<(), StoreError> {
+        let (key, lock_key, body) = (self.key(id), self.lock_key(id), record.encode());
+        let reply: i64 = self.pool.with(|c| {
+            FENCED_SET_RELEASE
+                .key(&key)
+                .key(&lock_key)
+                .arg(&body)
+                .arg(record.expires_at())
+                .arg(fence.token())
+                .invoke(c)
+        })?;
+        // Any reply: the lock is released, or was no longer ours. Without
+        // one, the lock's own release follows as usual.
+        fence.mark_released();
         match reply {
             1 => Ok(()),
             0 => Err(StoreError::Vanished),

@@ -18,7 +18,7 @@ use crate::interim::Event;
 use crate::safe_fs::{Owner, Setup};
 use crate::session::{ActiveSession, CookieChange, Notes, Outcome, SessionError};
 use crate::status::{Counter, Stats};
-use crate::store::StoreError;
+use crate::store::{SessionStore, StoreError};
 use crate::update;
 use std::collections::HashSet;
 use std::ffi::c_int;
@@ -168,6 +168,16 @@ pub fn child_init(pchild: Pool<'_>, main: Server<'_>) {
     let Some(main_rt) = main.state().runtime.get() else {
         return;
     };
+    // Registered before the sweeper, so it runs after it (cleanups run in
+    // reverse): the stores' background work ends with the child. The
+    // runtimes live in pconf, which a child never destroys.
+    let mut stores: Vec<Arc<dyn SessionStore>> = Vec::new();
+    for rt in main.iter().filter_map(|s| s.state().runtime.get()) {
+        if !stores.iter().any(|s| Arc::ptr_eq(s, &rt.store)) {
+            stores.push(rt.store.clone());
+        }
+    }
+    pchild.attach(StopAtChildExit(stores));
     if main_rt.gc_interval.is_zero() {
         return;
     }
@@ -209,6 +219,17 @@ pub fn child_init(pchild: Pool<'_>, main: Server<'_>) {
             Level::Err,
             "RS0043 cannot start the session sweeper: {e}"
         ),
+    }
+}
+
+/// Stops the stores' background work when the child's pool goes.
+struct StopAtChildExit(Vec<Arc<dyn SessionStore>>);
+
+impl Drop for StopAtChildExit {
+    fn drop(&mut self) {
+        for store in &self.0 {
+            store.stop_background();
+        }
     }
 }
 

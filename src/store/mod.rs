@@ -128,6 +128,9 @@ pub trait SessionStore: Send + Sync {
     ) -> Result<Option<LockedLoad>, StoreError> {
         Ok(self.try_lock(id, ttl)?.map(|lock| (lock, self.load(id))))
     }
+    /// The child process is exiting: finish background work (Redis: the
+    /// keeper sends the lock releases it still holds) before it goes.
+    fn stop_background(&self) {}
     /// How many records the store holds (expired ones not yet swept count).
     fn count(&self) -> Result<u64, StoreError>;
     /// Local directories the server's `User` must own (created by the

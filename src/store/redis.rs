@@ -989,6 +989,10 @@ impl RedisStore {
 }
 
 impl SessionStore for RedisStore {
+    fn stop_background(&self) {
+        self.keeper.stop();
+    }
+
     fn describe(&self) -> String {
         match self.pool.target.current_master() {
             Some(at) => format!("{} (master at {at})", self.url),

@@ -690,6 +690,74 @@ mod tests {
     }
 
     #[test]
+    fn a_pass_stops_within_moments_of_a_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = target(dir.path());
+        // Records alone (cheaper to make than whole sessions): the pass
+        // still takes far longer than the bound below.
+        let record = Record::new(now() - 100, 10, 0);
+        for _ in 0..20_000 {
+            t.store
+                .create(&SessionId::generate().unwrap(), &record)
+                .unwrap();
+        }
+        let stop = AtomicBool::new(false);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stopped_after = std::thread::scope(|s| {
+            let sweeping = s.spawn(|| {
+                pass(&t, &mut Cursor::default(), Duration::ZERO, usize::MAX, &stop, &|| {
+                    let _ = tx.send(());
+                })
+            });
+            rx.recv_timeout(Duration::from_secs(60)).unwrap();
+            stop.store(true, Ordering::Relaxed);
+            let asked = Instant::now();
+            let outcome = sweeping.join().unwrap().unwrap();
+            assert!(outcome.is_none(), "a stopped pass reports nothing");
+            asked.elapsed()
+        });
+        assert!(stopped_after < Duration::from_secs(2), "{stopped_after:?}");
+        let left = t.store.count().unwrap();
+        assert!(left > 0, "the pass was stopped, not finished");
+        assert_eq!(t.stats.get(Counter::GcRuns), 0);
+    }
+
+    #[test]
+    fn several_threads_sweep_every_shard_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let _ = fs::create_dir(dir.path().join("store"));
+        let store: Arc<dyn SessionStore> = Arc::new(
+            FileStore::open(dir.path().join("store"))
+                .unwrap()
+                .with_sweep_workers(3),
+        );
+        let _ = fs::create_dir(dir.path().join("scratch"));
+        let t = Target {
+            scratch: ScratchRoot::new(dir.path().join("scratch"), &store.describe()),
+            store,
+            stats: Arc::new(Stats::default()),
+        };
+        let now = now();
+        let expired: Vec<_> = (0..600).map(|_| session(&t, now - 100, 10)).collect();
+        let live: Vec<_> = (0..300).map(|_| session(&t, now, 1000)).collect();
+        let locked = session(&t, now - 100, 10);
+        let _held = t.store.try_lock(&locked, Duration::ZERO).unwrap().unwrap();
+        let report = run(&t, &mut Cursor::default(), Duration::ZERO, usize::MAX)
+            .unwrap()
+            .unwrap();
+        assert_eq!(report.counts.expired, 600, "{report}");
+        assert_eq!(report.counts.skipped_locked, 1);
+        assert_eq!(report.counts.records, 301);
+        assert!(expired
+            .iter()
+            .all(|id| !t.store.exists(id).unwrap() && !t.scratch.path(id).exists()));
+        assert!(live
+            .iter()
+            .all(|id| t.store.exists(id).unwrap() && t.scratch.path(id).is_dir()));
+        assert!(t.store.exists(&locked).unwrap());
+    }
+
+    #[test]
     fn the_thread_stops_when_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let t = target(dir.path());

@@ -705,9 +705,16 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let stopped_after = std::thread::scope(|s| {
             let sweeping = s.spawn(|| {
-                pass(&t, &mut Cursor::default(), Duration::ZERO, usize::MAX, &stop, &|| {
-                    let _ = tx.send(());
-                })
+                pass(
+                    &t,
+                    &mut Cursor::default(),
+                    Duration::ZERO,
+                    usize::MAX,
+                    &stop,
+                    &|| {
+                        let _ = tx.send(());
+                    },
+                )
             });
             rx.recv_timeout(Duration::from_secs(60)).unwrap();
             stop.store(true, Ordering::Relaxed);

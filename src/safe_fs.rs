@@ -603,7 +603,10 @@ pub fn remove_tree_at_until(parent: impl AsFd, name: &OsStr, stop: &AtomicBool) 
             Err(Errno::EISDIR) | Err(Errno::EPERM) => {}
             Err(e) => return Err(errno(e)),
         },
-        Err(Errno::ENOTEMPTY) | Err(Errno::EEXIST) | Err(Errno::EPERM) | Err(Errno::EACCES)
+        Err(Errno::ENOTEMPTY)
+        | Err(Errno::EEXIST)
+        | Err(Errno::EPERM)
+        | Err(Errno::EACCES)
         | Err(Errno::EBUSY) => {}
         Err(e) => return Err(errno(e)),
     }

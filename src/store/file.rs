@@ -42,12 +42,12 @@ use crate::record::Record;
 use crate::safe_fs::{self, Setup};
 use nix::fcntl::{fcntl, renameat2, FcntlArg, RenameFlags, AT_FDCWD};
 use parking_lot::Mutex;
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
-use std::collections::HashSet;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -343,7 +343,8 @@ impl FileStore {
                 continue;
             };
             // mtime is the expiry moment: unexpired records cost no read.
-            let after_now = st.st_mtime > now as i64 || (st.st_mtime == now as i64 && st.st_mtime_nsec > 0);
+            let after_now =
+                st.st_mtime > now as i64 || (st.st_mtime == now as i64 && st.st_mtime_nsec > 0);
             if after_now {
                 counts.records += 1;
                 continue;
@@ -784,8 +785,7 @@ impl SessionStore for FileStore {
         let scanned = AtomicU64::new(0);
         let work = || {
             let mut counts = SweepCounts::default();
-            while !stop.load(Ordering::Relaxed) && scanned.load(Ordering::Relaxed) < budget as u64
-            {
+            while !stop.load(Ordering::Relaxed) && scanned.load(Ordering::Relaxed) < budget as u64 {
                 let shard = next.fetch_add(1, Ordering::Relaxed);
                 if shard >= SHARDS {
                     break;

@@ -12,9 +12,10 @@ use crate::store::{SessionStore, StoreError, SweepCounts};
 use parking_lot::{Condvar, Mutex};
 use std::collections::HashSet;
 use std::ffi::OsStr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -83,11 +84,14 @@ fn now() -> u64 {
 
 /// Runs one pass over `target` unless another sweeper holds the store or
 /// swept it within `interval`.
+/// Returns soon after `stop` is set, the figures then left as they were.
 fn pass(
     target: &Target,
     cursor: &mut Cursor,
     interval: Duration,
     budget: usize,
+    stop: &AtomicBool,
+    begun: &dyn Fn(),
 ) -> Result<Option<PassReport>, StoreError> {
     let Some(_sweeping) = target
         .store
@@ -95,15 +99,25 @@ fn pass(
     else {
         return Ok(None);
     };
+    begun();
     let started = Instant::now();
-    let scratch = &target.scratch;
-    let counts = target
-        .store
-        .sweep(now(), &mut cursor.store, budget, &mut |id| {
-            let _ = scratch.remove(id);
-        })?;
+    let shards = ScratchShards::new(&target.scratch);
+    let counts = target.store.sweep(
+        now(),
+        &mut cursor.store,
+        budget,
+        &|id| shards.remove(id, stop),
+        stop,
+    )?;
+    drop(shards);
+    if stop.load(Ordering::Relaxed) {
+        return Ok(None);
+    }
     let (orphans, unremovable) =
-        sweep_orphans(target, cursor, budget, interval.max(MIN_ORPHAN_GRACE))?;
+        sweep_orphans(target, cursor, budget, interval.max(MIN_ORPHAN_GRACE), stop)?;
+    if stop.load(Ordering::Relaxed) {
+        return Ok(None);
+    }
     target.stats.bump(Counter::GcRuns);
     target
         .stats
@@ -125,6 +139,37 @@ fn pass(
     }))
 }
 
+/// The scratch shards of one store, each opened once per pass rather than
+/// once per session removed, shared by the store's sweeping threads.
+struct ScratchShards<'a> {
+    scratch: &'a ScratchRoot,
+    shards: Vec<OnceLock<Option<OwnedFd>>>,
+}
+
+impl<'a> ScratchShards<'a> {
+    fn new(scratch: &'a ScratchRoot) -> ScratchShards<'a> {
+        ScratchShards {
+            scratch,
+            shards: (0..256).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// Removes the directory of `id`, if any (a shard missing when first
+    /// looked at is left to the orphan pass).
+    fn remove(&self, id: &SessionId, stop: &AtomicBool) {
+        let text = id.text();
+        let shard = self.shards[id.shard() as usize].get_or_init(|| {
+            self.scratch
+                .open_shard(OsStr::new(&text[..2]))
+                .ok()
+                .flatten()
+        });
+        if let Some(shard) = shard {
+            let _ = safe_fs::remove_tree_at_until(shard, OsStr::new(&*text), stop);
+        }
+    }
+}
+
 /// Removes the scratch directories of this store's sessions (its own part
 /// of the root only: other stores' sessions are theirs to judge) whose
 /// session no longer exists. Returns how many went, and a line for each
@@ -134,6 +179,7 @@ fn sweep_orphans(
     cursor: &mut Cursor,
     budget: usize,
     grace: Duration,
+    stop: &AtomicBool,
 ) -> Result<(u64, Vec<String>), StoreError> {
     let mut removed = 0;
     let mut unremovable = Vec::new();
@@ -167,6 +213,9 @@ fn sweep_orphans(
             continue;
         };
         for name in entries {
+            if stop.load(Ordering::Relaxed) {
+                return Ok((removed, unremovable));
+            }
             position += 1;
             if position <= cursor.scratch {
                 continue;
@@ -201,7 +250,8 @@ fn sweep_orphans(
             if target.store.exists(&id)? {
                 continue;
             }
-            match safe_fs::remove_tree_at(&shard, OsStr::new(&*id.text())) {
+            match safe_fs::remove_tree_at_until(&shard, OsStr::new(&*id.text()), stop) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Ok(()) => {
                     removed += 1;
                     cursor.reported.remove(&id);
@@ -229,6 +279,8 @@ fn running_as_root() -> bool {
 
 /// Where a pass's outcome goes (the host logs it).
 pub enum Event {
+    /// A pass over this store begins.
+    Begun(String),
     Pass(PassReport),
     /// A scratch directory the sweeper cannot remove (once per directory).
     Unremovable(String),
@@ -238,9 +290,12 @@ pub enum Event {
 
 type Stop = Arc<(Mutex<bool>, Condvar)>;
 
-/// The background thread of one child. Dropping it stops and joins it.
+/// The background thread of one child. Dropping it stops and joins it,
+/// within moments even in the middle of a pass.
 pub struct Sweeper {
     stop: Stop,
+    /// Set with `stop`, read by passes before every entry.
+    stopping: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -252,6 +307,8 @@ impl Sweeper {
     ) -> std::io::Result<Sweeper> {
         let stop: Stop = Arc::new((Mutex::new(false), Condvar::new()));
         let flag = stop.clone();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stopped = stopping.clone();
         let thread = std::thread::Builder::new()
             .name("rsession-gc".into())
             .spawn(move || {
@@ -272,8 +329,13 @@ impl Sweeper {
                         return;
                     }
                     for (target, cursor) in targets.iter().zip(cursors.iter_mut()) {
+                        if stopped.load(Ordering::Relaxed) {
+                            return;
+                        }
                         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            pass(target, cursor, interval, PASS_BUDGET)
+                            pass(target, cursor, interval, PASS_BUDGET, &stopped, &|| {
+                                report(Event::Begun(target.store.describe()))
+                            })
                         })) {
                             Ok(Ok(Some(mut done))) => {
                                 for what in std::mem::take(&mut done.unremovable) {
@@ -296,6 +358,7 @@ impl Sweeper {
             })?;
         Ok(Sweeper {
             stop,
+            stopping,
             thread: Some(thread),
         })
     }
@@ -303,6 +366,7 @@ impl Sweeper {
 
 impl Drop for Sweeper {
     fn drop(&mut self) {
+        self.stopping.store(true, Ordering::Relaxed);
         let (lock, cvar) = &*self.stop;
         *lock.lock() = true;
         cvar.notify_all();
@@ -318,6 +382,27 @@ mod tests {
     use crate::record::Record;
     use crate::store::file::FileStore;
     use std::fs;
+
+    static RUNNING: AtomicBool = AtomicBool::new(false);
+
+    /// A pass nothing stops.
+    fn run(
+        t: &Target,
+        cursor: &mut Cursor,
+        interval: Duration,
+        budget: usize,
+    ) -> Result<Option<PassReport>, StoreError> {
+        pass(t, cursor, interval, budget, &RUNNING, &|| {})
+    }
+
+    fn orphans(
+        t: &Target,
+        cursor: &mut Cursor,
+        budget: usize,
+        grace: Duration,
+    ) -> Result<(u64, Vec<String>), StoreError> {
+        sweep_orphans(t, cursor, budget, grace, &RUNNING)
+    }
 
     fn target(dir: &std::path::Path) -> Target {
         target_in(dir, "store", "scratch")
@@ -355,7 +440,7 @@ mod tests {
         let live = session(&t, now, 1000);
         let locked = session(&t, now - 100, 10);
         let held = t.store.try_lock(&locked, Duration::ZERO).unwrap().unwrap();
-        let report = pass(&t, &mut Cursor::default(), Duration::ZERO, 1000)
+        let report = run(&t, &mut Cursor::default(), Duration::ZERO, 1000)
             .unwrap()
             .unwrap();
         assert_eq!(report.counts.expired, 1);
@@ -369,7 +454,7 @@ mod tests {
             "a locked session is never swept"
         );
         drop(held);
-        pass(&t, &mut Cursor::default(), Duration::ZERO, 1000)
+        run(&t, &mut Cursor::default(), Duration::ZERO, 1000)
             .unwrap()
             .unwrap();
         assert!(!t.store.exists(&locked).unwrap());
@@ -381,14 +466,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t = target(dir.path());
         let now = now();
-        for _ in 0..5 {
-            session(&t, now - 100, 10);
+        // One per shard: a pass finishes the shards it begins.
+        for shard in 1..=5u8 {
+            let id: SessionId = format!("{shard:02x}{}", "0".repeat(30)).parse().unwrap();
+            let record = Record {
+                accessed: now - 100,
+                ..Record::new(now - 100, 10, 0)
+            };
+            t.store.create(&id, &record).unwrap();
         }
         let mut cursor = Cursor::default();
-        let first = pass(&t, &mut cursor, Duration::ZERO, 2).unwrap().unwrap();
+        let first = run(&t, &mut cursor, Duration::ZERO, 2).unwrap().unwrap();
         assert_eq!(first.counts.scanned, 2);
+        assert_eq!(first.counts.expired, 2);
         assert!(
-            pass(&t, &mut Cursor::default(), Duration::from_secs(3600), 2)
+            run(&t, &mut Cursor::default(), Duration::from_secs(3600), 2)
                 .unwrap()
                 .is_none(),
             "swept moments ago"
@@ -400,7 +492,7 @@ mod tests {
             if t.store.count().unwrap() == 0 {
                 break;
             }
-            total += pass(&t, &mut cursor, Duration::ZERO, 2)
+            total += run(&t, &mut cursor, Duration::ZERO, 2)
                 .unwrap()
                 .unwrap()
                 .counts
@@ -422,7 +514,7 @@ mod tests {
         std::os::unix::fs::symlink(&outside, path.join("link")).unwrap();
         // Too young: left alone.
         assert_eq!(
-            sweep_orphans(&t, &mut Cursor::default(), 100, Duration::from_secs(3600))
+            orphans(&t, &mut Cursor::default(), 100, Duration::from_secs(3600))
                 .unwrap()
                 .0,
             0
@@ -431,7 +523,7 @@ mod tests {
         // A session that exists keeps its directory.
         let live = session(&t, now(), 1000);
         assert_eq!(
-            sweep_orphans(&t, &mut Cursor::default(), 100, Duration::ZERO)
+            orphans(&t, &mut Cursor::default(), 100, Duration::ZERO)
                 .unwrap()
                 .0,
             1
@@ -451,7 +543,7 @@ mod tests {
         let b = target_in(dir.path(), "b", "scratch");
         let live_a = session(&a, now(), 1000);
         for _ in 0..2 {
-            pass(&b, &mut Cursor::default(), Duration::ZERO, 1000).unwrap();
+            run(&b, &mut Cursor::default(), Duration::ZERO, 1000).unwrap();
         }
         assert!(
             a.scratch.path(&live_a).is_dir(),
@@ -459,7 +551,7 @@ mod tests {
         );
         // And each store's orphans are still found by its own sweeper.
         a.store.delete(&live_a, None).unwrap();
-        let (n, _) = sweep_orphans(&a, &mut Cursor::default(), 1000, Duration::ZERO).unwrap();
+        let (n, _) = orphans(&a, &mut Cursor::default(), 1000, Duration::ZERO).unwrap();
         assert_eq!(n, 1);
         assert!(!a.scratch.path(&live_a).exists());
     }
@@ -473,16 +565,16 @@ mod tests {
             ..one.clone()
         };
         let interval = Duration::from_secs(3600);
-        assert!(pass(&one, &mut Cursor::default(), interval, 10)
+        assert!(run(&one, &mut Cursor::default(), interval, 10)
             .unwrap()
             .is_some());
         assert!(
-            pass(&two, &mut Cursor::default(), interval, 10)
+            run(&two, &mut Cursor::default(), interval, 10)
                 .unwrap()
                 .is_some(),
             "the other scratch root has a sweep of its own"
         );
-        assert!(pass(&two, &mut Cursor::default(), interval, 10)
+        assert!(run(&two, &mut Cursor::default(), interval, 10)
             .unwrap()
             .is_none());
     }
@@ -520,8 +612,8 @@ mod tests {
         fs::write(theirs.join("f"), "x").unwrap();
         let mut cursor = Cursor::default();
         let (first, second) = as_nobody(|| {
-            let first = sweep_orphans(&t, &mut cursor, 100, Duration::ZERO).unwrap();
-            let second = sweep_orphans(&t, &mut cursor, 100, Duration::ZERO).unwrap();
+            let first = orphans(&t, &mut cursor, 100, Duration::ZERO).unwrap();
+            let second = orphans(&t, &mut cursor, 100, Duration::ZERO).unwrap();
             (first, second)
         });
         assert_eq!(first.0, 0);
@@ -529,7 +621,7 @@ mod tests {
         assert!(first.1[0].contains("theirs/f"), "{:?}", first.1);
         assert!(second.1.is_empty(), "reported once, not every pass");
         fs::remove_file(theirs.join("f")).unwrap();
-        let third = as_nobody(|| sweep_orphans(&t, &mut cursor, 100, Duration::ZERO).unwrap());
+        let third = as_nobody(|| orphans(&t, &mut cursor, 100, Duration::ZERO).unwrap());
         assert_eq!(third.0, 1, "once it can go, it goes");
     }
 
@@ -553,7 +645,7 @@ mod tests {
             (t, live, orphan)
         });
         let (n, _) =
-            as_nobody(|| sweep_orphans(&t, &mut Cursor::default(), 100, Duration::ZERO).unwrap());
+            as_nobody(|| orphans(&t, &mut Cursor::default(), 100, Duration::ZERO).unwrap());
         assert_eq!(n, 1);
         assert!(
             t.scratch.path(&live).is_dir(),
@@ -588,13 +680,88 @@ mod tests {
             .unwrap();
         }
         let live = session(&t, now(), 1000);
-        let report = pass(&t, &mut Cursor::default(), Duration::ZERO, 1000)
+        let report = run(&t, &mut Cursor::default(), Duration::ZERO, 1000)
             .unwrap()
             .unwrap();
         assert_eq!(report.counts.expired, 2, "{report}");
         assert!(!t.store.exists(&fifo).unwrap());
         assert!(!t.store.exists(&planted_dir).unwrap());
         assert!(t.store.exists(&live).unwrap());
+    }
+
+    #[test]
+    fn a_pass_stops_within_moments_of_a_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = target(dir.path());
+        // Records alone (cheaper to make than whole sessions): the pass
+        // still takes far longer than the bound below.
+        let record = Record::new(now() - 100, 10, 0);
+        for _ in 0..20_000 {
+            t.store
+                .create(&SessionId::generate().unwrap(), &record)
+                .unwrap();
+        }
+        let stop = AtomicBool::new(false);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stopped_after = std::thread::scope(|s| {
+            let sweeping = s.spawn(|| {
+                pass(
+                    &t,
+                    &mut Cursor::default(),
+                    Duration::ZERO,
+                    usize::MAX,
+                    &stop,
+                    &|| {
+                        let _ = tx.send(());
+                    },
+                )
+            });
+            rx.recv_timeout(Duration::from_secs(60)).unwrap();
+            stop.store(true, Ordering::Relaxed);
+            let asked = Instant::now();
+            let outcome = sweeping.join().unwrap().unwrap();
+            assert!(outcome.is_none(), "a stopped pass reports nothing");
+            asked.elapsed()
+        });
+        assert!(stopped_after < Duration::from_secs(2), "{stopped_after:?}");
+        let left = t.store.count().unwrap();
+        assert!(left > 0, "the pass was stopped, not finished");
+        assert_eq!(t.stats.get(Counter::GcRuns), 0);
+    }
+
+    #[test]
+    fn several_threads_sweep_every_shard_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let _ = fs::create_dir(dir.path().join("store"));
+        let store: Arc<dyn SessionStore> = Arc::new(
+            FileStore::open(dir.path().join("store"))
+                .unwrap()
+                .with_sweep_workers(3),
+        );
+        let _ = fs::create_dir(dir.path().join("scratch"));
+        let t = Target {
+            scratch: ScratchRoot::new(dir.path().join("scratch"), &store.describe()),
+            store,
+            stats: Arc::new(Stats::default()),
+        };
+        let now = now();
+        let expired: Vec<_> = (0..600).map(|_| session(&t, now - 100, 10)).collect();
+        let live: Vec<_> = (0..300).map(|_| session(&t, now, 1000)).collect();
+        let locked = session(&t, now - 100, 10);
+        let _held = t.store.try_lock(&locked, Duration::ZERO).unwrap().unwrap();
+        let report = run(&t, &mut Cursor::default(), Duration::ZERO, usize::MAX)
+            .unwrap()
+            .unwrap();
+        assert_eq!(report.counts.expired, 600, "{report}");
+        assert_eq!(report.counts.skipped_locked, 1);
+        assert_eq!(report.counts.records, 301);
+        assert!(expired
+            .iter()
+            .all(|id| !t.store.exists(id).unwrap() && !t.scratch.path(id).exists()));
+        assert!(live
+            .iter()
+            .all(|id| t.store.exists(id).unwrap() && t.scratch.path(id).is_dir()));
+        assert!(t.store.exists(&locked).unwrap());
     }
 
     #[test]

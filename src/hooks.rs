@@ -199,6 +199,9 @@ pub fn child_init(pchild: Pool<'_>, main: Server<'_>) {
     }
     let log = ServerLog::new(main);
     let started = Sweeper::start(targets, main_rt.gc_interval, move |event| match event {
+        gc::Event::Begun(store) => {
+            log.log(Level::Debug, &format!("RS0150 sweep of {store} begins"))
+        }
         gc::Event::Pass(report) => log.log(Level::Info, &format!("RS0040 {report}")),
         gc::Event::Unremovable(what) => log.log(
             Level::Warning,

@@ -24,7 +24,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Added to every open of a file in the store or scratch root (std adds
 /// `O_CLOEXEC` itself): a planted link is not followed, a FIFO or device
@@ -586,10 +586,28 @@ struct Level {
 /// handler's `chmod 000` cannot keep a tree alive. Goes on past entries it
 /// cannot remove; the error names the first of them.
 pub fn remove_tree_at(parent: impl AsFd, name: &OsStr) -> io::Result<()> {
+    remove_tree_at_until(parent, name, &AtomicBool::new(false))
+}
+
+/// `remove_tree_at`, giving up (`Interrupted`) soon after `stop` is set:
+/// a handler's million files must not hold up a graceful stop.
+pub fn remove_tree_at_until(parent: impl AsFd, name: &OsStr, stop: &AtomicBool) -> io::Result<()> {
     let parent = parent.as_fd();
-    match unlinkat(parent, name, UnlinkatFlags::NoRemoveDir) {
+    // The usual case, an empty directory, in one call; `rmdir` never
+    // follows a link (a link or file is ENOTDIR).
+    match unlinkat(parent, name, UnlinkatFlags::RemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => return Ok(()),
-        Err(Errno::EISDIR) | Err(Errno::EPERM) => {}
+        Err(Errno::ENOTDIR) => match unlinkat(parent, name, UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => return Ok(()),
+            // Replaced by a directory meanwhile: go on as for one.
+            Err(Errno::EISDIR) | Err(Errno::EPERM) => {}
+            Err(e) => return Err(errno(e)),
+        },
+        Err(Errno::ENOTEMPTY)
+        | Err(Errno::EEXIST)
+        | Err(Errno::EPERM)
+        | Err(Errno::EACCES)
+        | Err(Errno::EBUSY) => {}
         Err(e) => return Err(errno(e)),
     }
     let Some(top) = open_for_removal(parent, name)? else {
@@ -622,6 +640,9 @@ pub fn remove_tree_at(parent: impl AsFd, name: &OsStr) -> io::Result<()> {
     };
     let mut moved = 0u64;
     while let Some(depth) = std::num::NonZeroUsize::new(stack.len()) {
+        if stop.load(Ordering::Relaxed) {
+            return Err(io::Error::new(ErrorKind::Interrupted, "stopped"));
+        }
         let depth = depth.get();
         if let Some(entry) = stack[depth - 1].pending.pop() {
             let here = stack[depth - 1].fd.as_fd();

@@ -42,8 +42,11 @@ use crate::record::Record;
 use crate::safe_fs::{self, Setup};
 use nix::fcntl::{fcntl, renameat2, FcntlArg, RenameFlags, AT_FDCWD};
 use parking_lot::Mutex;
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -74,6 +77,8 @@ pub struct FileStore {
     /// (an OFD lock is released with F_UNLCK, so a description can serve
     /// again): saves an open and a close per request.
     lock_files: Arc<LockFilePool>,
+    /// Threads a sweep uses (`sweep_workers`).
+    sweep_workers: usize,
 }
 
 /// Idle lock-file descriptions kept per shard and process...
@@ -187,6 +192,28 @@ struct FileLock {
 
 impl HeldLock for FileLock {}
 
+const SHARDS: usize = 256;
+/// The most threads a sweep uses, whatever the machine: a sweep is mostly
+/// waiting on the file system, and requests come first.
+const MAX_SWEEP_WORKERS: usize = 4;
+
+/// Threads for a sweep: the cores but one (left to requests), at least
+/// one, at most `MAX_SWEEP_WORKERS`.
+pub fn sweep_workers() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cores.saturating_sub(1).clamp(1, MAX_SWEEP_WORKERS)
+}
+
+/// Sums what the threads of one sweep did.
+fn add_counts(to: &mut SweepCounts, from: &SweepCounts) {
+    to.scanned += from.scanned;
+    to.records += from.records;
+    to.expired += from.expired;
+    to.skipped_locked += from.skipped_locked;
+    to.debris += from.debris;
+    to.failed += from.failed;
+}
+
 fn shard_name(shard: u8) -> String {
     format!("{shard:02x}")
 }
@@ -199,6 +226,7 @@ impl FileStore {
             root,
             can_exchange: AtomicBool::new(true),
             lock_files: Arc::new(LockFilePool::new()),
+            sweep_workers: sweep_workers(),
         })
     }
 
@@ -211,7 +239,7 @@ impl FileStore {
     /// Removes the user entries whose record is gone (a crash between the
     /// two, a record removed by hand) and empty user directories, looking
     /// at no more than `budget` entries.
-    fn sweep_user_index(&self, budget: u64, counts: &mut SweepCounts) {
+    fn sweep_user_index(&self, budget: u64, stop: &AtomicBool, counts: &mut SweepCounts) {
         let mut seen = 0u64;
         let Ok(shards) = fs::read_dir(self.root.join(USERS)) else {
             return;
@@ -229,7 +257,7 @@ impl FileStore {
                 };
                 for entry in entries.flatten() {
                     seen += 1;
-                    if seen > budget {
+                    if seen > budget || stop.load(Ordering::Relaxed) {
                         return;
                     }
                     let stale = match entry.file_name().to_str().map(str::parse::<SessionId>) {
@@ -244,6 +272,140 @@ impl FileStore {
                 let _ = fs::remove_dir(user.path());
             }
         }
+    }
+
+    /// One shard of a sweep. Names come from one listing, so a spare whose
+    /// record was listed, or whose record this pass removed, costs no
+    /// system call; every record removed is still re-read under its lock.
+    fn sweep_shard(
+        &self,
+        root: &OwnedFd,
+        shard: u8,
+        now: u64,
+        removed: &(dyn Fn(&SessionId) + Sync),
+        stop: &AtomicBool,
+        counts: &mut SweepCounts,
+    ) {
+        // A shard replaced by a symbolic link is not followed.
+        let Ok(Some(dir)) = safe_fs::open_dir_at(root, std::ffi::OsStr::new(&shard_name(shard)))
+        else {
+            return;
+        };
+        let Ok(names) = safe_fs::list(&dir) else {
+            return;
+        };
+        let mut present: HashSet<&[u8]> = names.iter().map(|n| n.as_bytes()).collect();
+        let age = |st: &nix::sys::stat::FileStat| {
+            Duration::from_secs(now.saturating_sub(st.st_mtime.max(0) as u64))
+        };
+        for file_name in &names {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            counts.scanned += 1;
+            let Some(name) = file_name.to_str() else {
+                continue;
+            };
+            if !present.contains(name.as_bytes()) {
+                continue; // went with its record
+            }
+            let Ok(Some(st)) = safe_fs::stat_at(&dir, file_name) else {
+                continue;
+            };
+            let in_shard = || self.root.join(shard_name(shard)).join(name);
+            if name.starts_with(TEMP_PREFIX) {
+                if age(&st) >= DEBRIS_AGE && !writer_alive(name) {
+                    match safe_fs::remove_entry(&in_shard()) {
+                        Ok(()) => counts.debris += 1,
+                        Err(_) => counts.failed += 1,
+                    }
+                }
+                continue;
+            }
+            if let Some(owner) = name.strip_suffix(SPARE_SUFFIX) {
+                let Ok(owner_id) = owner.parse::<SessionId>() else {
+                    continue;
+                };
+                // A spare whose record is gone (a crash between the two
+                // unlinks of `delete`) is debris.
+                if !present.contains(owner.as_bytes())
+                    && self.exists(&owner_id).is_ok_and(|e| !e)
+                    && age(&st) >= DEBRIS_AGE
+                {
+                    match safe_fs::remove_entry(&in_shard()) {
+                        Ok(()) => counts.debris += 1,
+                        Err(_) => counts.failed += 1,
+                    }
+                }
+                continue;
+            }
+            let Ok(id) = name.parse::<SessionId>() else {
+                continue;
+            };
+            // mtime is the expiry moment: unexpired records cost no read.
+            let after_now =
+                st.st_mtime > now as i64 || (st.st_mtime == now as i64 && st.st_mtime_nsec > 0);
+            if after_now {
+                counts.records += 1;
+                continue;
+            }
+            // One entry that fails (planted, unremovable) never stops
+            // the pass: it is counted and the pass goes on.
+            let _lock = match self.try_lock(&id, Duration::ZERO) {
+                Ok(Some(lock)) => lock,
+                Ok(None) => {
+                    counts.skipped_locked += 1;
+                    counts.records += 1;
+                    continue;
+                }
+                Err(_) => {
+                    counts.failed += 1;
+                    continue;
+                }
+            };
+            // Re-read under the lock: a request may have renewed it.
+            let (expired, user) = match self.load(&id) {
+                Ok(Some(record)) => (
+                    record.is_expired(now),
+                    record
+                        .user
+                        .as_deref()
+                        .map(|u| crate::auth::user_index_key(&record.scope, u)),
+                ),
+                Ok(None) => (false, None),
+                Err(StoreError::Corrupt(_)) => (true, None),
+                Err(_) => (false, None),
+            };
+            if !expired {
+                counts.records += 1;
+                continue;
+            }
+            let spare = format!("{name}{SPARE_SUFFIX}");
+            let has_spare = present.contains(spare.as_bytes());
+            let mut gone = safe_fs::remove_entry(&self.record_path(&id));
+            if has_spare && gone.is_ok() {
+                gone = safe_fs::remove_entry(&self.spare_path(&id));
+            }
+            match gone {
+                Ok(()) => {
+                    present.remove(name.as_bytes());
+                    present.remove(spare.as_bytes());
+                    if let Some(user) = user {
+                        let _ = self.remove(&user, &id);
+                    }
+                    removed(&id);
+                    counts.expired += 1;
+                }
+                Err(_) => counts.failed += 1,
+            }
+        }
+    }
+
+    /// A store whose sweeps use `n` threads (tests of the split).
+    #[cfg(test)]
+    pub fn with_sweep_workers(mut self, n: usize) -> FileStore {
+        self.sweep_workers = n;
+        self
     }
 
     #[cfg(test)]
@@ -602,124 +764,69 @@ impl SessionStore for FileStore {
         Ok(Some(Box::new(guard)))
     }
 
+    /// Whole shards, split between `sweep_workers` threads, from shard
+    /// `cursor` on, until `budget` entries were examined (the shards begun
+    /// are finished). `stop` is looked at before every entry.
     fn sweep(
         &self,
         now: u64,
         cursor: &mut usize,
         budget: usize,
-        removed: &mut dyn FnMut(&SessionId),
+        removed: &(dyn Fn(&SessionId) + Sync),
+        stop: &AtomicBool,
     ) -> Result<SweepCounts, StoreError> {
-        let mut counts = SweepCounts::default();
-        let now_time = UNIX_EPOCH + Duration::from_secs(now);
-        let age = |m: &fs::Metadata| {
-            m.modified()
-                .ok()
-                .and_then(|t| now_time.duration_since(t).ok())
-                .unwrap_or_default()
+        let Some(root) = safe_fs::open_dir(&self.root).map_err(self.io("cannot open the store"))?
+        else {
+            *cursor = 0;
+            return Ok(SweepCounts::default());
         };
-        let mut position = 0usize;
-        for shard in 0..=255u8 {
-            let dir = self.root.join(shard_name(shard));
-            // A shard replaced by a symbolic link is not followed.
-            if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
-                continue;
+        let start = (*cursor).min(SHARDS);
+        let next = AtomicUsize::new(start);
+        let scanned = AtomicU64::new(0);
+        let work = || {
+            let mut counts = SweepCounts::default();
+            while !stop.load(Ordering::Relaxed) && scanned.load(Ordering::Relaxed) < budget as u64 {
+                let shard = next.fetch_add(1, Ordering::Relaxed);
+                if shard >= SHARDS {
+                    break;
+                }
+                let before = counts.scanned;
+                self.sweep_shard(&root, shard as u8, now, removed, stop, &mut counts);
+                scanned.fetch_add(counts.scanned - before, Ordering::Relaxed);
             }
-            let Ok(entries) = fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                position += 1;
-                if position <= *cursor {
-                    continue;
+            counts
+        };
+        let workers = self.sweep_workers.clamp(1, SHARDS - start.min(SHARDS - 1));
+        let mut counts = std::thread::scope(|s| {
+            let helpers: Vec<_> = (1..workers)
+                .filter_map(|n| {
+                    std::thread::Builder::new()
+                        .name(format!("rsession-gc-{n}"))
+                        .spawn_scoped(s, work)
+                        .ok()
+                })
+                .collect();
+            let mut counts = work();
+            for helper in helpers {
+                if let Ok(theirs) = helper.join() {
+                    add_counts(&mut counts, &theirs);
                 }
-                if counts.scanned as usize >= budget {
-                    *cursor = position - 1;
-                    return Ok(counts);
-                }
-                counts.scanned += 1;
-                let file_name = entry.file_name();
-                let Some(name) = file_name.to_str() else {
-                    continue;
-                };
-                let Ok(meta) = entry.metadata() else { continue };
-                if name.starts_with(TEMP_PREFIX) {
-                    if age(&meta) >= DEBRIS_AGE && !writer_alive(name) {
-                        match safe_fs::remove_entry(&entry.path()) {
-                            Ok(()) => counts.debris += 1,
-                            Err(_) => counts.failed += 1,
-                        }
-                    }
-                    continue;
-                }
-                if let Some(owner) = name
-                    .strip_suffix(SPARE_SUFFIX)
-                    .and_then(|n| n.parse::<SessionId>().ok())
-                {
-                    // A spare whose record is gone (a crash between the two
-                    // unlinks of `delete`) is debris.
-                    if self.exists(&owner).is_ok_and(|e| !e) && age(&meta) >= DEBRIS_AGE {
-                        match safe_fs::remove_entry(&entry.path()) {
-                            Ok(()) => counts.debris += 1,
-                            Err(_) => counts.failed += 1,
-                        }
-                    }
-                    continue;
-                }
-                let Ok(id) = name.parse::<SessionId>() else {
-                    continue;
-                };
-                // mtime is the expiry moment: unexpired records cost no read.
-                if meta.modified().map_or(true, |t| t > now_time) {
-                    counts.records += 1;
-                    continue;
-                }
-                // One entry that fails (planted, unremovable) never stops
-                // the pass: it is counted and the pass goes on.
-                let lock = match self.try_lock(&id, Duration::ZERO) {
-                    Ok(Some(lock)) => lock,
-                    Ok(None) => {
-                        counts.skipped_locked += 1;
-                        counts.records += 1;
-                        continue;
-                    }
-                    Err(_) => {
-                        counts.failed += 1;
-                        continue;
-                    }
-                };
-                // Re-read under the lock: a request may have renewed it.
-                let (expired, user) = match self.load(&id) {
-                    Ok(Some(record)) => (
-                        record.is_expired(now),
-                        record
-                            .user
-                            .as_deref()
-                            .map(|u| crate::auth::user_index_key(&record.scope, u)),
-                    ),
-                    Ok(None) => (false, None),
-                    Err(StoreError::Corrupt(_)) => (true, None),
-                    Err(_) => (false, None),
-                };
-                if expired {
-                    match self.delete(&id, None) {
-                        Ok(()) => {
-                            if let Some(user) = user {
-                                let _ = self.remove(&user, &id);
-                            }
-                            removed(&id);
-                            counts.expired += 1;
-                        }
-                        Err(_) => counts.failed += 1,
-                    }
-                    continue;
-                }
-                drop(lock);
-                counts.records += 1;
             }
+            counts
+        });
+        // Workers claim shards in order and finish each they claim, so the
+        // shards before `next` are done.
+        let reached = next.load(Ordering::Relaxed).min(SHARDS);
+        if stop.load(Ordering::Relaxed) {
+            return Ok(counts);
+        }
+        if reached < SHARDS {
+            *cursor = reached;
+            return Ok(counts);
         }
         *cursor = 0;
         let left = (budget as u64).saturating_sub(counts.scanned);
-        self.sweep_user_index(left, &mut counts);
+        self.sweep_user_index(left, stop, &mut counts);
         Ok(counts)
     }
 
@@ -983,7 +1090,8 @@ mod tests {
         s.add(&key, &expired).unwrap();
         s.add(&key, &stale).unwrap();
         let mut cursor = 0;
-        s.sweep(1_000, &mut cursor, 1_000, &mut |_| {}).unwrap();
+        s.sweep(1_000, &mut cursor, 1_000, &|_| {}, &AtomicBool::new(false))
+            .unwrap();
         assert!(!s.exists(&expired).unwrap());
         assert!(!s.user_dir(&key).unwrap().exists(), "both entries went");
     }

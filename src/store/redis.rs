@@ -25,6 +25,7 @@ use parking_lot::{Condvar, Mutex};
 use redis::{RedisError, Script};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -1112,35 +1113,7 @@ impl SessionStore for RedisStore {
     }
 
     fn count(&self) -> Result<u64, StoreError> {
-        // Session keys are the prefix plus exactly 32 characters (in braces
-        // in a cluster); lock keys are longer. A cluster's keys are spread
-        // over its masters: each is scanned.
-        let id = "?".repeat(32);
-        let pattern = match self.pool.target.is_cluster() {
-            true => format!("{}{{{id}}}", self.url.prefix),
-            false => format!("{}{id}", self.url.prefix),
-        };
-        let per_node = self.pool.with(|c| {
-            c.each_master(|query| {
-                let mut cursor: u64 = 0;
-                let mut total = 0u64;
-                loop {
-                    let mut scan = redis::cmd("SCAN");
-                    scan.arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000);
-                    let (next, keys): (u64, Vec<String>) = redis::from_redis_value(query(&scan)?)?;
-                    total += keys.len() as u64;
-                    if next == 0 {
-                        return Ok(total);
-                    }
-                    cursor = next;
-                }
-            })
-        })?;
-        Ok(per_node.iter().sum())
+        self.count_until(&AtomicBool::new(false))
     }
 
     fn exists(&self, id: &SessionId) -> Result<bool, StoreError> {
@@ -1187,17 +1160,56 @@ impl SessionStore for RedisStore {
         _now: u64,
         cursor: &mut usize,
         _budget: usize,
-        _removed: &mut dyn FnMut(&SessionId),
+        _removed: &(dyn Fn(&SessionId) + Sync),
+        stop: &AtomicBool,
     ) -> Result<SweepCounts, StoreError> {
         *cursor = 0;
         Ok(SweepCounts {
-            records: self.count()?,
+            records: self.count_until(stop)?,
             ..SweepCounts::default()
         })
     }
 
     fn user_index(&self) -> Option<&dyn UserIndex> {
         Some(self)
+    }
+}
+
+impl RedisStore {
+    /// `count`, cut short (the figure too) once `stop` is set.
+    fn count_until(&self, stop: &AtomicBool) -> Result<u64, StoreError> {
+        // Session keys are the prefix plus exactly 32 characters (in braces
+        // in a cluster); lock keys are longer. A cluster's keys are spread
+        // over its masters: each is scanned.
+        let id = "?".repeat(32);
+        let pattern = match self.pool.target.is_cluster() {
+            true => format!("{}{{{id}}}", self.url.prefix),
+            false => format!("{}{id}", self.url.prefix),
+        };
+        let per_node = self.pool.with(|c| {
+            c.each_master(|query| {
+                let mut cursor: u64 = 0;
+                let mut total = 0u64;
+                loop {
+                    if stop.load(Ordering::Relaxed) {
+                        return Ok(total);
+                    }
+                    let mut scan = redis::cmd("SCAN");
+                    scan.arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000);
+                    let (next, keys): (u64, Vec<String>) = redis::from_redis_value(query(&scan)?)?;
+                    total += keys.len() as u64;
+                    if next == 0 {
+                        return Ok(total);
+                    }
+                    cursor = next;
+                }
+            })
+        })?;
+        Ok(per_node.iter().sum())
     }
 }
 

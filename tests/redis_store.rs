@@ -26,7 +26,7 @@ printf 'Content-Type: text/plain\nX-RSession: set n=%s\n\n%s\n' "$n" "$n"
 /// Like HOLD_CGI, but answers with the command in its query string
 /// (`invalidate`, `regenerate`; else `set held=done`).
 const HOLD_THEN_CGI: &str = r#"#!/bin/sh
-echo $PPID > "$RSESSION_DIR/holder.pid"
+echo $PPID > "$RSESSION_DIR/.holder.tmp" && mv "$RSESSION_DIR/.holder.tmp" "$RSESSION_DIR/holder.pid"
 while [ ! -e "$RSESSION_DIR/release" ]; do sleep 0.05; done
 case "$QUERY_STRING" in
   invalidate|regenerate) cmd=$QUERY_STRING ;;

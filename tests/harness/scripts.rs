@@ -18,9 +18,10 @@ printf 'Content-Type: text/plain\nX-RSession: set n=%s\n\n%s\n' "$n" "$n"
 
 /// Holds its request (and so the session lock) until the test creates
 /// `release` in the scratch directory; writes its parent's pid first
-/// (`holder.pid`, which also says it has started).
+/// (`holder.pid`, which also says it has started; written whole, by rename,
+/// so a reader never sees it empty).
 pub const HOLD_CGI: &str = r#"#!/bin/sh
-echo $PPID > "$RSESSION_DIR/holder.pid"
+echo $PPID > "$RSESSION_DIR/.holder.tmp" && mv "$RSESSION_DIR/.holder.tmp" "$RSESSION_DIR/holder.pid"
 while [ ! -e "$RSESSION_DIR/release" ]; do sleep 0.05; done
 printf 'Content-Type: text/plain\nX-RSession: set held=done\n\nreleased\n'
 "#;

@@ -16,7 +16,7 @@ BROWSER_PACKAGES := chromium chromium-driver
 # The peers `make bench` compares against, and callgrind.
 BENCH_PACKAGES := libapache2-mod-python valgrind strace gcc
 
-.PHONY: build deps bench-deps browser-deps demo test bench fuzz install clean lint
+.PHONY: build deps bench-deps browser-deps demo test bench soak fuzz install clean lint
 
 build: $(MODULE)
 
@@ -60,6 +60,14 @@ test: deps browser-deps build
 # instructions per request; prints Markdown (see BENCHMARKS.md).
 bench: bench-deps build
 	python3 bench/bench.py $(BENCH_ARGS)
+
+# A bounded soak, SOAK_SECONDS in all (split between the file store and
+# Redis): mixed traffic through graceful restarts and killed children;
+# prints requests, errors, lost updates, RSS slope and descriptors, and
+# fails when a goal is missed (see BENCHMARKS.md). Not part of `make test`.
+SOAK_SECONDS ?= 600
+soak: deps build
+	SOAK_SECONDS=$(SOAK_SECONDS) python3 bench/soak.py
 
 # Each fuzz target for FUZZ_SECONDS (default 60), from the committed seed
 # corpus; new inputs go to target/fuzz-corpus, crashes to fuzz/artifacts.

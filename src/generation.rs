@@ -174,12 +174,14 @@ impl Builder {
     }
 }
 
-/// Writes a key file that must not exist yet (mode 0600).
+/// Writes a key file that must not exist yet (mode 0600), never through
+/// a planted link or FIFO.
 fn write_new_key(path: &Path, key: &[u8]) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
+        .custom_flags(crate::safe_fs::HOSTILE_OPEN_FLAGS)
         .open(path)?;
     f.write_all(key)?;
     f.write_all(b"\n")
@@ -207,14 +209,7 @@ pub fn load_or_create_key(path: &Path) -> std::io::Result<Vec<u8>> {
             let mut raw = [0u8; 32];
             getrandom::fill(&mut raw).map_err(std::io::Error::other)?;
             let key: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(crate::safe_fs::HOSTILE_OPEN_FLAGS)
-                .open(path)?;
-            f.write_all(key.as_bytes())?;
-            f.write_all(b"\n")?;
+            write_new_key(path, key.as_bytes())?;
             Ok(key.into_bytes())
         }
         Err(e) => Err(e),

@@ -889,6 +889,32 @@ impl Drop for RedisStore {
 }
 
 impl RedisStore {
+    /// Runs a fenced write script (record key, lock key; body, expiry,
+    /// token): 1 written, 0 the record vanished, else the lock was lost.
+    fn fenced_set(
+        &self,
+        script: &Script,
+        id: &SessionId,
+        record: &Record,
+        fence: &Fence,
+    ) -> Result<(), StoreError> {
+        let (key, lock_key, body) = (self.key(id), self.lock_key(id), record.encode());
+        let reply: i64 = self.pool.with(|c| {
+            script
+                .key(&key)
+                .key(&lock_key)
+                .arg(&body)
+                .arg(record.expires_at())
+                .arg(fence.token())
+                .invoke(c)
+        })?;
+        match reply {
+            1 => Ok(()),
+            0 => Err(StoreError::Vanished),
+            _ => Err(StoreError::LockLost),
+        }
+    }
+
     pub fn open(url: &RedisUrl) -> Result<RedisStore, StoreError> {
         let pool = Arc::new(Pool {
             target: Target::new(url).map_err(unavailable)?,
@@ -1028,21 +1054,7 @@ impl SessionStore for RedisStore {
                 false => Err(StoreError::Vanished),
             };
         };
-        let (key, lock_key, body) = (self.key(id), self.lock_key(id), record.encode());
-        let reply: i64 = self.pool.with(|c| {
-            FENCED_SET
-                .key(&key)
-                .key(&lock_key)
-                .arg(&body)
-                .arg(record.expires_at())
-                .arg(fence.token())
-                .invoke(c)
-        })?;
-        match reply {
-            1 => Ok(()),
-            0 => Err(StoreError::Vanished),
-            _ => Err(StoreError::LockLost),
-        }
+        self.fenced_set(&FENCED_SET, id, record, fence)
     }
 
     fn save_and_release(
@@ -1051,24 +1063,13 @@ impl SessionStore for RedisStore {
         record: &Record,
         fence: &Fence,
     ) -> Result<(), StoreError> {
-        let (key, lock_key, body) = (self.key(id), self.lock_key(id), record.encode());
-        let reply: i64 = self.pool.with(|c| {
-            FENCED_SET_RELEASE
-                .key(&key)
-                .key(&lock_key)
-                .arg(&body)
-                .arg(record.expires_at())
-                .arg(fence.token())
-                .invoke(c)
-        })?;
+        let result = self.fenced_set(&FENCED_SET_RELEASE, id, record, fence);
         // Any reply: the lock is released, or was no longer ours. Without
         // one, the lock's own release follows as usual.
-        fence.mark_released();
-        match reply {
-            1 => Ok(()),
-            0 => Err(StoreError::Vanished),
-            _ => Err(StoreError::LockLost),
+        if !matches!(result, Err(StoreError::Unavailable(_))) {
+            fence.mark_released();
         }
+        result
     }
 
     fn delete(&self, id: &SessionId, fence: Option<&Fence>) -> Result<(), StoreError> {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 /// Like COUNTER_CGI, but takes 3 s between reading and writing.
 const SLOW_COUNTER_CGI: &str = r#"#!/bin/sh
 n=$(printf '%s' "$RSESSION_DATA" | tr '&' '\n' | sed -n 's/^n=//p')
-sleep 3
+sleep 4
 n=$(( ${n:-0} + 1 ))
 printf 'Content-Type: text/plain\nX-RSession: set n=%s\n\n%s\n' "$n" "$n"
 "#;
@@ -42,11 +42,15 @@ fn node(redis: &Redis, mpm: Mpm, settings: &str) -> Httpd {
 /// A server whose sessions live in `redis`, with server-wide settings and
 /// settings for /cgi-bin/.
 fn node_with(redis: &Redis, mpm: Mpm, server: &str, location: &str) -> Httpd {
+    node_at(&redis.url("t:"), mpm, server, location)
+}
+
+/// `node_with` for the store URL `url`.
+fn node_at(url: &str, mpm: Mpm, server: &str, location: &str) -> Httpd {
     let h = Httpd::start(Options {
         mpm,
         fragment: format!(
-            "RSessionStore {}\nRSessionGCInterval 1\n{server}\n<Location /cgi-bin/>\n  RSession On\n{location}\n</Location>",
-            redis.url("t:")
+            "RSessionStore {url}\nRSessionGCInterval 1\n{server}\n<Location /cgi-bin/>\n  RSession On\n{location}\n</Location>"
         ),
         ..Options::default()
     });
@@ -293,7 +297,14 @@ fn a_redis_outage_costs_503s_not_hangs_and_service_returns_by_itself() {
 #[test]
 fn a_stall_during_lock_or_unlock_leaves_no_lock_behind() {
     let redis = Redis::start();
-    let h = node(&redis, Mpm::Event, "  RSessionLockTimeout 4");
+    // A short store timeout: the stalled requests give up well within
+    // their lock timeout.
+    let h = node_at(
+        &redis.url_timeout("t:", 500),
+        Mpm::Event,
+        "",
+        "  RSessionLockTimeout 4",
+    );
     let sessions: Vec<_> = (0..6).map(|_| new_session(&h)).collect();
 
     // Stalled while locking: each request gives up after `timeout` (503),
@@ -336,8 +347,10 @@ fn a_request_longer_than_the_lock_ttl_keeps_its_lock() {
     // Two servers, so that only the Redis lock serialises the two requests
     // (threads of one process also queue on an in-process gate).
     let redis = Redis::start();
-    let a = node_with(&redis, Mpm::Event, "RSessionLockTTL 2", "");
-    let b = node_with(&redis, Mpm::Prefork, "RSessionLockTTL 2", "");
+    // TTL 3: renewed every second, lost only if Redis stayed silent for
+    // two (a loaded machine stalls it for a fraction of that).
+    let a = node_with(&redis, Mpm::Event, "RSessionLockTTL 3", "");
+    let b = node_with(&redis, Mpm::Prefork, "RSessionLockTTL 3", "");
     let (cookie, ..) = new_session(&a);
     std::thread::scope(|s| {
         for h in [&a, &b] {
@@ -352,7 +365,7 @@ fn a_request_longer_than_the_lock_ttl_keeps_its_lock() {
     assert_eq!(
         end.env("RSESSION_DATA").as_deref(),
         Some("n=3"),
-        "both 3 s increments kept, though each outlasted the 2 s lock TTL"
+        "both 4 s increments kept, though each outlasted the 3 s lock TTL"
     );
     for h in [&a, &b] {
         assert!(!h.error_log().contains("RS0022"), "{}", h.error_log());

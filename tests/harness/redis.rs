@@ -94,9 +94,16 @@ impl Redis {
         });
     }
 
+    /// The store URL for this server, with a timeout long enough that a
+    /// loaded machine (the suite's two threads, a build beside them) never
+    /// passes for an outage; tests of stalls set their own (`url_timeout`).
     pub fn url(&self, prefix: &str) -> String {
+        self.url_timeout(prefix, 3000)
+    }
+
+    pub fn url_timeout(&self, prefix: &str, millis: u64) -> String {
         format!(
-            "redis://127.0.0.1:{}/0?prefix={prefix}&timeout=500",
+            "redis://127.0.0.1:{}/0?prefix={prefix}&timeout={millis}",
             self.port
         )
     }
@@ -388,7 +395,7 @@ impl SentinelFarm {
             .map(|s| format!("127.0.0.1:{}", s.port))
             .collect();
         format!(
-            "redis-sentinel://{}/mymaster/0?prefix=t:&timeout=500{params}",
+            "redis-sentinel://{}/mymaster/0?prefix=t:&timeout=2000{params}",
             nodes.join(",")
         )
     }
@@ -501,7 +508,7 @@ impl Cluster {
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
         format!(
-            "redis-cluster://{}?prefix=t:&timeout=1000{params}",
+            "redis-cluster://{}?prefix=t:&timeout=3000{params}",
             addrs.join(",")
         )
     }

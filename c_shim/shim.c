@@ -20,6 +20,7 @@ const char *rsession_cmd_secret(cmd_parms *cmd, void *dirconf, const char *arg);
 int rsession_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *s);
 void rsession_child_init(apr_pool_t *pchild, server_rec *s);
 void rsession_child_stopping(apr_pool_t *pchild, int graceful);
+int rsession_monitor(apr_pool_t *p, server_rec *s);
 int rsession_fixups(request_rec *r);
 void rsession_insert_filter(request_rec *r);
 void rsession_insert_error_filter(request_rec *r);
@@ -143,6 +144,7 @@ const command_rec rsession_cmds[] = {
     RS_TAKE1("RSessionUpdateHeader", RS_SVDH, "response header through which backends change the session (default X-RSession)"),
     RS_TAKE1("RSessionMaxDataSize", RS_SVDH, "largest encoded session data in bytes (default 65536)"),
     RS_TAKE1("RSessionCreate", RS_SVDH, "OnWrite|Always: keep a new session only once a request writes to it, or always (default OnWrite)"),
+    RS_TAKE1("RSessionScratchGroup", RS_SV, "group whose members (php-fpm pools, suEXEC users) may also write scratch directories (setgid, 2770)"),
     RS_TAKE1("RSessionScope", RS_SV, "name sessions are bound to: a cookie from another scope gets a fresh session (default: the server's ServerName)"),
     RS_TAKE1("RSessionMaxSessions", RS_SV, "live sessions per store beyond which requests that would keep a new one get 503; 0 = no ceiling (default 0)"),
     RS_TAKE1("RSessionUser", RS_SVDH, "session data key whose value becomes the request's user (REMOTE_USER, %u, Require user) before authorization (default unset)"),
@@ -162,6 +164,9 @@ void rsession_register_hooks(apr_pool_t *p)
      * when a child is stopped. */
     ap_hook_child_stopping(rsession_child_stopping, NULL, NULL, APR_HOOK_MIDDLE);
 #endif
+    /* In the parent, about every 10 s: starts the reaper of scratch
+     * directories that RSessionScratchGroup members left unremovable. */
+    ap_hook_monitor(rsession_monitor, NULL, NULL, APR_HOOK_MIDDLE);
     /* Before mod_headers (LAST), so RequestHeader expressions see our notes. */
     ap_hook_fixups(rsession_fixups, NULL, NULL, APR_HOOK_MIDDLE);
     /* Save and set cookies from one output filter, on normal and error responses. */

@@ -9,6 +9,7 @@
 #include "ap_mpm.h"
 #include "unixd.h"
 #include "apr_strings.h"
+#include "apr_portable.h"
 #include "apr_tables.h"
 #include "apr_pools.h"
 #include "apr_buckets.h"

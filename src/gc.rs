@@ -165,7 +165,7 @@ impl<'a> ScratchShards<'a> {
                 .flatten()
         });
         if let Some(shard) = shard {
-            let _ = safe_fs::remove_tree_at_until(shard, OsStr::new(&*text), stop);
+            let _ = self.scratch.remove_at(shard, OsStr::new(&*text), stop);
         }
     }
 }
@@ -250,7 +250,10 @@ fn sweep_orphans(
             if target.store.exists(&id)? {
                 continue;
             }
-            match safe_fs::remove_tree_at_until(&shard, OsStr::new(&*id.text()), stop) {
+            match target
+                .scratch
+                .remove_at(&shard, OsStr::new(&*id.text()), stop)
+            {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Ok(()) => {
                     removed += 1;

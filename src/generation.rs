@@ -126,12 +126,16 @@ impl Builder {
             scope: conf.scope(server_name),
             max_sessions: conf.max_sessions(),
             full_warned_at: AtomicU64::new(0),
-            scratch: ScratchRoot::new(
-                conf.scratch_root
+            scratch: {
+                let root = conf
+                    .scratch_root
                     .clone()
-                    .unwrap_or_else(|| host.scratch_root.clone()),
-                &described,
-            ),
+                    .unwrap_or_else(|| host.scratch_root.clone());
+                match &conf.scratch_group {
+                    Some(group) => ScratchRoot::with_group(root, &described, group),
+                    None => ScratchRoot::new(root, &described),
+                }
+            },
             lock_ttl: Duration::from_secs(conf.lock_ttl()),
             gc_interval: Duration::from_secs(conf.gc_interval()),
             stats,

@@ -142,8 +142,8 @@ pub fn post_config(
         });
         let scratch_ready = store_ready
             && prepare(
-                format!("scratch {}", runtime.scratch.root().display()),
-                &|| setup.root(runtime.scratch.root()).map(|_| Vec::new()),
+                format!("scratch {}", runtime.scratch.store_dir().display()),
+                &|| prepare_scratch(&setup, &runtime.scratch),
             );
         if !scratch_ready {
             return sys::HTTP_INTERNAL_SERVER_ERROR as c_int;
@@ -160,6 +160,24 @@ pub fn post_config(
         let _ = state.runtime.set(Arc::new(runtime));
     }
     OK
+}
+
+/// The scratch root, and with `RSessionScratchGroup` this store's shared
+/// part of it (made here, by the parent: a child cannot give a directory
+/// to a group it is not in).
+fn prepare_scratch(
+    setup: &Setup,
+    scratch: &crate::scratch::ScratchRoot,
+) -> Result<Vec<String>, String> {
+    let root = setup.root(scratch.root())?;
+    let (Some(gid), Some(tag)) = (scratch.group(), scratch.store_dir().file_name()) else {
+        return Ok(Vec::new());
+    };
+    let inner: Vec<String> = (0..=255u8)
+        .map(|b| format!("{b:02x}"))
+        .chain([crate::scratch::REAP_DIR.to_string()])
+        .collect();
+    root.shared_subtree(&tag.to_string_lossy(), gid, &inner)
 }
 
 /// Starts this child's sweeper (stopped and joined when the child's pool
@@ -251,6 +269,71 @@ pub fn child_stopping(main: Option<Server<'_>>, graceful: bool) {
         };
         slog!(main, Level::Debug, "{what}");
     }
+}
+
+/// When the parent last started a reaper for each `.reap`, and how many
+/// directories waited then.
+static REAPER_STARTS: parking_lot::Mutex<
+    std::collections::BTreeMap<std::path::PathBuf, Option<(std::time::Instant, usize)>>,
+> = parking_lot::Mutex::new(std::collections::BTreeMap::new());
+
+/// In the parent, about every ten seconds: when a store shared with
+/// `RSessionScratchGroup` has directories waiting in `.reap`, starts a
+/// reaper for them (`reaper.rs`; one at a time, by its lock).
+pub fn monitor(main: Server<'_>) -> c_int {
+    let user = if is_root() {
+        child_user().0
+    } else {
+        nix::unistd::geteuid().as_raw()
+    };
+    let mut jobs: Vec<crate::reaper::ReapJob> = Vec::new();
+    for rt in main.iter().filter_map(|s| s.state().runtime.get()) {
+        let Some(gid) = rt.scratch.group() else {
+            continue;
+        };
+        let job = crate::reaper::ReapJob {
+            reap_dir: rt.scratch.store_dir().join(crate::scratch::REAP_DIR),
+            gid,
+            user,
+        };
+        if jobs.contains(&job) {
+            continue;
+        }
+        let waiting = crate::reaper::pending(&job);
+        let mut starts = REAPER_STARTS.lock();
+        let last = starts.entry(job.reap_dir.clone()).or_default();
+        if crate::reaper::due(last, waiting, std::time::Instant::now()) {
+            jobs.push(job);
+        }
+    }
+    if jobs.is_empty() {
+        return OK;
+    }
+    let started = crate::ffi::process::spawn_detached(main.error_log_fd(), || {
+        for line in crate::reaper::run(&jobs, &reap_as_owner) {
+            slog!(main, Level::Warning, "{line}");
+        }
+    });
+    if let Err(e) = started {
+        slog!(
+            main,
+            Level::Warning,
+            "RS0141 cannot start the scratch reaper: {e}"
+        );
+    }
+    OK
+}
+
+/// The reaper's removal, as one owner (`reaper::AsOwner`).
+fn reap_as_owner(
+    uid: u32,
+    gid: u32,
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
+) -> std::io::Result<bool> {
+    crate::ffi::process::as_owner(uid, gid, dir, name, |dir, name| {
+        let _ = crate::safe_fs::remove_tree_at(dir, name);
+    })
 }
 
 // ---- requests --------------------------------------------------------------

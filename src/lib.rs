@@ -23,6 +23,7 @@ mod id;
 mod interim;
 mod lock;
 mod ratelimit;
+mod reaper;
 mod record;
 mod safe_fs;
 mod scratch;

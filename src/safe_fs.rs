@@ -499,6 +499,114 @@ impl Setup {
 }
 
 impl Root {
+    /// With `RSessionScratchGroup`: lets the group through the root
+    /// (search only: mode 0710, group `gid`), then makes (or takes, if
+    /// already the owner's) the directory `name` inside it and, inside
+    /// that, each of `inner`: owner and `gid`, setgid, mode 2710 (members
+    /// pass through to their session's directory; they cannot list
+    /// others'), with a default ACL of owner and group `rwx` so that what
+    /// children make below is 2770 whatever their `umask`. Anything not a
+    /// directory of the owner there is set aside (never followed) and made
+    /// anew. Returns lines for the log.
+    pub fn shared_subtree(
+        &self,
+        name: &str,
+        gid: u32,
+        inner: &[String],
+    ) -> Result<Vec<String>, String> {
+        let fail = |why: String| format!("{}: {why}", self.path.display());
+        fchown(&self.fd, None, Some(Gid::from_raw(gid))).map_err(|e| {
+            fail(format!(
+                "cannot give it to RSessionScratchGroup (gid {gid}): {e}; start httpd as root, \
+                 or put its user in the group"
+            ))
+        })?;
+        fchmod(&self.fd, Mode::from_bits_truncate(0o710))
+            .map_err(|e| fail(format!("cannot set mode 0710: {e}")))?;
+        let mut notes = Vec::new();
+        let top = self.group_dir_at(
+            self.fd.as_fd(),
+            &self.path,
+            OsStr::new(name),
+            gid,
+            &mut notes,
+        )?;
+        let shown = self.path.join(name);
+        for sub in inner {
+            self.group_dir_at(top.as_fd(), &shown, OsStr::new(sub), gid, &mut notes)?;
+        }
+        Ok(notes)
+    }
+
+    fn group_dir_at(
+        &self,
+        parent: BorrowedFd<'_>,
+        parent_path: &Path,
+        name: &OsStr,
+        gid: u32,
+        notes: &mut Vec<String>,
+    ) -> Result<OwnedFd, String> {
+        let shown = parent_path.join(name);
+        let fail = |why: String| format!("{}: {why}", shown.display());
+        for _ in 0..3 {
+            let st = stat_at(parent, name).map_err(|e| fail(format!("cannot check: {e}")))?;
+            let fd = match st {
+                None => match make_dir_at(parent, name, GROUP_PASS_MODE) {
+                    Ok(Some(fd)) => {
+                        let st = fstat(&fd).map_err(|e| fail(format!("cannot stat: {e}")))?;
+                        if st.st_uid == Setup::running_uid() && st.st_uid != self.owner.uid {
+                            fchown(&fd, Some(Uid::from_raw(self.owner.uid)), None)
+                                .map_err(|e| fail(format!("cannot hand it to User: {e}")))?;
+                        }
+                        fd
+                    }
+                    Ok(None) => continue,
+                    Err(e) => return Err(fail(format!("cannot create: {e}"))),
+                },
+                Some(st) if is_dir(&st) && st.st_uid == self.owner.uid => {
+                    match open_dir_at(parent, name) {
+                        Ok(Some(fd)) => fd,
+                        Ok(None) => continue,
+                        Err(e) => return Err(fail(format!("cannot open: {e}"))),
+                    }
+                }
+                Some(st) => {
+                    let aside = set_aside(parent, name).map_err(|e| {
+                        fail(format!("is {}; cannot set it aside: {e}", describe(&st)))
+                    })?;
+                    notes.push(format!(
+                        "{} was {}, not a directory of the server's User; set aside as {} \
+                         (not followed) and made anew",
+                        shown.display(),
+                        describe(&st),
+                        parent_path.join(aside).display()
+                    ));
+                    continue;
+                }
+            };
+            // The group and the setgid bit (the order matters: a change of
+            // group clears setgid).
+            fchown(&fd, None, Some(Gid::from_raw(gid))).map_err(|e| {
+                fail(format!(
+                    "cannot give it to RSessionScratchGroup (gid {gid}): {e}; start httpd as \
+                     root, or put its user in the group"
+                ))
+            })?;
+            fchmod(&fd, Mode::from_bits_truncate(GROUP_PASS_MODE))
+                .map_err(|e| fail(format!("cannot set mode 2710: {e}")))?;
+            if let Err(e) = set_default_acl(&fd) {
+                notes.push(format!(
+                    "{}: no default ACL ({e}): directories made below lose the group's write \
+                     permission to umask and get it back by chmod, which drops their setgid \
+                     bit unless User is in the group",
+                    shown.display()
+                ));
+            }
+            return Ok(fd);
+        }
+        Err(fail("something keeps appearing under this name".into()))
+    }
+
     /// Checks the entries `names` inside the root, where handlers can
     /// write: a directory the owner owns stays; anything else (a link, a
     /// file, a FIFO, a directory of another owner) is set aside, never
@@ -561,6 +669,67 @@ fn open_for_removal(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<Option<O
         let _ = fchmod(&fd, Mode::from_bits_truncate((st.st_mode & 0o7777) | 0o700));
     }
     Ok(Some(fd))
+}
+
+/// Mode of the directories the parent makes for `RSessionScratchGroup`:
+/// the group passes through, setgid so that below is the group's.
+const GROUP_PASS_MODE: u32 = 0o2710;
+
+/// Sets on the directory `fd` the default ACL `user::rwx group::rwx
+/// other::---`: with a default ACL the kernel ignores `umask` for what is
+/// made inside, so a child's `mkdir(2770)` keeps the group's write bit
+/// (and the setgid bit it inherits) without a `chmod`, which the kernel
+/// would answer by dropping setgid for a `User` outside the group. The
+/// value is the kernel's `posix_acl_xattr` layout: a version word, then
+/// (tag, permissions, id) entries in tag order.
+fn set_default_acl(fd: &OwnedFd) -> io::Result<()> {
+    const VERSION: u32 = 2;
+    const USER_OBJ: u16 = 0x01;
+    const GROUP_OBJ: u16 = 0x04;
+    const OTHER: u16 = 0x20;
+    const UNDEFINED_ID: u32 = u32::MAX;
+    let mut value = Vec::with_capacity(28);
+    value.extend_from_slice(&VERSION.to_le_bytes());
+    for (tag, perm) in [(USER_OBJ, 7u16), (GROUP_OBJ, 7), (OTHER, 0)] {
+        value.extend_from_slice(&tag.to_le_bytes());
+        value.extend_from_slice(&perm.to_le_bytes());
+        value.extend_from_slice(&UNDEFINED_ID.to_le_bytes());
+    }
+    rustix::fs::fsetxattr(
+        fd,
+        "system.posix_acl_default",
+        &value,
+        rustix::fs::XattrFlags::empty(),
+    )
+    .map_err(io::Error::from)
+}
+
+/// Gives the directory `path` (never followed) the mode `mode` unless it
+/// has every bit of `needed` already.
+pub fn ensure_dir_mode(path: &Path, needed: u32, mode: u32) -> io::Result<()> {
+    let Some(fd) = open_dir(path)? else {
+        return Err(ErrorKind::NotFound.into());
+    };
+    let st = fstat(&fd).map_err(errno)?;
+    if st.st_mode & needed != needed {
+        fchmod(&fd, Mode::from_bits_truncate(mode)).map_err(errno)?;
+    }
+    Ok(())
+}
+
+/// Moves the directory (or anything) `name` in `from` to `to_name` in
+/// `to`, never over an existing entry.
+pub fn move_dir(
+    from: BorrowedFd<'_>,
+    name: &OsStr,
+    to: BorrowedFd<'_>,
+    to_name: &OsStr,
+) -> io::Result<()> {
+    match renameat2(from, name, to, to_name, RenameFlags::RENAME_NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(Errno::EINVAL) | Err(Errno::ENOSYS) => renameat(from, name, to, to_name).map_err(errno),
+        Err(e) => Err(errno(e)),
+    }
 }
 
 /// Unlinks `name` in `dir` unless it is a directory (then `EISDIR`);

@@ -15,24 +15,42 @@
 //! first needed. Everything below the root is writable by handlers, so
 //! removal goes through `safe_fs` (never follows a link, restores the modes
 //! it needs) and a planted non-directory in a directory's place is removed.
+//!
+//! With `RSessionScratchGroup` the tag names the group too, and the parent
+//! makes the tag directory, its shards and `.reap` (setgid, 2770, a default
+//! ACL so that `umask` leaves the group its write permission): session
+//! directories made inside inherit the group and the setgid bit. What a
+//! member leaves that `User` cannot remove (a `chmod 700` subdirectory of
+//! another user) is moved to `.reap`, which the parent's reaper empties as
+//! the owners of what is inside (`reaper.rs`).
 
+use crate::config::value::ScratchGroup;
 use crate::id::{SessionId, ID_TEXT_LEN};
 use crate::safe_fs;
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, ErrorKind};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 /// Mode of every directory made below the root.
 const DIR_MODE: u32 = 0o700;
+/// With `RSessionScratchGroup`: the group may write too; setgid, so that
+/// what is made inside belongs to the group.
+pub const GROUP_DIR_MODE: u32 = 0o2770;
+/// In the tag directory: session directories waiting for the reaper.
+pub const REAP_DIR: &str = ".reap";
 
 #[derive(Debug, Clone)]
 pub struct ScratchRoot {
     root: PathBuf,
     /// `root/<tag>`: the directories of one store's sessions.
     store_dir: PathBuf,
+    /// `RSessionScratchGroup`'s gid.
+    group: Option<u32>,
 }
 
 impl ScratchRoot {
@@ -40,7 +58,36 @@ impl ScratchRoot {
     /// described by `store` (`SessionStore::describe`).
     pub fn new(root: PathBuf, store: &str) -> ScratchRoot {
         let store_dir = root.join(safe_fs::tag(store));
-        ScratchRoot { root, store_dir }
+        ScratchRoot {
+            root,
+            store_dir,
+            group: None,
+        }
+    }
+
+    /// As `new`, with directories shared with `group`: a tag of their own,
+    /// so that directories made before the group was set (private to
+    /// `User`) are never mistaken for shared ones.
+    pub fn with_group(root: PathBuf, store: &str, group: &ScratchGroup) -> ScratchRoot {
+        let store_dir = root.join(safe_fs::tag(&format!("{store}\ngroup={}", group.name)));
+        ScratchRoot {
+            root,
+            store_dir,
+            group: Some(group.gid),
+        }
+    }
+
+    /// `RSessionScratchGroup`'s gid, if set.
+    pub fn group(&self) -> Option<u32> {
+        self.group
+    }
+
+    fn dir_mode(&self) -> u32 {
+        if self.group.is_some() {
+            GROUP_DIR_MODE
+        } else {
+            DIR_MODE
+        }
     }
 
     /// The configured root (shared by every store that names it).
@@ -68,14 +115,15 @@ impl ScratchRoot {
         PathBuf::from(path)
     }
 
-    /// Makes `dir` a directory (mode 0700): created if missing, anything
-    /// else planted under its name set aside first.
-    fn make_dir(dir: &Path) -> io::Result<()> {
-        match fs::DirBuilder::new().mode(DIR_MODE).create(dir) {
+    /// Makes `dir` a directory (mode 0700, or 2770 with a group):
+    /// created if missing, anything else planted under its name set aside
+    /// first.
+    fn make_dir(&self, dir: &Path) -> io::Result<()> {
+        match self.mkdir(dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                 if safe_fs::set_aside_unless(dir, safe_fs::is_dir)?.is_some() {
-                    fs::DirBuilder::new().mode(DIR_MODE).create(dir)?;
+                    self.mkdir(dir)?;
                 }
                 Ok(())
             }
@@ -83,12 +131,24 @@ impl ScratchRoot {
         }
     }
 
+    /// `mkdir` with this root's mode. With a group, where the parent has no
+    /// default ACL (a file system without ACLs) `umask` took the group's
+    /// write permission: given back (the kernel then drops setgid unless
+    /// `User` is in the group; the directory stays the group's).
+    fn mkdir(&self, dir: &Path) -> io::Result<()> {
+        fs::DirBuilder::new().mode(self.dir_mode()).create(dir)?;
+        if self.group.is_some() {
+            safe_fs::ensure_dir_mode(dir, 0o070, GROUP_DIR_MODE)?;
+        }
+        Ok(())
+    }
+
     /// Makes the tag and shard directories that hold `id`'s directory.
     fn make_parents(&self, id: &SessionId) -> io::Result<()> {
         let shard = self.path(id).parent().map(Path::to_path_buf);
-        Self::make_dir(&self.store_dir)?;
+        self.make_dir(&self.store_dir)?;
         match shard {
-            Some(shard) => Self::make_dir(&shard),
+            Some(shard) => self.make_dir(&shard),
             None => Ok(()),
         }
     }
@@ -97,7 +157,7 @@ impl ScratchRoot {
     /// removing a non-directory a handler planted under its name.
     fn make(&self, id: &SessionId, path: PathBuf) -> io::Result<PathBuf> {
         for _ in 0..3 {
-            match fs::DirBuilder::new().mode(DIR_MODE).create(&path) {
+            match self.mkdir(&path) {
                 Ok(()) => return Ok(path),
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                     if fs::symlink_metadata(&path)?.file_type().is_dir() {
@@ -149,7 +209,34 @@ impl ScratchRoot {
         let Some(shard) = self.open_shard(OsStr::new(&text[..2]))? else {
             return Ok(());
         };
-        safe_fs::remove_tree_at(&shard, OsStr::new(&*text))
+        self.remove_at(&shard, OsStr::new(&*text), &AtomicBool::new(false))
+    }
+
+    /// Removes the session directory `name` in the opened `shard`
+    /// (`safe_fs::remove_tree_at_until`). With a group, a directory that
+    /// keeps what members of it left (their own modes on their own
+    /// subdirectories) is handed to the reaper instead: moved to `.reap`,
+    /// so the session's id is free at once.
+    pub fn remove_at(&self, shard: impl AsFd, name: &OsStr, stop: &AtomicBool) -> io::Result<()> {
+        let shard = shard.as_fd();
+        match safe_fs::remove_tree_at_until(shard, name, stop) {
+            Err(e) if self.group.is_some() && e.kind() != ErrorKind::Interrupted => {
+                self.hand_to_reaper(shard, name).map_err(|_| e)
+            }
+            other => other,
+        }
+    }
+
+    fn hand_to_reaper(&self, shard: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+        let Some(tag) = safe_fs::open_dir(&self.store_dir)? else {
+            return Err(ErrorKind::NotFound.into());
+        };
+        let Some(reap) = safe_fs::open_dir_at(&tag, OsStr::new(REAP_DIR))? else {
+            return Err(ErrorKind::NotFound.into());
+        };
+        let mut aside = name.to_os_string();
+        aside.push(format!(".{}", std::process::id()));
+        safe_fs::move_dir(shard, name, reap.as_fd(), &aside)
     }
 
     /// The shard directory `name` of this store, opened without following

@@ -53,6 +53,7 @@ pub struct ServerConfig {
     pub gc_interval: Option<u64>,
     pub scope: Option<String>,
     pub max_sessions: Option<u64>,
+    pub scratch_group: Option<value::ScratchGroup>,
 }
 
 macro_rules! merge_fields {
@@ -228,7 +229,7 @@ impl DirConfig {
 
 impl ServerConfig {
     pub fn merge(base: &ServerConfig, add: &ServerConfig) -> ServerConfig {
-        merge_fields!(ServerConfig, base, add; store, secrets, lock_ttl, scratch_root, gc_interval, scope, max_sessions)
+        merge_fields!(ServerConfig, base, add; store, secrets, lock_ttl, scratch_root, gc_interval, scope, max_sessions, scratch_group)
     }
 
     /// Applies one server-level directive. `is_virtual` is true inside
@@ -240,6 +241,7 @@ impl ServerConfig {
             "RSessionStore" => self.store = Some(StoreUrl::parse(d, arg)?),
             "RSessionLockTTL" => self.lock_ttl = Some(seconds(d, arg, 1)?),
             "RSessionScratchRoot" => self.scratch_root = Some(absolute_path(d, arg)?),
+            "RSessionScratchGroup" => self.scratch_group = Some(system_group(d, arg)?),
             "RSessionScope" => self.scope = Some(scope_name(d, arg)?),
             "RSessionMaxSessions" => self.max_sessions = Some(count(d, arg)?),
             "RSessionGCInterval" if is_virtual => {
@@ -285,6 +287,7 @@ pub fn is_server_directive(directive: &str) -> bool {
             | "RSessionSecret"
             | "RSessionLockTTL"
             | "RSessionScratchRoot"
+            | "RSessionScratchGroup"
             | "RSessionGCInterval"
             | "RSessionScope"
             | "RSessionMaxSessions"

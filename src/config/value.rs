@@ -124,6 +124,36 @@ pub fn absolute_path(directive: &str, value: &str) -> Result<PathBuf, ConfigErro
     }))
 }
 
+/// A group of the system (`RSessionScratchGroup`), looked up now so that
+/// `apachectl -t` names a missing one. Never root's group 0: scratch
+/// directories are for unprivileged handlers.
+pub fn system_group(directive: &str, value: &str) -> Result<ScratchGroup, ConfigError> {
+    let found = nix::unistd::Group::from_name(value).ok().flatten();
+    match found {
+        Some(g) if g.gid.as_raw() != 0 => Ok(ScratchGroup {
+            name: g.name,
+            gid: g.gid.as_raw(),
+        }),
+        Some(_) => Err(ConfigError::new(
+            directive,
+            value,
+            "a group other than root's (gid 0)",
+        )),
+        None => Err(ConfigError::new(
+            directive,
+            value,
+            "the name of an existing group",
+        )),
+    }
+}
+
+/// `RSessionScratchGroup`: a group whose members share scratch directories.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScratchGroup {
+    pub name: String,
+    pub gid: u32,
+}
+
 /// A count: a whole number, 0 included.
 pub fn count(directive: &str, value: &str) -> Result<u64, ConfigError> {
     value

@@ -200,6 +200,19 @@ pub extern "C" fn rsession_child_stopping(pchild: *mut sys::apr_pool_t, graceful
     let _ = guard::run(|| hooks::child_stopping(main, graceful != 0));
 }
 
+/// monitor hook: runs in the parent, from the MPM's maintenance loop.
+#[no_mangle]
+pub extern "C" fn rsession_monitor(_p: *mut sys::apr_pool_t, s: *mut sys::server_rec) -> c_int {
+    // SAFETY: httpd passes the main server_rec of the running generation.
+    let Some(server) = (unsafe { Server::from_raw(s) }) else {
+        return sys::STATUS_DECLINED;
+    };
+    guard::run(|| hooks::monitor(server)).unwrap_or_else(|panic| {
+        server_panic(s, "monitor", panic);
+        sys::STATUS_DECLINED
+    })
+}
+
 // ---- requests ------------------------------------------------------------
 
 #[no_mangle]

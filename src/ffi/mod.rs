@@ -11,6 +11,7 @@ pub mod guard;
 pub mod log;
 pub mod module;
 pub mod pool;
+pub mod process;
 pub mod request;
 pub mod server;
 pub mod shm;

@@ -44,6 +44,20 @@ impl<'s> Server<'s> {
         unsafe { self.raw.as_ref() }
     }
 
+    /// The descriptor of this server's error log file, if it has one
+    /// (not syslog), for a process the parent starts to keep.
+    pub fn error_log_fd(&self) -> Option<std::os::fd::RawFd> {
+        let file = self.rec().error_log;
+        if file.is_null() {
+            return None;
+        }
+        let mut fd: std::os::fd::RawFd = -1;
+        // SAFETY: `file` is the server's open apr_file_t (httpd opened it
+        // before post_config); apr_os_file_get only reads its descriptor.
+        let status = unsafe { sys::apr_os_file_get(&mut fd, file) };
+        (status == sys::STATUS_SUCCESS && fd >= 0).then_some(fd)
+    }
+
     pub fn is_virtual(&self) -> bool {
         self.rec().is_virtual != 0
     }

@@ -31,6 +31,12 @@ pub fn binary() -> Option<PathBuf> {
 
 impl PhpFpm {
     pub fn start() -> PhpFpm {
+        Self::start_as("www-data", "www-data")
+    }
+
+    /// A pool whose workers run as `user`:`group` (the socket stays
+    /// www-data's, for httpd's children).
+    pub fn start_as(user: &str, group: &str) -> PhpFpm {
         let bin = binary().expect("php-fpm is missing: make test installs php8.2-fpm");
         let dir = tempfile::Builder::new()
             .prefix("rsession-fpm-")
@@ -40,7 +46,7 @@ impl PhpFpm {
         let d = dir.path().display();
         let conf = format!(
             "[global]\nerror_log = {d}/error.log\ndaemonize = no\npid = {d}/fpm.pid\n\
-             [test]\nuser = www-data\ngroup = www-data\nlisten = {d}/fpm.sock\n\
+             [test]\nuser = {user}\ngroup = {group}\nlisten = {d}/fpm.sock\n\
              listen.owner = www-data\nlisten.group = www-data\nlisten.mode = 0600\n\
              pm = static\npm.max_children = 2\nclear_env = no\n"
         );

@@ -20,6 +20,7 @@ use crate::session::{ActiveSession, CookieChange, Notes, Outcome, SessionError};
 use crate::status::{Counter, Stats};
 use crate::store::{SessionStore, StoreError};
 use crate::update;
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::ffi::c_int;
 use std::os::unix::ffi::OsStrExt;
@@ -51,6 +52,35 @@ pub struct RequestSession {
     /// The save failed and the response became this error status: what the
     /// handler still writes is dropped.
     save_failed: Option<c_int>,
+}
+
+/// The chain's state, on its initial request (subrequests and redirects
+/// share it).
+struct ChainState(RefCell<RequestState>);
+
+/// The state of a session a subrequest looked at on its own, for its
+/// authorization only (the chain had none yet).
+struct PeekState(RefCell<RequestState>);
+
+/// The session state kept on `initial`'s pool, if any. Call it with
+/// `initial()`: subrequests and redirects share the initial request's.
+fn session_state(initial: Request<'_>) -> Option<&RefCell<RequestState>> {
+    initial.slot::<ChainState>().map(|s| &s.0)
+}
+
+/// Keeps the chain's state on `initial`'s pool; dropped (unlocking the
+/// session) when the pool goes, after logging, even on aborts.
+fn set_session_state(initial: Request<'_>, state: RequestState) -> &RefCell<RequestState> {
+    &initial.set_slot(ChainState(RefCell::new(state))).0
+}
+
+/// The session this (sub)request looked at on its own, if any.
+fn session_peek(r: Request<'_>) -> Option<&RefCell<RequestState>> {
+    r.slot::<PeekState>().map(|s| &s.0)
+}
+
+fn set_session_peek(r: Request<'_>, state: RequestState) -> &RefCell<RequestState> {
+    &r.set_slot(PeekState(RefCell::new(state))).0
 }
 
 impl Drop for RequestSession {
@@ -278,14 +308,14 @@ pub fn fixups(r: Request<'_>) -> c_int {
                 return status;
             }
             let fresh = begin(r, dir, runtime);
-            if let Some(state) = initial.session_state() {
+            if let Some(state) = session_state(initial) {
                 if let Ok(mut state) = state.try_borrow_mut() {
                     *state = fresh;
                 }
             }
         }
     }
-    let state = match initial.session_state() {
+    let state = match session_state(initial) {
         Some(state) => state,
         None => {
             let Some(runtime) = r.server_state().runtime.get() else {
@@ -299,14 +329,14 @@ pub fn fixups(r: Request<'_>) -> c_int {
             }
             if r.is_static_file() {
                 match begin_static(r, dir, runtime) {
-                    Some(state) => initial.set_session_state(state),
+                    Some(state) => set_session_state(initial, state),
                     None => return DECLINED,
                 }
             } else {
                 if let Err(status) = spool_body(r, dir, runtime) {
                     return status;
                 }
-                initial.set_session_state(begin(r, dir, runtime))
+                set_session_state(initial, begin(r, dir, runtime))
             }
         }
     };
@@ -588,7 +618,7 @@ fn expose(r: Request<'_>, dir: &DirConfig, session: &ActiveSession) {
 /// insert_error_filter hook: after a failed save, the error response gets
 /// the guard that ends the handler's output with it.
 pub fn insert_filter(r: Request<'_>, error: bool) {
-    let Some(state) = r.initial().session_state() else {
+    let Some(state) = session_state(r.initial()) else {
         return;
     };
     let failed = match &*state.borrow() {
@@ -621,7 +651,7 @@ pub enum FirstOutput {
 /// applies the update header, saves, releases the lock and sets the
 /// cookie; any other response only has its commands removed (and logged).
 pub fn at_first_output(r: Request<'_>) -> FirstOutput {
-    let Some(state) = r.initial().session_state() else {
+    let Some(state) = session_state(r.initial()) else {
         return FirstOutput::Pass;
     };
     let Ok(mut state) = state.try_borrow_mut() else {
@@ -768,7 +798,7 @@ fn save(r: Request<'_>, rs: &mut RequestSession) -> FirstOutput {
 /// session is finished there (what the C API changed is saved, the lock
 /// released) and its cookie, if it changed, joins the 101.
 pub fn interim_event(r: Request<'_>, header: &str, event: Event) -> Vec<String> {
-    let state = r.session_state();
+    let state = session_state(r);
     let mut state = state.and_then(|s| s.try_borrow_mut().ok());
     let rs = match state.as_deref_mut() {
         Some(RequestState::Active(rs)) => Some(rs),
@@ -928,7 +958,7 @@ fn is_rsession_auth(r: Request<'_>) -> bool {
 /// Whether the chain's session was taken read-only (a static file's),
 /// i.e. without its lock.
 fn is_peeked(initial: Request<'_>) -> bool {
-    initial.session_state().is_some_and(|s| {
+    session_state(initial).is_some_and(|s| {
         s.try_borrow()
             .is_ok_and(|s| matches!(&*s, RequestState::Active(rs) if rs.session.is_read_only()))
     })
@@ -969,10 +999,10 @@ fn resolve_early(r: Request<'_>, dir: &DirConfig) -> Result<(), c_int> {
         return Ok(());
     };
     let initial = r.initial();
-    if initial.session_state().is_none() && r.is_main() {
+    if session_state(initial).is_none() && r.is_main() {
         if r.is_static_file() {
             if let Some(state) = begin_static(r, dir, runtime) {
-                initial.set_session_state(state);
+                set_session_state(initial, state);
             }
         } else {
             // Only a client with a validly signed cookie has its body read
@@ -980,16 +1010,16 @@ fn resolve_early(r: Request<'_>, dir: &DirConfig) -> Result<(), c_int> {
             if !cookie_candidates(r, dir, runtime).signed.is_empty() {
                 spool_body(r, dir, runtime)?;
             }
-            initial.set_session_state(begin(r, dir, runtime));
+            set_session_state(initial, begin(r, dir, runtime));
         }
     }
-    let state = match initial.session_state() {
+    let state = match session_state(initial) {
         Some(state) => state,
         None if r.is_main() => return Ok(()),
-        None => match r.session_peek() {
+        None => match session_peek(r) {
             Some(peek) => peek,
             None => match begin_static(r, dir, runtime) {
-                Some(state) => r.set_session_peek(state),
+                Some(state) => set_session_peek(r, state),
                 None => return Ok(()),
             },
         },
@@ -1043,8 +1073,8 @@ fn set_user(r: Request<'_>, dir: &DirConfig, session: &ActiveSession) {
 
 /// The session `r`'s authorization looks at: its chain's, or the one a
 /// subrequest looked at on its own.
-fn decision_state(r: Request<'_>) -> Option<&std::cell::RefCell<RequestState>> {
-    r.initial().session_state().or_else(|| r.session_peek())
+fn decision_state(r: Request<'_>) -> Option<&RefCell<RequestState>> {
+    session_state(r.initial()).or_else(|| session_peek(r))
 }
 
 /// check_authn for `AuthType RSession`. It runs only when a Require line
@@ -1125,7 +1155,7 @@ pub fn authz_check(r: Request<'_>, terms: &[crate::auth::Term]) -> c_int {
 
 /// Runs `f` on the session of the request's chain, if it has one.
 fn with_session<T>(r: Request<'_>, f: impl FnOnce(&mut RequestSession) -> T) -> Option<T> {
-    let state = r.initial().session_state()?;
+    let state = session_state(r.initial())?;
     let mut state = state.try_borrow_mut().ok()?;
     match &mut *state {
         RequestState::Active(rs) => Some(f(rs)),

@@ -2,9 +2,12 @@
 //! values, calls `session`, writes the results back (notes, environment,
 //! headers, cookies). No `unsafe` here; `ffi` provides the safe wrappers.
 
-use crate::config::DirConfig;
+use crate::config::{is_server_directive, DirConfig, ServerConfig};
 use crate::cookie::{cookie_value, private_cache_control, signed_ids, Candidates};
+use crate::error::ConfigError;
 use crate::ffi::body::BodyError;
+use crate::ffi::cmd::Directive;
+use crate::ffi::config::Merge;
 use crate::ffi::log::{rlog, slog, Level, ServerLog};
 use crate::ffi::pool::Pool;
 use crate::ffi::request::{OutFilter, Request};
@@ -22,9 +25,9 @@ use crate::store::{SessionStore, StoreError};
 use crate::update;
 use std::cell::RefCell;
 use std::collections::HashSet;
-use std::ffi::c_int;
+use std::ffi::{c_int, CStr};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const OK: c_int = sys::STATUS_OK;
@@ -93,6 +96,79 @@ impl Drop for RequestSession {
     }
 }
 
+// ---- configuration --------------------------------------------------------
+
+/// What our server config slot holds: the parsed directives, and the
+/// runtime built from them in post_config (same pool, same generation).
+#[derive(Default)]
+pub struct ServerState {
+    pub conf: ServerConfig,
+    pub runtime: OnceLock<Arc<Runtime>>,
+}
+
+impl Merge for ServerState {
+    /// A virtual host's directives over the main server's; its runtime is
+    /// built afresh in post_config.
+    fn merge(base: &ServerState, add: &ServerState) -> ServerState {
+        ServerState {
+            conf: ServerConfig::merge(&base.conf, &add.conf),
+            ..Default::default()
+        }
+    }
+}
+
+impl Merge for DirConfig {
+    fn merge(base: &DirConfig, add: &DirConfig) -> DirConfig {
+        DirConfig::merge(base, add)
+    }
+}
+
+fn server_state(r: Request<'_>) -> &ServerState {
+    r.server().config::<ServerState>()
+}
+
+/// The argument as UTF-8 (configs are text; anything else is refused).
+fn argument<'a>(name: &str, arg: Option<&'a CStr>) -> Result<&'a str, ConfigError> {
+    let Some(raw) = arg else {
+        return Err(ConfigError::new(name, "", "a value"));
+    };
+    raw.to_str()
+        .map_err(|_| ConfigError::new(name, &raw.to_string_lossy(), "UTF-8 text"))
+}
+
+/// Every `RSession*` line: applies it to the container's DirConfig or the
+/// server's config.
+pub fn directive(
+    directive: &Directive<'_>,
+    dir: Option<&mut DirConfig>,
+    arg: Option<&CStr>,
+) -> Result<(), ConfigError> {
+    let name = directive.name.as_str();
+    let arg = argument(name, arg)?;
+    if is_server_directive(name) {
+        let is_virtual = directive.server.is_virtual();
+        return directive
+            .server
+            .config_mut::<ServerState>()
+            .conf
+            .set(name, arg, is_virtual);
+    }
+    match dir {
+        Some(dir) => dir.set(name, arg),
+        None => Err(ConfigError::new(
+            name,
+            arg,
+            "a container mod_rsession configures",
+        )),
+    }
+}
+
+/// `Require rsession …` in a section: its requests resolve the session
+/// early (see `access_checker`).
+pub fn mark_authz_section(dir: &mut DirConfig) {
+    dir.uses_authz = Some(true);
+}
+
 // ---- startup --------------------------------------------------------------
 
 /// Builds each server's runtime (store, keys, scratch root) and prepares
@@ -100,11 +176,7 @@ impl Drop for RequestSession {
 /// handing over only what it creates; a link or a foreign directory where
 /// a root should be fails the start). Skips the first startup pass, whose
 /// config is thrown away.
-pub fn post_config(
-    _pconf: *mut sys::apr_pool_t,
-    ptemp: *mut sys::apr_pool_t,
-    main: Server<'_>,
-) -> c_int {
+pub fn post_config(ptemp: Pool<'_>, main: Server<'_>) -> c_int {
     if is_first_startup_pass() {
         return OK;
     }
@@ -132,7 +204,7 @@ pub fn post_config(
     });
     let mut prepared: HashSet<String> = HashSet::new();
     for server in main.iter() {
-        let state = server.state();
+        let state = server.config::<ServerState>();
         let runtime = match builder.build(&state.conf, &host, &server.name()) {
             Ok(rt) => rt,
             Err(msg) => {
@@ -195,14 +267,17 @@ pub fn post_config(
 /// Starts this child's sweeper (stopped and joined when the child's pool
 /// goes), for every distinct store of every server.
 pub fn child_init(pchild: Pool<'_>, main: Server<'_>) {
-    let Some(main_rt) = main.state().runtime.get() else {
+    let Some(main_rt) = main.config::<ServerState>().runtime.get() else {
         return;
     };
     // Registered before the sweeper, so it runs after it (cleanups run in
     // reverse): the stores' background work ends with the child. The
     // runtimes live in pconf, which a child never destroys.
     let mut stores: Vec<Arc<dyn SessionStore>> = Vec::new();
-    for rt in main.iter().filter_map(|s| s.state().runtime.get()) {
+    for rt in main
+        .iter()
+        .filter_map(|s| s.config::<ServerState>().runtime.get())
+    {
         if !stores.iter().any(|s| Arc::ptr_eq(s, &rt.store)) {
             stores.push(rt.store.clone());
         }
@@ -213,7 +288,7 @@ pub fn child_init(pchild: Pool<'_>, main: Server<'_>) {
     }
     let mut targets: Vec<Target> = Vec::new();
     for server in main.iter() {
-        let Some(rt) = server.state().runtime.get() else {
+        let Some(rt) = server.config::<ServerState>().runtime.get() else {
             continue;
         };
         let known = targets
@@ -287,7 +362,7 @@ pub fn child_stopping(main: Option<Server<'_>>, graceful: bool) {
 
 /// Loads or creates the session before any handler runs, and exposes it.
 pub fn fixups(r: Request<'_>) -> c_int {
-    let Some(dir) = r.dir_config() else {
+    let Some(dir) = r.dir_config::<DirConfig>() else {
         return DECLINED;
     };
     if !dir.enabled() {
@@ -303,7 +378,7 @@ pub fn fixups(r: Request<'_>) -> c_int {
         // Authorization looked at the session as a static file's, but the
         // handler found since is not the core's: the handler gets the
         // session locked, as everywhere else.
-        if let Some(runtime) = r.server_state().runtime.get() {
+        if let Some(runtime) = server_state(r).runtime.get() {
             if let Err(status) = spool_body(r, dir, runtime) {
                 return status;
             }
@@ -318,7 +393,7 @@ pub fn fixups(r: Request<'_>) -> c_int {
     let state = match session_state(initial) {
         Some(state) => state,
         None => {
-            let Some(runtime) = r.server_state().runtime.get() else {
+            let Some(runtime) = server_state(r).runtime.get() else {
                 rlog!(r, Level::Err, "RS0003 sessions are not initialised for this server; request served without one");
                 return DECLINED;
             };
@@ -671,7 +746,7 @@ pub fn at_first_output(r: Request<'_>) -> FirstOutput {
             FirstOutput::Pass
         }
         RequestState::Failed(_) => {
-            if let Some(dir) = r.dir_config() {
+            if let Some(dir) = r.dir_config::<DirConfig>() {
                 drop_commands(
                     r,
                     dir.update_header(),
@@ -897,7 +972,7 @@ pub fn status_handler(r: Request<'_>) -> c_int {
     if r.handler().as_deref() != Some("rsession-status") {
         return DECLINED;
     }
-    let Some(rt) = r.server_state().runtime.get() else {
+    let Some(rt) = server_state(r).runtime.get() else {
         return DECLINED;
     };
     let asked = |what: &str| r.args().is_some_and(|a| a.split('&').any(|p| p == what));
@@ -926,7 +1001,7 @@ pub fn status_handler(r: Request<'_>) -> c_int {
 /// Our section of mod_status's /server-status (`short`: its `?auto` form,
 /// `key: value` lines), the figures of `rsession-status`.
 pub fn status_section(r: Request<'_>, short: bool) -> c_int {
-    let Some(rt) = r.server_state().runtime.get() else {
+    let Some(rt) = server_state(r).runtime.get() else {
         return OK;
     };
     let store = rt.store.describe();
@@ -971,7 +1046,7 @@ fn is_peeked(initial: Request<'_>) -> bool {
 /// notes and the environment are there for every Require line.
 /// Elsewhere this costs one config lookup.
 pub fn access_checker(r: Request<'_>) -> c_int {
-    let Some(dir) = r.dir_config() else {
+    let Some(dir) = r.dir_config::<DirConfig>() else {
         return DECLINED;
     };
     if !dir.enabled() || !(dir.needs_early_session() || is_rsession_auth(r)) {
@@ -990,7 +1065,7 @@ pub fn access_checker(r: Request<'_>) -> c_int {
 fn resolve_early(r: Request<'_>, dir: &DirConfig) -> Result<(), c_int> {
     r.headers_in()
         .unset_where(crate::expose::is_reserved_request_header);
-    let Some(runtime) = r.server_state().runtime.get() else {
+    let Some(runtime) = server_state(r).runtime.get() else {
         rlog!(
             r,
             Level::Err,
@@ -1087,7 +1162,7 @@ pub fn check_authn(r: Request<'_>) -> c_int {
     if r.user().is_some() {
         return OK;
     }
-    let Some(dir) = r.dir_config() else {
+    let Some(dir) = r.dir_config::<DirConfig>() else {
         return sys::HTTP_UNAUTHORIZED as c_int;
     };
     if !dir.enabled() {
@@ -1126,7 +1201,7 @@ pub fn check_authn(r: Request<'_>) -> c_int {
 /// session's data. Without a user under `AuthType RSession`, a refusal
 /// asks for one (the visitor is sent to sign in); otherwise it is final.
 pub fn authz_check(r: Request<'_>, terms: &[crate::auth::Term]) -> c_int {
-    let Some(dir) = r.dir_config() else {
+    let Some(dir) = r.dir_config::<DirConfig>() else {
         return AUTHZ_DENIED;
     };
     if dir.enabled() && !dir.needs_early_session() && decision_state(r).is_none() {

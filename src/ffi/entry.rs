@@ -6,9 +6,9 @@ use super::cmd::{self, Directive};
 use super::conn::InterimWatch;
 use super::guard;
 use super::log::{self, Level};
-use super::pool::Pool;
+use super::pool::{tagged_mut, tagged_ref, Pool};
 use super::request::{OutFilter, Request};
-use super::server::{Server, ServerState};
+use super::server::Server;
 use super::sys;
 use crate::config::DirConfig;
 use crate::hooks;
@@ -38,82 +38,6 @@ fn server_panic(s: *const sys::server_rec, hook: &str, panic: String) {
 
 // ---- configuration -------------------------------------------------------
 
-pub extern "C" fn create_dir_config(p: *mut sys::apr_pool_t, _dir: *mut c_char) -> *mut c_void {
-    guard::install_panic_hook();
-    // SAFETY: httpd passes a live pool that owns the new config.
-    let pool = unsafe { Pool::from_raw(p) };
-    guard::run(|| {
-        pool.map_or(std::ptr::null_mut(), |p| {
-            p.attach(DirConfig::default()) as *mut c_void
-        })
-    })
-    .unwrap_or(std::ptr::null_mut())
-}
-
-pub extern "C" fn merge_dir_config(
-    p: *mut sys::apr_pool_t,
-    base: *mut c_void,
-    add: *mut c_void,
-) -> *mut c_void {
-    // SAFETY: httpd passes two configs made by create/merge_dir_config and a
-    // live pool for the result; neither input is modified.
-    let (pool, base, add) = unsafe {
-        (
-            Pool::from_raw(p),
-            (base as *const DirConfig).as_ref(),
-            (add as *const DirConfig).as_ref(),
-        )
-    };
-    guard::run(|| match (pool, base, add) {
-        (Some(pool), Some(base), Some(add)) => {
-            pool.attach(DirConfig::merge(base, add)) as *mut c_void
-        }
-        _ => std::ptr::null_mut(),
-    })
-    .unwrap_or(std::ptr::null_mut())
-}
-
-pub extern "C" fn create_server_config(
-    p: *mut sys::apr_pool_t,
-    _s: *mut sys::server_rec,
-) -> *mut c_void {
-    guard::install_panic_hook();
-    // SAFETY: httpd passes pconf, which owns the new config.
-    let pool = unsafe { Pool::from_raw(p) };
-    guard::run(|| {
-        pool.map_or(std::ptr::null_mut(), |p| {
-            p.attach(ServerState::default()) as *mut c_void
-        })
-    })
-    .unwrap_or(std::ptr::null_mut())
-}
-
-pub extern "C" fn merge_server_config(
-    p: *mut sys::apr_pool_t,
-    base: *mut c_void,
-    add: *mut c_void,
-) -> *mut c_void {
-    // SAFETY: as in merge_dir_config, with ServerState values.
-    let (pool, base, add) = unsafe {
-        (
-            Pool::from_raw(p),
-            (base as *const ServerState).as_ref(),
-            (add as *const ServerState).as_ref(),
-        )
-    };
-    guard::run(|| match (pool, base, add) {
-        (Some(pool), Some(base), Some(add)) => {
-            let conf = crate::config::ServerConfig::merge(&base.conf, &add.conf);
-            pool.attach(ServerState {
-                conf,
-                ..Default::default()
-            }) as *mut c_void
-        }
-        _ => std::ptr::null_mut(),
-    })
-    .unwrap_or(std::ptr::null_mut())
-}
-
 fn directive_entry(
     cmd: *mut sys::cmd_parms,
     dirconf: *mut c_void,
@@ -124,10 +48,12 @@ fn directive_entry(
         return c"mod_rsession: directive without context".as_ptr();
     };
     let result = guard::run(|| {
-        // SAFETY: `arg` is the directive's NUL-terminated argument.
-        let outcome = unsafe { cmd::argument(&directive.name, arg) }
-            .and_then(|a| cmd::apply(&directive, dirconf, a));
-        directive.result(outcome)
+        // SAFETY: `arg` is the directive's NUL-terminated argument (or
+        // NULL); for directives with ACCESS_CONF/RSRC_CONF, httpd passes
+        // the container's config made by create_dir_config, and config
+        // reading is single-threaded, so this is its only reference.
+        let (arg, dir) = unsafe { (cmd::argument(arg), tagged_mut::<DirConfig>(dirconf)) };
+        directive.result(hooks::directive(&directive, dir, arg))
     });
     result.unwrap_or_else(|panic| {
         directive
@@ -158,7 +84,7 @@ pub extern "C" fn rsession_cmd_secret(
 
 #[no_mangle]
 pub extern "C" fn rsession_post_config(
-    pconf: *mut sys::apr_pool_t,
+    _pconf: *mut sys::apr_pool_t,
     _plog: *mut sys::apr_pool_t,
     ptemp: *mut sys::apr_pool_t,
     s: *mut sys::server_rec,
@@ -167,7 +93,11 @@ pub extern "C" fn rsession_post_config(
     let Some(server) = (unsafe { Server::from_raw(s) }) else {
         return HTTP_500;
     };
-    guard::run(|| hooks::post_config(pconf, ptemp, server)).unwrap_or_else(|panic| {
+    // SAFETY: httpd passes the live ptemp of this post_config run.
+    let Some(ptemp) = (unsafe { Pool::from_raw(ptemp) }) else {
+        return HTTP_500;
+    };
+    guard::run(|| hooks::post_config(ptemp, server)).unwrap_or_else(|panic| {
         server_panic(s, "post_config", panic);
         HTTP_500
     })
@@ -492,7 +422,7 @@ pub extern "C" fn rsession_authz_check(
     let (req, terms) = unsafe {
         (
             Request::from_raw(r),
-            (parsed as *const Vec<crate::auth::Term>).as_ref(),
+            tagged_ref::<Vec<crate::auth::Term>>(parsed),
         )
     };
     let (Some(req), Some(terms)) = (req, terms) else {
@@ -519,14 +449,14 @@ pub extern "C" fn rsession_authz_parse(
     let line = c_arg(require_line).unwrap_or_default();
     let result = guard::run(|| match crate::auth::parse_require(&line) {
         Ok(terms) => {
-            let kept = directive.pool.attach(terms);
+            let kept = directive.pool.attach_tagged(terms);
             if !parsed.is_null() {
                 // SAFETY: `parsed` is mod_authz_core's slot for this line.
                 unsafe { *parsed = kept as *const c_void };
             }
             // SAFETY: as above; the section is the one being read.
-            if let Some(dir) = unsafe { cmd::section_dir_config(cmd) } {
-                dir.uses_authz = Some(true);
+            if let Some(dir) = unsafe { cmd::section_dir_config::<DirConfig>(cmd) } {
+                hooks::mark_authz_section(dir);
             }
             std::ptr::null()
         }

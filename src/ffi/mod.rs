@@ -5,6 +5,7 @@
 pub mod body;
 pub mod bucket;
 pub mod cmd;
+pub mod config;
 pub mod conn;
 mod entry;
 pub mod guard;

@@ -2,8 +2,10 @@
 //! rustc's version script hides a C-defined one (HTTPD_RUST_NOTES); it
 //! reproduces STANDARD20_MODULE_STUFF.
 
-use super::entry;
+use super::config::{create_dir_config, create_server_config, merge_config};
 use super::sys;
+use crate::config::DirConfig;
+use crate::hooks::ServerState;
 use std::os::raw::{c_int, c_ulong};
 use std::ptr::{addr_of, null_mut};
 
@@ -23,10 +25,10 @@ pub static mut rsession_module: sys::module = sys::module {
     next: null_mut(),
     magic: sys::MODULE_MAGIC_COOKIE as c_ulong,
     rewrite_args: None,
-    create_dir_config: Some(entry::create_dir_config),
-    merge_dir_config: Some(entry::merge_dir_config),
-    create_server_config: Some(entry::create_server_config),
-    merge_server_config: Some(entry::merge_server_config),
+    create_dir_config: Some(create_dir_config::<DirConfig>),
+    merge_dir_config: Some(merge_config::<DirConfig>),
+    create_server_config: Some(create_server_config::<ServerState>),
+    merge_server_config: Some(merge_config::<ServerState>),
     cmds: addr_of!(sys::rsession_cmds) as *const sys::command_rec,
     register_hooks: Some(rsession_register_hooks),
     flags: 0,

@@ -1,10 +1,10 @@
 //! Safe views of a `request_rec` and its tables, valid for one hook call.
 
 use super::module::module_config;
+use super::pool::tagged_ref;
 use super::pool::Pool;
-use super::server::{Server, ServerState};
+use super::server::Server;
 use super::sys;
-use crate::config::DirConfig;
 use std::any::Any;
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -82,19 +82,14 @@ impl<'r> Request<'r> {
         unsafe { Server::from_raw(self.rec().server) }.expect("requests always have a server")
     }
 
-    pub fn server_state(&self) -> &'r ServerState {
-        self.server().state()
-    }
-
-    /// The merged per-directory config for this request.
-    pub fn dir_config(&self) -> Option<&'r DirConfig> {
+    /// The merged per-directory config for this request, made by the
+    /// module's create/merge_dir_config as a `C` (`ffi::config`).
+    pub fn dir_config<C: 'static>(&self) -> Option<&'r C> {
         // SAFETY: per_dir_config is a live config vector; our slot holds a
-        // DirConfig made by create/merge_dir_config in a pool that outlives
-        // the request (pconf, or this request's pool for .htaccess).
-        unsafe {
-            let ptr = module_config(self.rec().per_dir_config) as *const DirConfig;
-            ptr.as_ref()
-        }
+        // tagged config made by create/merge_dir_config in a pool that
+        // outlives the request (pconf, or this request's pool for
+        // .htaccess), changed by nothing once requests are served.
+        unsafe { tagged_ref::<C>(module_config(self.rec().per_dir_config)) }
     }
 
     pub fn status(&self) -> i32 {

@@ -10,7 +10,7 @@ use crate::ffi::cmd::Directive;
 use crate::ffi::config::Merge;
 use crate::ffi::log::{rlog, slog, Level, ServerLog};
 use crate::ffi::pool::Pool;
-use crate::ffi::request::{OutFilter, Request};
+use crate::ffi::request::{FirstOutput, OutFilter, Request};
 use crate::ffi::server::{child_user, is_first_startup_pass, is_root, runtime_dir_path, Server};
 use crate::ffi::shm::SharedCounters;
 use crate::ffi::sys;
@@ -689,10 +689,19 @@ fn expose(r: Request<'_>, dir: &DirConfig, session: &ActiveSession) {
 
 /// Adds the response filter to every request of a chain with a session:
 /// the main response saves through it, others (subrequests, responses
-/// after the save) have their commands removed and logged. `error` is the
-/// insert_error_filter hook: after a failed save, the error response gets
-/// the guard that ends the handler's output with it.
-pub fn insert_filter(r: Request<'_>, error: bool) {
+/// after the save) have their commands removed and logged.
+pub fn insert_filter(r: Request<'_>) {
+    add_out_filter(r, false);
+}
+
+/// The insert_error_filter hook: as `insert_filter`, except that after a
+/// failed save the error response gets the guard that ends the handler's
+/// output with it.
+pub fn insert_error_filter(r: Request<'_>) {
+    add_out_filter(r, true);
+}
+
+fn add_out_filter(r: Request<'_>, error: bool) {
     let Some(state) = session_state(r.initial()) else {
         return;
     };
@@ -711,14 +720,6 @@ pub fn insert_filter(r: Request<'_>, error: bool) {
     } else {
         OutFilter::First
     });
-}
-
-/// What the response filter does after its first look at a response.
-pub enum FirstOutput {
-    /// Leave: the brigade passes on.
-    Pass,
-    /// The session change was not stored: answer this status instead.
-    Fail(c_int),
 }
 
 /// Runs when the first bytes of a response pass: the handler is done with
@@ -1019,11 +1020,17 @@ pub fn status_section(r: Request<'_>, short: bool) -> c_int {
 /// The `AuthType` this module answers for.
 pub const AUTH_TYPE: &str = "RSession";
 
-/// `authz_status` values (checked against mod_auth.h in shim.c).
-pub const AUTHZ_DENIED: c_int = 0;
-pub const AUTHZ_GRANTED: c_int = 1;
-pub const AUTHZ_GENERAL_ERROR: c_int = 3;
-pub const AUTHZ_DENIED_NO_USER: c_int = 4;
+use sys::{AUTHZ_DENIED, AUTHZ_DENIED_NO_USER, AUTHZ_GENERAL_ERROR, AUTHZ_GRANTED};
+
+/// note_auth_failure: nothing to add to a response for `AuthType RSession`
+/// (claiming it keeps mod_authz_core from logging that nobody did).
+pub fn note_auth_failure(_r: Request<'_>, auth_type: Option<&str>) -> c_int {
+    if auth_type.is_some_and(|t| t.eq_ignore_ascii_case(AUTH_TYPE)) {
+        OK
+    } else {
+        DECLINED
+    }
+}
 
 fn is_rsession_auth(r: Request<'_>) -> bool {
     r.auth_type()
@@ -1200,7 +1207,10 @@ pub fn check_authn(r: Request<'_>) -> c_int {
 /// `Require rsession KEY[=VALUE] …`: granted when every term holds in the
 /// session's data. Without a user under `AuthType RSession`, a refusal
 /// asks for one (the visitor is sent to sign in); otherwise it is final.
-pub fn authz_check(r: Request<'_>, terms: &[crate::auth::Term]) -> c_int {
+/// `terms` is what `crate::auth::parse_require` made of the line at
+/// startup, read back as that type.
+#[allow(clippy::ptr_arg)]
+pub fn authz_check(r: Request<'_>, terms: &Vec<crate::auth::Term>) -> c_int {
     let Some(dir) = r.dir_config::<DirConfig>() else {
         return AUTHZ_DENIED;
     };

@@ -37,6 +37,8 @@ mod update;
 mod ffi;
 #[cfg(all(feature = "host", not(test)))]
 mod hooks;
+#[cfg(all(feature = "host", not(test)))]
+mod module;
 
 #[doc(hidden)]
 pub mod fuzzing;

@@ -7,7 +7,7 @@ pub mod bucket;
 pub mod cmd;
 pub mod config;
 pub mod conn;
-mod entry;
+pub mod entry;
 pub mod guard;
 pub mod log;
 pub mod module;

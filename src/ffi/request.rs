@@ -233,6 +233,14 @@ pub enum OutFilter {
     Swallow,
 }
 
+/// What the response filter does after its first look at a response.
+pub enum FirstOutput {
+    /// Leave: the brigade passes on.
+    Pass,
+    /// The response must not go out: answer this status instead.
+    Fail(i32),
+}
+
 // Distinct values: two statics alike must not share an address.
 static GUARD_MARK: u8 = 1;
 static SWALLOW_MARK: u8 = 2;

@@ -1,6 +1,7 @@
 //! Glue between httpd and the session logic: reads a request into plain
 //! values, calls `session`, writes the results back (notes, environment,
-//! headers, cookies). No `unsafe` here; `ffi` provides the safe wrappers.
+//! headers, cookies). Called from the entry points in `crate::module`; no
+//! `unsafe` here: `ffi` provides the safe wrappers.
 
 use crate::config::{is_server_directive, DirConfig, ServerConfig};
 use crate::cookie::{cookie_value, private_cache_control, signed_ids, Candidates};

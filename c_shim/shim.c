@@ -1,7 +1,8 @@
 /*
  * The C half of mod_rsession: the directive table and the hook table, both
  * built from httpd macros that Rust cannot expand. No logic lives here; every
- * function named below is implemented in src/ffi/entry.rs.
+ * function named below is declared in src/module.rs (through the adapters
+ * of src/ffi/entry.rs).
  */
 #include "httpd.h"
 #include "http_config.h"
@@ -14,7 +15,7 @@
 #include "mod_status.h"
 #include "shim_buckets.h"
 
-/* Rust entry points (src/ffi/entry.rs). */
+/* Rust entry points (src/module.rs). */
 const char *rsession_cmd_take1(cmd_parms *cmd, void *dirconf, const char *arg);
 const char *rsession_cmd_secret(cmd_parms *cmd, void *dirconf, const char *arg);
 int rsession_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *s);

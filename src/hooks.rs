@@ -1,13 +1,17 @@
 //! Glue between httpd and the session logic: reads a request into plain
 //! values, calls `session`, writes the results back (notes, environment,
-//! headers, cookies). No `unsafe` here; `ffi` provides the safe wrappers.
+//! headers, cookies). Called from the entry points in `crate::module`; no
+//! `unsafe` here: `ffi` provides the safe wrappers.
 
-use crate::config::DirConfig;
+use crate::config::{is_server_directive, DirConfig, ServerConfig};
 use crate::cookie::{cookie_value, private_cache_control, signed_ids, Candidates};
+use crate::error::ConfigError;
 use crate::ffi::body::BodyError;
+use crate::ffi::cmd::Directive;
+use crate::ffi::config::Merge;
 use crate::ffi::log::{rlog, slog, Level, ServerLog};
 use crate::ffi::pool::Pool;
-use crate::ffi::request::{OutFilter, Request};
+use crate::ffi::request::{FirstOutput, OutFilter, Request};
 use crate::ffi::server::{child_user, is_first_startup_pass, is_root, runtime_dir_path, Server};
 use crate::ffi::shm::SharedCounters;
 use crate::ffi::sys;
@@ -20,10 +24,11 @@ use crate::session::{ActiveSession, CookieChange, Notes, Outcome, SessionError};
 use crate::status::{Counter, Stats};
 use crate::store::{SessionStore, StoreError};
 use crate::update;
+use std::cell::RefCell;
 use std::collections::HashSet;
-use std::ffi::c_int;
+use std::ffi::{c_int, CStr};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const OK: c_int = sys::STATUS_OK;
@@ -53,6 +58,35 @@ pub struct RequestSession {
     save_failed: Option<c_int>,
 }
 
+/// The chain's state, on its initial request (subrequests and redirects
+/// share it).
+struct ChainState(RefCell<RequestState>);
+
+/// The state of a session a subrequest looked at on its own, for its
+/// authorization only (the chain had none yet).
+struct PeekState(RefCell<RequestState>);
+
+/// The session state kept on `initial`'s pool, if any. Call it with
+/// `initial()`: subrequests and redirects share the initial request's.
+fn session_state(initial: Request<'_>) -> Option<&RefCell<RequestState>> {
+    initial.slot::<ChainState>().map(|s| &s.0)
+}
+
+/// Keeps the chain's state on `initial`'s pool; dropped (unlocking the
+/// session) when the pool goes, after logging, even on aborts.
+fn set_session_state(initial: Request<'_>, state: RequestState) -> &RefCell<RequestState> {
+    &initial.set_slot(ChainState(RefCell::new(state))).0
+}
+
+/// The session this (sub)request looked at on its own, if any.
+fn session_peek(r: Request<'_>) -> Option<&RefCell<RequestState>> {
+    r.slot::<PeekState>().map(|s| &s.0)
+}
+
+fn set_session_peek(r: Request<'_>, state: RequestState) -> &RefCell<RequestState> {
+    &r.set_slot(PeekState(RefCell::new(state))).0
+}
+
 impl Drop for RequestSession {
     /// The pool cleanup path (the output filter never ran, e.g. an aborted
     /// client): save what was changed through the C API, then unlock.
@@ -63,6 +97,79 @@ impl Drop for RequestSession {
     }
 }
 
+// ---- configuration --------------------------------------------------------
+
+/// What our server config slot holds: the parsed directives, and the
+/// runtime built from them in post_config (same pool, same generation).
+#[derive(Default)]
+pub struct ServerState {
+    pub conf: ServerConfig,
+    pub runtime: OnceLock<Arc<Runtime>>,
+}
+
+impl Merge for ServerState {
+    /// A virtual host's directives over the main server's; its runtime is
+    /// built afresh in post_config.
+    fn merge(base: &ServerState, add: &ServerState) -> ServerState {
+        ServerState {
+            conf: ServerConfig::merge(&base.conf, &add.conf),
+            ..Default::default()
+        }
+    }
+}
+
+impl Merge for DirConfig {
+    fn merge(base: &DirConfig, add: &DirConfig) -> DirConfig {
+        DirConfig::merge(base, add)
+    }
+}
+
+fn server_state(r: Request<'_>) -> &ServerState {
+    r.server().config::<ServerState>()
+}
+
+/// The argument as UTF-8 (configs are text; anything else is refused).
+fn argument<'a>(name: &str, arg: Option<&'a CStr>) -> Result<&'a str, ConfigError> {
+    let Some(raw) = arg else {
+        return Err(ConfigError::new(name, "", "a value"));
+    };
+    raw.to_str()
+        .map_err(|_| ConfigError::new(name, &raw.to_string_lossy(), "UTF-8 text"))
+}
+
+/// Every `RSession*` line: applies it to the container's DirConfig or the
+/// server's config.
+pub fn directive(
+    directive: &Directive<'_>,
+    dir: Option<&mut DirConfig>,
+    arg: Option<&CStr>,
+) -> Result<(), ConfigError> {
+    let name = directive.name.as_str();
+    let arg = argument(name, arg)?;
+    if is_server_directive(name) {
+        let is_virtual = directive.server.is_virtual();
+        return directive
+            .server
+            .config_mut::<ServerState>()
+            .conf
+            .set(name, arg, is_virtual);
+    }
+    match dir {
+        Some(dir) => dir.set(name, arg),
+        None => Err(ConfigError::new(
+            name,
+            arg,
+            "a container mod_rsession configures",
+        )),
+    }
+}
+
+/// `Require rsession …` in a section: its requests resolve the session
+/// early (see `access_checker`).
+pub fn mark_authz_section(dir: &mut DirConfig) {
+    dir.uses_authz = Some(true);
+}
+
 // ---- startup --------------------------------------------------------------
 
 /// Builds each server's runtime (store, keys, scratch root) and prepares
@@ -70,11 +177,7 @@ impl Drop for RequestSession {
 /// handing over only what it creates; a link or a foreign directory where
 /// a root should be fails the start). Skips the first startup pass, whose
 /// config is thrown away.
-pub fn post_config(
-    _pconf: *mut sys::apr_pool_t,
-    ptemp: *mut sys::apr_pool_t,
-    main: Server<'_>,
-) -> c_int {
+pub fn post_config(ptemp: Pool<'_>, main: Server<'_>) -> c_int {
     if is_first_startup_pass() {
         return OK;
     }
@@ -102,7 +205,7 @@ pub fn post_config(
     });
     let mut prepared: HashSet<String> = HashSet::new();
     for server in main.iter() {
-        let state = server.state();
+        let state = server.config::<ServerState>();
         let runtime = match builder.build(&state.conf, &host, &server.name()) {
             Ok(rt) => rt,
             Err(msg) => {
@@ -183,14 +286,17 @@ fn prepare_scratch(
 /// Starts this child's sweeper (stopped and joined when the child's pool
 /// goes), for every distinct store of every server.
 pub fn child_init(pchild: Pool<'_>, main: Server<'_>) {
-    let Some(main_rt) = main.state().runtime.get() else {
+    let Some(main_rt) = main.config::<ServerState>().runtime.get() else {
         return;
     };
     // Registered before the sweeper, so it runs after it (cleanups run in
     // reverse): the stores' background work ends with the child. The
     // runtimes live in pconf, which a child never destroys.
     let mut stores: Vec<Arc<dyn SessionStore>> = Vec::new();
-    for rt in main.iter().filter_map(|s| s.state().runtime.get()) {
+    for rt in main
+        .iter()
+        .filter_map(|s| s.config::<ServerState>().runtime.get())
+    {
         if !stores.iter().any(|s| Arc::ptr_eq(s, &rt.store)) {
             stores.push(rt.store.clone());
         }
@@ -201,7 +307,7 @@ pub fn child_init(pchild: Pool<'_>, main: Server<'_>) {
     }
     let mut targets: Vec<Target> = Vec::new();
     for server in main.iter() {
-        let Some(rt) = server.state().runtime.get() else {
+        let Some(rt) = server.config::<ServerState>().runtime.get() else {
             continue;
         };
         let known = targets
@@ -340,7 +446,7 @@ fn reap_as_owner(
 
 /// Loads or creates the session before any handler runs, and exposes it.
 pub fn fixups(r: Request<'_>) -> c_int {
-    let Some(dir) = r.dir_config() else {
+    let Some(dir) = r.dir_config::<DirConfig>() else {
         return DECLINED;
     };
     if !dir.enabled() {
@@ -356,22 +462,22 @@ pub fn fixups(r: Request<'_>) -> c_int {
         // Authorization looked at the session as a static file's, but the
         // handler found since is not the core's: the handler gets the
         // session locked, as everywhere else.
-        if let Some(runtime) = r.server_state().runtime.get() {
+        if let Some(runtime) = server_state(r).runtime.get() {
             if let Err(status) = spool_body(r, dir, runtime) {
                 return status;
             }
             let fresh = begin(r, dir, runtime);
-            if let Some(state) = initial.session_state() {
+            if let Some(state) = session_state(initial) {
                 if let Ok(mut state) = state.try_borrow_mut() {
                     *state = fresh;
                 }
             }
         }
     }
-    let state = match initial.session_state() {
+    let state = match session_state(initial) {
         Some(state) => state,
         None => {
-            let Some(runtime) = r.server_state().runtime.get() else {
+            let Some(runtime) = server_state(r).runtime.get() else {
                 rlog!(r, Level::Err, "RS0003 sessions are not initialised for this server; request served without one");
                 return DECLINED;
             };
@@ -382,14 +488,14 @@ pub fn fixups(r: Request<'_>) -> c_int {
             }
             if r.is_static_file() {
                 match begin_static(r, dir, runtime) {
-                    Some(state) => initial.set_session_state(state),
+                    Some(state) => set_session_state(initial, state),
                     None => return DECLINED,
                 }
             } else {
                 if let Err(status) = spool_body(r, dir, runtime) {
                     return status;
                 }
-                initial.set_session_state(begin(r, dir, runtime))
+                set_session_state(initial, begin(r, dir, runtime))
             }
         }
     };
@@ -667,11 +773,20 @@ fn expose(r: Request<'_>, dir: &DirConfig, session: &ActiveSession) {
 
 /// Adds the response filter to every request of a chain with a session:
 /// the main response saves through it, others (subrequests, responses
-/// after the save) have their commands removed and logged. `error` is the
-/// insert_error_filter hook: after a failed save, the error response gets
-/// the guard that ends the handler's output with it.
-pub fn insert_filter(r: Request<'_>, error: bool) {
-    let Some(state) = r.initial().session_state() else {
+/// after the save) have their commands removed and logged.
+pub fn insert_filter(r: Request<'_>) {
+    add_out_filter(r, false);
+}
+
+/// The insert_error_filter hook: as `insert_filter`, except that after a
+/// failed save the error response gets the guard that ends the handler's
+/// output with it.
+pub fn insert_error_filter(r: Request<'_>) {
+    add_out_filter(r, true);
+}
+
+fn add_out_filter(r: Request<'_>, error: bool) {
+    let Some(state) = session_state(r.initial()) else {
         return;
     };
     let failed = match &*state.borrow() {
@@ -691,20 +806,12 @@ pub fn insert_filter(r: Request<'_>, error: bool) {
     });
 }
 
-/// What the response filter does after its first look at a response.
-pub enum FirstOutput {
-    /// Leave: the brigade passes on.
-    Pass,
-    /// The session change was not stored: answer this status instead.
-    Fail(c_int),
-}
-
 /// Runs when the first bytes of a response pass: the handler is done with
 /// its headers, the status line has not gone out. The main response
 /// applies the update header, saves, releases the lock and sets the
 /// cookie; any other response only has its commands removed (and logged).
 pub fn at_first_output(r: Request<'_>) -> FirstOutput {
-    let Some(state) = r.initial().session_state() else {
+    let Some(state) = session_state(r.initial()) else {
         return FirstOutput::Pass;
     };
     let Ok(mut state) = state.try_borrow_mut() else {
@@ -724,7 +831,7 @@ pub fn at_first_output(r: Request<'_>) -> FirstOutput {
             FirstOutput::Pass
         }
         RequestState::Failed(_) => {
-            if let Some(dir) = r.dir_config() {
+            if let Some(dir) = r.dir_config::<DirConfig>() {
                 drop_commands(
                     r,
                     dir.update_header(),
@@ -851,7 +958,7 @@ fn save(r: Request<'_>, rs: &mut RequestSession) -> FirstOutput {
 /// session is finished there (what the C API changed is saved, the lock
 /// released) and its cookie, if it changed, joins the 101.
 pub fn interim_event(r: Request<'_>, header: &str, event: Event) -> Vec<String> {
-    let state = r.session_state();
+    let state = session_state(r);
     let mut state = state.and_then(|s| s.try_borrow_mut().ok());
     let rs = match state.as_deref_mut() {
         Some(RequestState::Active(rs)) => Some(rs),
@@ -950,7 +1057,7 @@ pub fn status_handler(r: Request<'_>) -> c_int {
     if r.handler().as_deref() != Some("rsession-status") {
         return DECLINED;
     }
-    let Some(rt) = r.server_state().runtime.get() else {
+    let Some(rt) = server_state(r).runtime.get() else {
         return DECLINED;
     };
     let asked = |what: &str| r.args().is_some_and(|a| a.split('&').any(|p| p == what));
@@ -979,7 +1086,7 @@ pub fn status_handler(r: Request<'_>) -> c_int {
 /// Our section of mod_status's /server-status (`short`: its `?auto` form,
 /// `key: value` lines), the figures of `rsession-status`.
 pub fn status_section(r: Request<'_>, short: bool) -> c_int {
-    let Some(rt) = r.server_state().runtime.get() else {
+    let Some(rt) = server_state(r).runtime.get() else {
         return OK;
     };
     let store = rt.store.describe();
@@ -997,11 +1104,17 @@ pub fn status_section(r: Request<'_>, short: bool) -> c_int {
 /// The `AuthType` this module answers for.
 pub const AUTH_TYPE: &str = "RSession";
 
-/// `authz_status` values (checked against mod_auth.h in shim.c).
-pub const AUTHZ_DENIED: c_int = 0;
-pub const AUTHZ_GRANTED: c_int = 1;
-pub const AUTHZ_GENERAL_ERROR: c_int = 3;
-pub const AUTHZ_DENIED_NO_USER: c_int = 4;
+use sys::{AUTHZ_DENIED, AUTHZ_DENIED_NO_USER, AUTHZ_GENERAL_ERROR, AUTHZ_GRANTED};
+
+/// note_auth_failure: nothing to add to a response for `AuthType RSession`
+/// (claiming it keeps mod_authz_core from logging that nobody did).
+pub fn note_auth_failure(_r: Request<'_>, auth_type: Option<&str>) -> c_int {
+    if auth_type.is_some_and(|t| t.eq_ignore_ascii_case(AUTH_TYPE)) {
+        OK
+    } else {
+        DECLINED
+    }
+}
 
 fn is_rsession_auth(r: Request<'_>) -> bool {
     r.auth_type()
@@ -1011,7 +1124,7 @@ fn is_rsession_auth(r: Request<'_>) -> bool {
 /// Whether the chain's session was taken read-only (a static file's),
 /// i.e. without its lock.
 fn is_peeked(initial: Request<'_>) -> bool {
-    initial.session_state().is_some_and(|s| {
+    session_state(initial).is_some_and(|s| {
         s.try_borrow()
             .is_ok_and(|s| matches!(&*s, RequestState::Active(rs) if rs.session.is_read_only()))
     })
@@ -1024,7 +1137,7 @@ fn is_peeked(initial: Request<'_>) -> bool {
 /// notes and the environment are there for every Require line.
 /// Elsewhere this costs one config lookup.
 pub fn access_checker(r: Request<'_>) -> c_int {
-    let Some(dir) = r.dir_config() else {
+    let Some(dir) = r.dir_config::<DirConfig>() else {
         return DECLINED;
     };
     if !dir.enabled() || !(dir.needs_early_session() || is_rsession_auth(r)) {
@@ -1043,7 +1156,7 @@ pub fn access_checker(r: Request<'_>) -> c_int {
 fn resolve_early(r: Request<'_>, dir: &DirConfig) -> Result<(), c_int> {
     r.headers_in()
         .unset_where(crate::expose::is_reserved_request_header);
-    let Some(runtime) = r.server_state().runtime.get() else {
+    let Some(runtime) = server_state(r).runtime.get() else {
         rlog!(
             r,
             Level::Err,
@@ -1052,10 +1165,10 @@ fn resolve_early(r: Request<'_>, dir: &DirConfig) -> Result<(), c_int> {
         return Ok(());
     };
     let initial = r.initial();
-    if initial.session_state().is_none() && r.is_main() {
+    if session_state(initial).is_none() && r.is_main() {
         if r.is_static_file() {
             if let Some(state) = begin_static(r, dir, runtime) {
-                initial.set_session_state(state);
+                set_session_state(initial, state);
             }
         } else {
             // Only a client with a validly signed cookie has its body read
@@ -1063,16 +1176,16 @@ fn resolve_early(r: Request<'_>, dir: &DirConfig) -> Result<(), c_int> {
             if !cookie_candidates(r, dir, runtime).signed.is_empty() {
                 spool_body(r, dir, runtime)?;
             }
-            initial.set_session_state(begin(r, dir, runtime));
+            set_session_state(initial, begin(r, dir, runtime));
         }
     }
-    let state = match initial.session_state() {
+    let state = match session_state(initial) {
         Some(state) => state,
         None if r.is_main() => return Ok(()),
-        None => match r.session_peek() {
+        None => match session_peek(r) {
             Some(peek) => peek,
             None => match begin_static(r, dir, runtime) {
-                Some(state) => r.set_session_peek(state),
+                Some(state) => set_session_peek(r, state),
                 None => return Ok(()),
             },
         },
@@ -1126,8 +1239,8 @@ fn set_user(r: Request<'_>, dir: &DirConfig, session: &ActiveSession) {
 
 /// The session `r`'s authorization looks at: its chain's, or the one a
 /// subrequest looked at on its own.
-fn decision_state(r: Request<'_>) -> Option<&std::cell::RefCell<RequestState>> {
-    r.initial().session_state().or_else(|| r.session_peek())
+fn decision_state(r: Request<'_>) -> Option<&RefCell<RequestState>> {
+    session_state(r.initial()).or_else(|| session_peek(r))
 }
 
 /// check_authn for `AuthType RSession`. It runs only when a Require line
@@ -1140,7 +1253,7 @@ pub fn check_authn(r: Request<'_>) -> c_int {
     if r.user().is_some() {
         return OK;
     }
-    let Some(dir) = r.dir_config() else {
+    let Some(dir) = r.dir_config::<DirConfig>() else {
         return sys::HTTP_UNAUTHORIZED as c_int;
     };
     if !dir.enabled() {
@@ -1178,8 +1291,11 @@ pub fn check_authn(r: Request<'_>) -> c_int {
 /// `Require rsession KEY[=VALUE] …`: granted when every term holds in the
 /// session's data. Without a user under `AuthType RSession`, a refusal
 /// asks for one (the visitor is sent to sign in); otherwise it is final.
-pub fn authz_check(r: Request<'_>, terms: &[crate::auth::Term]) -> c_int {
-    let Some(dir) = r.dir_config() else {
+/// `terms` is what `crate::auth::parse_require` made of the line at
+/// startup, read back as that type.
+#[allow(clippy::ptr_arg)]
+pub fn authz_check(r: Request<'_>, terms: &Vec<crate::auth::Term>) -> c_int {
+    let Some(dir) = r.dir_config::<DirConfig>() else {
         return AUTHZ_DENIED;
     };
     if dir.enabled() && !dir.needs_early_session() && decision_state(r).is_none() {
@@ -1208,7 +1324,7 @@ pub fn authz_check(r: Request<'_>, terms: &[crate::auth::Term]) -> c_int {
 
 /// Runs `f` on the session of the request's chain, if it has one.
 fn with_session<T>(r: Request<'_>, f: impl FnOnce(&mut RequestSession) -> T) -> Option<T> {
-    let state = r.initial().session_state()?;
+    let state = session_state(r.initial())?;
     let mut state = state.try_borrow_mut().ok()?;
     match &mut *state {
         RequestState::Active(rs) => Some(f(rs)),

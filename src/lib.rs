@@ -1,9 +1,15 @@
 //! mod_rsession: server-side sessions for Apache httpd 2.4.
 //!
-//! Everything outside `ffi` and `hooks` is host-free: it never calls httpd or
-//! APR, so `cargo test` builds and runs it without a server. `ffi` is the only
-//! module allowed `unsafe`; `hooks` turns requests into plain values for
-//! `session` and writes the results back.
+//! Layers, each using only those below it: `module` (the top: every symbol
+//! httpd and the C shim call, and the module record) → `hooks` (the module's
+//! logic on httpd's side: turns requests into plain values for `session` and
+//! writes the results back) → `ffi` (safe wrappers over httpd and APR that
+//! know nothing of sessions: request, pool, server, typed per-request slot,
+//! generic config create/merge, and the entry-point adapters and macros
+//! `module` uses). `ffi` is the only module allowed `unsafe`. Everything
+//! outside these three is host-free: it never calls httpd or APR, so
+//! `cargo test` builds and runs it without a server (`ffi` itself uses only
+//! two host-free helpers, `body::Spool` and the `interim` parser).
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -38,6 +44,8 @@ mod update;
 mod ffi;
 #[cfg(all(feature = "host", not(test)))]
 mod hooks;
+#[cfg(all(feature = "host", not(test)))]
+mod module;
 
 #[doc(hidden)]
 pub mod fuzzing;

@@ -1,12 +1,11 @@
-//! Directive handlers: every `RSession*` line reaches `take1` or `secret`,
-//! which parse it into the typed config and return httpd's error string.
+//! What a directive handler gets from httpd: the directive (`Directive`),
+//! its argument, and the config of the section it is read in.
 
-use super::pool::Pool;
+use super::pool::{tagged_mut, Pool};
 use super::server::Server;
 use super::sys;
-use crate::config::{is_server_directive, DirConfig};
-use crate::error::ConfigError;
-use std::ffi::{c_char, c_void, CStr};
+use std::ffi::{c_char, CStr};
+use std::fmt::Display;
 
 /// A directive handler's view of `cmd_parms`.
 pub struct Directive<'c> {
@@ -35,7 +34,7 @@ impl<'c> Directive<'c> {
     }
 
     /// httpd's return value: NULL for success, else the message.
-    pub fn result(&self, r: Result<(), ConfigError>) -> *const c_char {
+    pub fn result<E: Display>(&self, r: Result<(), E>) -> *const c_char {
         match r {
             Ok(()) => std::ptr::null(),
             Err(e) => self.pool.strdup(&e.to_string()),
@@ -43,51 +42,23 @@ impl<'c> Directive<'c> {
     }
 }
 
-/// The argument as UTF-8 (configs are text; anything else is refused).
+/// The directive's argument (NULL when httpd passes none).
 ///
 /// # Safety
-/// `arg` must be NUL-terminated and live for the call.
-pub unsafe fn argument<'a>(name: &str, arg: *const c_char) -> Result<&'a str, ConfigError> {
-    if arg.is_null() {
-        return Err(ConfigError::new(name, "", "a value"));
-    }
-    // SAFETY: NUL-terminated (caller's contract).
-    let raw = unsafe { CStr::from_ptr(arg) };
-    raw.to_str()
-        .map_err(|_| ConfigError::new(name, &raw.to_string_lossy(), "UTF-8 text"))
+/// `arg` must be null or NUL-terminated and live for `'a`.
+pub unsafe fn argument<'a>(arg: *const c_char) -> Option<&'a CStr> {
+    // SAFETY: NUL-terminated and live (caller's contract).
+    (!arg.is_null()).then(|| unsafe { CStr::from_ptr(arg) })
 }
 
-/// Applies one directive to the container's DirConfig or the server's config.
-pub fn apply(
-    directive: &Directive<'_>,
-    dirconf: *mut c_void,
-    arg: &str,
-) -> Result<(), ConfigError> {
-    let name = directive.name.as_str();
-    if is_server_directive(name) {
-        let is_virtual = directive.server.is_virtual();
-        return directive.server.state_mut().conf.set(name, arg, is_virtual);
-    }
-    // SAFETY: for directives with ACCESS_CONF/RSRC_CONF, httpd passes the
-    // container's config made by create_dir_config; config reading is
-    // single-threaded, so this is the only reference.
-    match unsafe { (dirconf as *mut DirConfig).as_mut() } {
-        Some(dir) => dir.set(name, arg),
-        None => Err(ConfigError::new(
-            name,
-            arg,
-            "a container mod_rsession configures",
-        )),
-    }
-}
-
-/// The DirConfig of the section a directive of another module (mod_authz_core's
-/// `Require`) is read in, made if that section has none yet, as httpd makes
-/// it for our own directives.
+/// Our per-directory config (a `C`, see `ffi::config`) of the section a
+/// directive of another module (mod_authz_core's `Require`) is read in,
+/// made if that section has none yet, as httpd makes it for our own
+/// directives.
 ///
 /// # Safety
 /// `cmd` must be the live cmd_parms of a directive being read.
-pub unsafe fn section_dir_config<'c>(cmd: *mut sys::cmd_parms) -> Option<&'c mut DirConfig> {
+pub unsafe fn section_dir_config<'c, C: 'static>(cmd: *mut sys::cmd_parms) -> Option<&'c mut C> {
     // SAFETY: the caller guarantees a live cmd_parms; `context` is the
     // enclosing section's config vector (set by ap_walk_config) and lives
     // in its pool; config reading is single-threaded, so the returned
@@ -104,6 +75,6 @@ pub unsafe fn section_dir_config<'c>(cmd: *mut sys::cmd_parms) -> Option<&'c mut
             std::ptr::addr_of_mut!(super::module::rsession_module),
             c.pool,
         );
-        (conf as *mut DirConfig).as_mut()
+        tagged_mut::<C>(conf)
     }
 }

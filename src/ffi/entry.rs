@@ -1,18 +1,86 @@
-//! Every function httpd or the shim calls. Each wraps its raw pointers,
-//! runs the body under the panic guard and hands plain types to `hooks`.
+//! Adapters for every kind of function httpd or the shim calls, and the
+//! macros the module's top layer (src/module.rs) declares its entry
+//! points with. An adapter takes the raw arguments of one C signature,
+//! wraps them in safe types, runs the module's hook under the panic guard
+//! and turns the result (or a caught panic) into the C return value. It
+//! knows nothing of what the hook does.
 
 use super::bucket::Brigade;
 use super::cmd::{self, Directive};
 use super::conn::InterimWatch;
 use super::guard;
 use super::log::{self, Level};
-use super::pool::Pool;
-use super::request::{OutFilter, Request};
-use super::server::{Server, ServerState};
+use super::pool::{tagged_mut, tagged_ref, Pool};
+use super::request::{FirstOutput, OutFilter, Request};
+use super::server::Server;
 use super::sys;
-use crate::config::DirConfig;
-use crate::hooks;
+use crate::interim::Event;
 use std::ffi::{c_char, c_int, c_void, CStr};
+use std::fmt::Display;
+
+/// Declares `extern "C"` entry points, each calling one adapter of this
+/// module with all its arguments, then the hook name (for logs) and the
+/// hooks (paths: no code of the caller runs inside the `unsafe` block):
+///
+/// ```ignore
+/// ffi::exports! {
+///     fn rsession_fixups(r: *mut sys::request_rec) -> c_int = request("fixups", hooks::fixups);
+/// }
+/// ```
+///
+/// The signature must be the one c_shim/shim.c declares for the symbol;
+/// the adapter's is the same, so a mismatch does not compile.
+macro_rules! exports {
+    ($(
+        $(#[$attr:meta])*
+        fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?
+            = $adapter:ident($what:literal $(, $hook:path)* $(,)?);
+    )*) => {$(
+        $(#[$attr])*
+        #[allow(unsafe_code)]
+        #[no_mangle]
+        pub extern "C" fn $name($($arg: $ty),*) $(-> $ret)? {
+            // SAFETY: httpd (or the shim) calls this symbol with the live
+            // arguments of its C declaration in c_shim/shim.c, which are
+            // what the adapter's `# Safety` section asks for.
+            unsafe { $crate::ffi::entry::$adapter($($arg,)* $what $(, $hook)*) }
+        }
+    )*};
+}
+
+/// Declares the `rsession_module` symbol mod_so looks up, with the
+/// module's config types: `declare_module!(dir: D, server: S)`, each
+/// `Default + Merge` (`ffi::config`). Defined in Rust because rustc's
+/// version script hides a C-defined one (HTTPD_RUST_NOTES); it reproduces
+/// STANDARD20_MODULE_STUFF. `ffi::module` reads it back by that name.
+macro_rules! declare_module {
+    (dir: $dir:ty, server: $server:ty $(,)?) => {
+        /// httpd writes `module_index`, `next` and `dynamic_load_handle`
+        /// into it.
+        #[allow(unsafe_code)]
+        #[no_mangle]
+        pub static mut rsession_module: $crate::ffi::sys::module = $crate::ffi::sys::module {
+            version: $crate::ffi::sys::MODULE_MAGIC_NUMBER_MAJOR as ::std::ffi::c_int,
+            minor_version: $crate::ffi::sys::MODULE_MAGIC_NUMBER_MINOR as ::std::ffi::c_int,
+            module_index: -1,
+            name: c"mod_rsession.c".as_ptr(),
+            dynamic_load_handle: ::std::ptr::null_mut(),
+            next: ::std::ptr::null_mut(),
+            magic: $crate::ffi::sys::MODULE_MAGIC_COOKIE as ::std::ffi::c_ulong,
+            rewrite_args: None,
+            create_dir_config: Some($crate::ffi::config::create_dir_config::<$dir>),
+            merge_dir_config: Some($crate::ffi::config::merge_config::<$dir>),
+            create_server_config: Some($crate::ffi::config::create_server_config::<$server>),
+            merge_server_config: Some($crate::ffi::config::merge_config::<$server>),
+            cmds: ::std::ptr::addr_of!($crate::ffi::sys::rsession_cmds)
+                as *const $crate::ffi::sys::command_rec,
+            register_hooks: Some($crate::ffi::module::rsession_register_hooks),
+            flags: 0,
+        };
+    };
+}
+
+pub(crate) use {declare_module, exports};
 
 const HTTP_500: c_int = sys::HTTP_INTERNAL_SERVER_ERROR as c_int;
 
@@ -36,98 +104,65 @@ fn server_panic(s: *const sys::server_rec, hook: &str, panic: String) {
     );
 }
 
+/// A C string argument as text (invalid UTF-8 replaced).
+///
+/// # Safety
+/// `p` is null or NUL-terminated.
+unsafe fn c_arg(p: *const c_char) -> Option<String> {
+    (!p.is_null()).then(|| {
+        // SAFETY: NUL-terminated (the caller's contract).
+        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    })
+}
+
+/// Runs `hook` with a live request: `absent` without one, `panicked` (and
+/// a logged RS0100) when it panics.
+///
+/// # Safety
+/// `r` is null or the live request of the calling hook.
+unsafe fn with_request<'r, T>(
+    r: *mut sys::request_rec,
+    what: &str,
+    absent: T,
+    panicked: impl FnOnce() -> T,
+    hook: impl FnOnce(Request<'r>) -> T,
+) -> T {
+    // SAFETY: the caller's contract.
+    let Some(req) = (unsafe { Request::from_raw(r) }) else {
+        return absent;
+    };
+    guard::run(|| hook(req)).unwrap_or_else(|p| {
+        request_panic(req, what, p);
+        panicked()
+    })
+}
+
 // ---- configuration -------------------------------------------------------
 
-pub extern "C" fn create_dir_config(p: *mut sys::apr_pool_t, _dir: *mut c_char) -> *mut c_void {
-    guard::install_panic_hook();
-    // SAFETY: httpd passes a live pool that owns the new config.
-    let pool = unsafe { Pool::from_raw(p) };
-    guard::run(|| {
-        pool.map_or(std::ptr::null_mut(), |p| {
-            p.attach(DirConfig::default()) as *mut c_void
-        })
-    })
-    .unwrap_or(std::ptr::null_mut())
-}
-
-pub extern "C" fn merge_dir_config(
-    p: *mut sys::apr_pool_t,
-    base: *mut c_void,
-    add: *mut c_void,
-) -> *mut c_void {
-    // SAFETY: httpd passes two configs made by create/merge_dir_config and a
-    // live pool for the result; neither input is modified.
-    let (pool, base, add) = unsafe {
-        (
-            Pool::from_raw(p),
-            (base as *const DirConfig).as_ref(),
-            (add as *const DirConfig).as_ref(),
-        )
-    };
-    guard::run(|| match (pool, base, add) {
-        (Some(pool), Some(base), Some(add)) => {
-            pool.attach(DirConfig::merge(base, add)) as *mut c_void
-        }
-        _ => std::ptr::null_mut(),
-    })
-    .unwrap_or(std::ptr::null_mut())
-}
-
-pub extern "C" fn create_server_config(
-    p: *mut sys::apr_pool_t,
-    _s: *mut sys::server_rec,
-) -> *mut c_void {
-    guard::install_panic_hook();
-    // SAFETY: httpd passes pconf, which owns the new config.
-    let pool = unsafe { Pool::from_raw(p) };
-    guard::run(|| {
-        pool.map_or(std::ptr::null_mut(), |p| {
-            p.attach(ServerState::default()) as *mut c_void
-        })
-    })
-    .unwrap_or(std::ptr::null_mut())
-}
-
-pub extern "C" fn merge_server_config(
-    p: *mut sys::apr_pool_t,
-    base: *mut c_void,
-    add: *mut c_void,
-) -> *mut c_void {
-    // SAFETY: as in merge_dir_config, with ServerState values.
-    let (pool, base, add) = unsafe {
-        (
-            Pool::from_raw(p),
-            (base as *const ServerState).as_ref(),
-            (add as *const ServerState).as_ref(),
-        )
-    };
-    guard::run(|| match (pool, base, add) {
-        (Some(pool), Some(base), Some(add)) => {
-            let conf = crate::config::ServerConfig::merge(&base.conf, &add.conf);
-            pool.attach(ServerState {
-                conf,
-                ..Default::default()
-            }) as *mut c_void
-        }
-        _ => std::ptr::null_mut(),
-    })
-    .unwrap_or(std::ptr::null_mut())
-}
-
-fn directive_entry(
+/// A directive handler (TAKE1, ITERATE): `apply` gets the directive, the
+/// container's config (a `C`, `ffi::config`) and the argument; its error
+/// becomes httpd's message.
+///
+/// # Safety
+/// httpd's arguments to a directive handler: the live cmd_parms, the
+/// container's config made by our create_dir_config (or NULL), the
+/// NUL-terminated argument (or NULL).
+pub unsafe fn directive<C: 'static, E: Display>(
     cmd: *mut sys::cmd_parms,
     dirconf: *mut c_void,
     arg: *const c_char,
+    _what: &str,
+    apply: impl FnOnce(&Directive<'_>, Option<&mut C>, Option<&CStr>) -> Result<(), E>,
 ) -> *const c_char {
-    // SAFETY: httpd passes the live cmd_parms of the directive being read.
+    // SAFETY: the caller's contract.
     let Some(directive) = (unsafe { Directive::from_raw(cmd) }) else {
         return c"mod_rsession: directive without context".as_ptr();
     };
     let result = guard::run(|| {
-        // SAFETY: `arg` is the directive's NUL-terminated argument.
-        let outcome = unsafe { cmd::argument(&directive.name, arg) }
-            .and_then(|a| cmd::apply(&directive, dirconf, a));
-        directive.result(outcome)
+        // SAFETY: the caller's contract; config reading is single-threaded,
+        // so this is the config's only reference.
+        let (arg, dir) = unsafe { (cmd::argument(arg), tagged_mut::<C>(dirconf)) };
+        directive.result(apply(&directive, dir, arg))
     });
     result.unwrap_or_else(|panic| {
         directive
@@ -136,45 +171,119 @@ fn directive_entry(
     })
 }
 
-#[no_mangle]
-pub extern "C" fn rsession_cmd_take1(
+/// An authz provider's parse function (`Require <provider> …` at
+/// startup): `parse` checks the line and its result is kept (as a `T`,
+/// read back by `authz_check`); `mark` then gets the section's config.
+///
+/// # Safety
+/// mod_authz_core's arguments: the live cmd_parms of the Require
+/// directive, its NUL-terminated line (or NULL), its slot for the parsed
+/// form (or NULL).
+pub unsafe fn authz_parse<T: 'static, C: 'static, E: Display>(
     cmd: *mut sys::cmd_parms,
-    dirconf: *mut c_void,
-    arg: *const c_char,
+    require_line: *const c_char,
+    parsed: *mut *const c_void,
+    what: &str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+    mark: impl FnOnce(&mut C),
 ) -> *const c_char {
-    directive_entry(cmd, dirconf, arg)
+    // SAFETY: the caller's contract.
+    let Some(directive) = (unsafe { Directive::from_raw(cmd) }) else {
+        return c"mod_rsession: Require rsession without context".as_ptr();
+    };
+    // SAFETY: the caller's contract.
+    let line = unsafe { c_arg(require_line) }.unwrap_or_default();
+    let result = guard::run(|| match parse(&line) {
+        Ok(terms) => {
+            let kept = directive.pool.attach_tagged(terms);
+            if !parsed.is_null() {
+                // SAFETY: `parsed` is mod_authz_core's slot for this line.
+                unsafe { *parsed = kept as *const c_void };
+            }
+            // SAFETY: as above; the section is the one being read.
+            if let Some(dir) = unsafe { cmd::section_dir_config::<C>(cmd) } {
+                mark(dir);
+            }
+            std::ptr::null()
+        }
+        Err(e) => directive.pool.strdup(&e.to_string()),
+    });
+    result.unwrap_or_else(|panic| {
+        directive
+            .pool
+            .strdup(&format!("{what}: internal error ({panic})"))
+    })
 }
 
-#[no_mangle]
-pub extern "C" fn rsession_cmd_secret(
-    cmd: *mut sys::cmd_parms,
-    dirconf: *mut c_void,
-    arg: *const c_char,
-) -> *const c_char {
-    directive_entry(cmd, dirconf, arg)
+/// An authz provider's check (returns an authz_status value): `check`
+/// gets the request and what `authz_parse` kept for the line.
+///
+/// # Safety
+/// mod_authz_core's arguments: the live request, the line, and what
+/// `authz_parse` stored for it (attached to the config pool, which
+/// outlives every request of its generation).
+pub unsafe fn authz_check<'r, T: 'static>(
+    r: *mut sys::request_rec,
+    _require_line: *const c_char,
+    parsed: *const c_void,
+    what: &str,
+    check: impl FnOnce(Request<'r>, &'r T) -> c_int,
+) -> c_int {
+    // SAFETY: the caller's contract.
+    let Some(parsed) = (unsafe { tagged_ref::<T>(parsed) }) else {
+        return sys::AUTHZ_GENERAL_ERROR;
+    };
+    // SAFETY: the caller's contract.
+    unsafe {
+        with_request(
+            r,
+            what,
+            sys::AUTHZ_GENERAL_ERROR,
+            || sys::AUTHZ_GENERAL_ERROR,
+            |req| check(req, parsed),
+        )
+    }
 }
 
 // ---- server lifecycle ----------------------------------------------------
 
-#[no_mangle]
-pub extern "C" fn rsession_post_config(
-    pconf: *mut sys::apr_pool_t,
+/// post_config: `hook` gets ptemp and the main server.
+///
+/// # Safety
+/// httpd's arguments to post_config.
+pub unsafe fn post_config(
+    _pconf: *mut sys::apr_pool_t,
     _plog: *mut sys::apr_pool_t,
     ptemp: *mut sys::apr_pool_t,
     s: *mut sys::server_rec,
+    what: &str,
+    hook: impl FnOnce(Pool<'_>, Server<'_>) -> c_int,
 ) -> c_int {
-    // SAFETY: httpd passes the main server_rec of the generation being built.
-    let Some(server) = (unsafe { Server::from_raw(s) }) else {
+    // SAFETY: httpd passes the live ptemp and the main server_rec of the
+    // generation being built.
+    let (Some(ptemp), Some(server)) = (unsafe { Pool::from_raw(ptemp) }, unsafe {
+        Server::from_raw(s)
+    }) else {
         return HTTP_500;
     };
-    guard::run(|| hooks::post_config(pconf, ptemp, server)).unwrap_or_else(|panic| {
-        server_panic(s, "post_config", panic);
+    guard::run(|| hook(ptemp, server)).unwrap_or_else(|panic| {
+        server_panic(s, what, panic);
         HTTP_500
     })
 }
 
-#[no_mangle]
-pub extern "C" fn rsession_child_init(pchild: *mut sys::apr_pool_t, s: *mut sys::server_rec) {
+const MAIN_SERVER_KEY: &CStr = c"rsession:main-server";
+
+/// child_init: `hook` gets the child's pool and the main server.
+///
+/// # Safety
+/// httpd's arguments to child_init.
+pub unsafe fn child_init(
+    pchild: *mut sys::apr_pool_t,
+    s: *mut sys::server_rec,
+    what: &str,
+    hook: impl FnOnce(Pool<'_>, Server<'_>),
+) {
     // SAFETY: httpd passes the child's pool and the main server_rec.
     let (Some(pool), Some(server)) = (unsafe { Pool::from_raw(pchild) }, unsafe {
         Server::from_raw(s)
@@ -183,21 +292,27 @@ pub extern "C" fn rsession_child_init(pchild: *mut sys::apr_pool_t, s: *mut sys:
     };
     // For child_stopping, which gets only the pool.
     pool.set_userdata(MAIN_SERVER_KEY, s as *mut c_void);
-    if let Err(panic) = guard::run(|| hooks::child_init(pool, server)) {
-        server_panic(s, "child_init", panic);
+    if let Err(panic) = guard::run(|| hook(pool, server)) {
+        server_panic(s, what, panic);
     }
 }
 
-const MAIN_SERVER_KEY: &CStr = c"rsession:main-server";
-
-/// child_stopping hook (httpd 2.4.49 and later).
-#[no_mangle]
-pub extern "C" fn rsession_child_stopping(pchild: *mut sys::apr_pool_t, graceful: c_int) {
+/// child_stopping (httpd 2.4.49 and later): `hook` gets the main server
+/// (as child_init saw it) and whether the stop is graceful.
+///
+/// # Safety
+/// httpd's arguments to child_stopping.
+pub unsafe fn child_stopping(
+    pchild: *mut sys::apr_pool_t,
+    graceful: c_int,
+    _what: &str,
+    hook: impl FnOnce(Option<Server<'_>>, bool),
+) {
     // SAFETY: httpd passes the child's pool, where child_init left the main
     // server_rec (of this generation, alive until the child exits).
     let main = unsafe { Pool::from_raw(pchild) }
         .and_then(|pool| unsafe { Server::from_raw(pool.userdata(MAIN_SERVER_KEY) as *mut _) });
-    let _ = guard::run(|| hooks::child_stopping(main, graceful != 0));
+    let _ = guard::run(|| hook(main, graceful != 0));
 }
 
 /// monitor hook: runs in the parent, from the MPM's maintenance loop.
@@ -215,43 +330,97 @@ pub extern "C" fn rsession_monitor(_p: *mut sys::apr_pool_t, s: *mut sys::server
 
 // ---- requests ------------------------------------------------------------
 
-#[no_mangle]
-pub extern "C" fn rsession_fixups(r: *mut sys::request_rec) -> c_int {
-    // SAFETY: httpd passes the live request the hook runs for.
-    let Some(req) = (unsafe { Request::from_raw(r) }) else {
-        return sys::STATUS_DECLINED;
-    };
-    guard::run(|| hooks::fixups(req)).unwrap_or_else(|p| request_panic(req, "fixups", p))
+/// A request hook returning an HTTP status (OK, DECLINED, an error):
+/// DECLINED without a request, 500 after a panic.
+///
+/// # Safety
+/// `r` is null or the live request the hook runs for.
+pub unsafe fn request<'r>(
+    r: *mut sys::request_rec,
+    what: &str,
+    hook: impl FnOnce(Request<'r>) -> c_int,
+) -> c_int {
+    // SAFETY: the caller's contract.
+    unsafe { with_request(r, what, sys::STATUS_DECLINED, || HTTP_500, hook) }
 }
 
-#[no_mangle]
-pub extern "C" fn rsession_insert_filter(r: *mut sys::request_rec) {
-    insert_filter_entry(r, false);
+/// A request hook without a result (insert_filter).
+///
+/// # Safety
+/// As `request`.
+pub unsafe fn request_void<'r>(
+    r: *mut sys::request_rec,
+    what: &str,
+    hook: impl FnOnce(Request<'r>),
+) {
+    // SAFETY: the caller's contract.
+    unsafe { with_request(r, what, (), || (), hook) }
 }
 
-#[no_mangle]
-pub extern "C" fn rsession_insert_error_filter(r: *mut sys::request_rec) {
-    insert_filter_entry(r, true);
-}
-
-fn insert_filter_entry(r: *mut sys::request_rec, error: bool) {
-    // SAFETY: as in rsession_fixups.
-    let Some(req) = (unsafe { Request::from_raw(r) }) else {
-        return;
-    };
-    if let Err(p) = guard::run(|| hooks::insert_filter(req, error)) {
-        request_panic(req, "insert_filter", p);
+/// mod_status's optional `status_hook`: `hook` gets the request and
+/// whether the short (`?auto`) form is asked for.
+///
+/// # Safety
+/// As `request` (mod_status calls it from its handler).
+pub unsafe fn status_hook<'r>(
+    r: *mut sys::request_rec,
+    flags: c_int,
+    what: &str,
+    hook: impl FnOnce(Request<'r>, bool) -> c_int,
+) -> c_int {
+    // SAFETY: the caller's contract.
+    unsafe {
+        with_request(
+            r,
+            what,
+            sys::STATUS_OK,
+            || sys::STATUS_OK,
+            |req| hook(req, flags & AP_STATUS_SHORT != 0),
+        )
     }
 }
 
-/// RSESSION_OUT, in the role its context names (see `OutFilter`).
-#[no_mangle]
-pub extern "C" fn rsession_out_filter(
+/// mod_status.h's flag for the `?auto` form (not in our bindings: the
+/// header is mod_status's own).
+const AP_STATUS_SHORT: c_int = 0x1;
+
+/// note_auth_failure: `hook` gets the request and the AuthType.
+///
+/// # Safety
+/// As `request`; `auth_type` is null or NUL-terminated.
+pub unsafe fn note_auth_failure<'r>(
+    r: *mut sys::request_rec,
+    auth_type: *const c_char,
+    what: &str,
+    hook: impl FnOnce(Request<'r>, Option<&str>) -> c_int,
+) -> c_int {
+    // SAFETY: the caller's contract.
+    let auth_type = unsafe { c_arg(auth_type) };
+    // SAFETY: the caller's contract.
+    unsafe {
+        with_request(
+            r,
+            what,
+            sys::STATUS_DECLINED,
+            || sys::STATUS_DECLINED,
+            |req| hook(req, auth_type.as_deref()),
+        )
+    }
+}
+
+/// The response filter (RSESSION_OUT), in the role its context names (see
+/// `OutFilter`): `First` asks `at_first` what to do with the response.
+///
+/// # Safety
+/// httpd's arguments to an output filter: the live filter (with its
+/// request) and brigade, which this call may change.
+pub unsafe fn out_filter<'r>(
     f: *mut sys::ap_filter_t,
     bb: *mut sys::apr_bucket_brigade,
+    what: &str,
+    at_first: impl FnOnce(Request<'r>) -> FirstOutput,
 ) -> sys::apr_status_t {
-    // SAFETY: httpd passes the live filter (with its request) and brigade,
-    // which this call may change.
+    // SAFETY: the caller's contract.
     let (filter, req, brigade) =
         unsafe { (&mut *f, Request::from_raw((*f).r), Brigade::from_raw(bb)) };
     let Some(brigade) = brigade else {
@@ -272,12 +441,12 @@ pub extern "C" fn rsession_out_filter(
         OutFilter::First => {}
     }
     let outcome = match req {
-        Some(req) => guard::run(|| hooks::at_first_output(req))
-            .unwrap_or_else(|p| hooks::FirstOutput::Fail(request_panic(req, "output filter", p))),
-        None => hooks::FirstOutput::Pass,
+        Some(req) => guard::run(|| at_first(req))
+            .unwrap_or_else(|p| FirstOutput::Fail(request_panic(req, what, p))),
+        None => FirstOutput::Pass,
     };
     match (outcome, req) {
-        (hooks::FirstOutput::Fail(status), Some(req)) => {
+        (FirstOutput::Fail(status), Some(req)) => {
             // Stay, to drop what the handler still sends; the error bucket
             // makes ap_http_header_filter answer `status` (ErrorDocument
             // included). Status 200 first, as byterange's 416 does, so
@@ -299,11 +468,17 @@ pub extern "C" fn rsession_out_filter(
 }
 
 /// RSESSION_INTERIM, on the connection: passes brigades on, reading them
-/// only while a request's session is live (see `ffi::conn`).
-#[no_mangle]
-pub extern "C" fn rsession_interim_filter(
+/// only while the watch is armed (see `ffi::conn`), with `on_event`
+/// hearing of each interim response.
+///
+/// # Safety
+/// httpd's arguments to an output filter; the filter is one
+/// `InterimWatch::of_connection` added (its context is that watch).
+pub unsafe fn interim_filter(
     f: *mut sys::ap_filter_t,
     bb: *mut sys::apr_bucket_brigade,
+    what: &str,
+    on_event: fn(Request<'_>, &str, Event) -> Vec<String>,
 ) -> sys::apr_status_t {
     // SAFETY: httpd passes the live filter and brigade; the context is the
     // InterimWatch that `of_connection` attached to this connection's pool
@@ -317,9 +492,9 @@ pub extern "C" fn rsession_interim_filter(
     };
     if let (Some(watch), Some(brigade)) = (watch, brigade) {
         if watch.is_watching() {
-            if let Err(p) = guard::run(|| watch.inspect(&brigade, hooks::interim_event)) {
+            if let Err(p) = guard::run(|| watch.inspect(&brigade, on_event)) {
                 if let Some(req) = watch.request() {
-                    request_panic(req, "interim filter", p);
+                    request_panic(req, what, p);
                 }
                 watch.abandon();
             }
@@ -329,225 +504,110 @@ pub extern "C" fn rsession_interim_filter(
     unsafe { sys::ap_pass_brigade(next, bb) }
 }
 
-/// Replays a request body read before the session lock (ffi/body.rs).
-#[no_mangle]
-pub extern "C" fn rsession_body_filter(
+/// RSESSION_BODY: replays a request body read before the hook that needed
+/// it read first (`Request::replay_body`).
+///
+/// # Safety
+/// httpd's arguments to an input filter; the filter is one
+/// `replay_body` added.
+pub unsafe fn body_filter(
     f: *mut sys::ap_filter_t,
     bb: *mut sys::apr_bucket_brigade,
     mode: sys::ap_input_mode_t,
     block: sys::apr_read_type_e,
     readbytes: sys::apr_off_t,
+    what: &str,
 ) -> sys::apr_status_t {
     // SAFETY: httpd passes the live filter and brigade of this call.
     guard::run(|| unsafe { super::body::replay(f, bb, mode, block, readbytes) }).unwrap_or_else(
         |p| {
             // SAFETY: the filter is live; its request too.
             if let Some(req) = unsafe { Request::from_raw((*f).r) } {
-                request_panic(req, "body filter", p);
+                request_panic(req, what, p);
             }
             sys::STATUS_EGENERAL
         },
     )
 }
 
-#[no_mangle]
-pub extern "C" fn rsession_status_handler(r: *mut sys::request_rec) -> c_int {
-    // SAFETY: as in rsession_fixups.
-    let Some(req) = (unsafe { Request::from_raw(r) }) else {
-        return sys::STATUS_DECLINED;
-    };
-    guard::run(|| hooks::status_handler(req))
-        .unwrap_or_else(|p| request_panic(req, "status handler", p))
-}
-
-/// mod_status's optional `status_hook`: our section of /server-status.
-/// `flags` carries AP_STATUS_SHORT for `?auto`.
-#[no_mangle]
-pub extern "C" fn rsession_status_hook(r: *mut sys::request_rec, flags: c_int) -> c_int {
-    // SAFETY: as in rsession_fixups (mod_status calls this from its handler).
-    let Some(req) = (unsafe { Request::from_raw(r) }) else {
-        return sys::STATUS_OK;
-    };
-    guard::run(|| hooks::status_section(req, flags & AP_STATUS_SHORT != 0)).unwrap_or_else(|p| {
-        request_panic(req, "status hook", p);
-        sys::STATUS_OK
-    })
-}
-
-/// mod_status.h's flag for the `?auto` form (not in our bindings: the
-/// header is mod_status's own).
-const AP_STATUS_SHORT: c_int = 0x1;
-
 // ---- C optional functions (c_shim/mod_rsession.h) ------------------------
 
-/// Runs a C API call with a live request, or returns `fallback`.
-fn api<T>(r: *mut sys::request_rec, fallback: T, f: impl FnOnce(Request<'_>) -> T) -> T {
-    // SAFETY: callers pass the request they are serving.
-    let Some(req) = (unsafe { Request::from_raw(r) }) else {
-        return fallback;
-    };
-    guard::run(|| f(req)).unwrap_or_else(|p| {
-        request_panic(req, "C API", p);
-        fallback
-    })
+/// An API call returning a string (copied into the request pool) or NULL.
+///
+/// # Safety
+/// `r` is null or a request its caller is serving.
+pub unsafe fn api_text<'r>(
+    r: *mut sys::request_rec,
+    what: &str,
+    hook: impl FnOnce(Request<'r>) -> Option<String>,
+) -> *const c_char {
+    // SAFETY: the caller's contract.
+    unsafe {
+        with_request(r, what, std::ptr::null(), std::ptr::null, |req| {
+            hook(req).map_or(std::ptr::null(), |s| req.pool().strdup(&s))
+        })
+    }
 }
 
-/// A C string argument as text (invalid UTF-8 replaced).
-fn c_arg(p: *const c_char) -> Option<String> {
-    (!p.is_null()).then(|| {
-        // SAFETY: the C API's callers pass NUL-terminated strings or NULL.
-        unsafe { std::ffi::CStr::from_ptr(p) }
-            .to_string_lossy()
-            .into_owned()
-    })
+/// As `api_text`, for a call with a key (NULL: no result).
+///
+/// # Safety
+/// As `api_text`; `key` is null or NUL-terminated.
+pub unsafe fn api_text_of<'r>(
+    r: *mut sys::request_rec,
+    key: *const c_char,
+    what: &str,
+    hook: impl FnOnce(Request<'r>, &str) -> Option<String>,
+) -> *const c_char {
+    // SAFETY: the caller's contract.
+    let key = unsafe { c_arg(key) };
+    // SAFETY: the caller's contract.
+    unsafe {
+        with_request(r, what, std::ptr::null(), std::ptr::null, |req| {
+            key.and_then(|k| hook(req, &k))
+                .map_or(std::ptr::null(), |v| req.pool().strdup(&v))
+        })
+    }
 }
 
-#[no_mangle]
-pub extern "C" fn rsession_id(r: *mut sys::request_rec) -> *const c_char {
-    api(r, std::ptr::null(), |req| {
-        hooks::api_id(req).map_or(std::ptr::null(), |s| req.pool().strdup(&s))
-    })
-}
-
-#[no_mangle]
-pub extern "C" fn rsession_dir(r: *mut sys::request_rec) -> *const c_char {
-    api(r, std::ptr::null(), |req| {
-        hooks::api_dir(req).map_or(std::ptr::null(), |s| req.pool().strdup(&s))
-    })
-}
-
-#[no_mangle]
-pub extern "C" fn rsession_get(r: *mut sys::request_rec, key: *const c_char) -> *const c_char {
-    let key = c_arg(key);
-    api(r, std::ptr::null(), |req| {
-        key.and_then(|k| hooks::api_get(req, &k))
-            .map_or(std::ptr::null(), |v| req.pool().strdup(&v))
-    })
-}
-
-#[no_mangle]
-pub extern "C" fn rsession_set(
+/// An API call setting a key to a value (NULL: unset); a NULL key is
+/// APR_EINVAL.
+///
+/// # Safety
+/// As `api_text`; `key` and `value` are null or NUL-terminated.
+pub unsafe fn api_set<'r>(
     r: *mut sys::request_rec,
     key: *const c_char,
     value: *const c_char,
+    what: &str,
+    hook: impl FnOnce(Request<'r>, &str, Option<&str>) -> sys::apr_status_t,
 ) -> sys::apr_status_t {
-    let (key, value) = (c_arg(key), c_arg(value));
-    api(r, sys::STATUS_EGENERAL, |req| match key {
-        Some(k) => hooks::api_set(req, &k, value.as_deref()),
-        None => sys::STATUS_EINVAL,
-    })
-}
-
-#[no_mangle]
-pub extern "C" fn rsession_invalidate(r: *mut sys::request_rec) -> sys::apr_status_t {
-    api(r, sys::STATUS_EGENERAL, hooks::api_invalidate)
-}
-
-#[no_mangle]
-pub extern "C" fn rsession_regenerate(r: *mut sys::request_rec) -> sys::apr_status_t {
-    api(r, sys::STATUS_EGENERAL, hooks::api_regenerate)
-}
-
-#[no_mangle]
-pub extern "C" fn rsession_invalidate_user(r: *mut sys::request_rec) -> sys::apr_status_t {
-    api(r, sys::STATUS_EGENERAL, hooks::api_invalidate_user)
-}
-
-// ---- authentication and authorization ------------------------------------
-
-/// The first auth phase (check_access): resolves the session where the
-/// location's authentication or authorization needs it.
-#[no_mangle]
-pub extern "C" fn rsession_access_checker(r: *mut sys::request_rec) -> c_int {
-    // SAFETY: as in rsession_fixups.
-    let Some(req) = (unsafe { Request::from_raw(r) }) else {
-        return sys::STATUS_DECLINED;
-    };
-    guard::run(|| hooks::access_checker(req))
-        .unwrap_or_else(|p| request_panic(req, "access checker", p))
-}
-
-/// check_authn: `AuthType RSession`.
-#[no_mangle]
-pub extern "C" fn rsession_check_authn(r: *mut sys::request_rec) -> c_int {
-    // SAFETY: as in rsession_fixups.
-    let Some(req) = (unsafe { Request::from_raw(r) }) else {
-        return sys::STATUS_DECLINED;
-    };
-    guard::run(|| hooks::check_authn(req))
-        .unwrap_or_else(|p| request_panic(req, "authentication", p))
-}
-
-/// note_auth_failure: nothing to add to a response for `AuthType RSession`
-/// (claiming it keeps mod_authz_core from logging that nobody did).
-#[no_mangle]
-pub extern "C" fn rsession_note_auth_failure(
-    r: *mut sys::request_rec,
-    auth_type: *const c_char,
-) -> c_int {
-    let ours = c_arg(auth_type).is_some_and(|t| t.eq_ignore_ascii_case(hooks::AUTH_TYPE));
-    if r.is_null() || !ours {
-        return sys::STATUS_DECLINED;
-    }
-    sys::STATUS_OK
-}
-
-/// `Require rsession …`: the provider's check (an authz_status value).
-#[no_mangle]
-pub extern "C" fn rsession_authz_check(
-    r: *mut sys::request_rec,
-    _require_line: *const c_char,
-    parsed: *const c_void,
-) -> c_int {
-    // SAFETY: as in rsession_fixups; `parsed` is what rsession_authz_parse
-    // stored for this line: a Vec<Term> attached to the config pool, which
-    // outlives every request of its generation.
-    let (req, terms) = unsafe {
-        (
-            Request::from_raw(r),
-            (parsed as *const Vec<crate::auth::Term>).as_ref(),
+    // SAFETY: the caller's contract.
+    let (key, value) = unsafe { (c_arg(key), c_arg(value)) };
+    // SAFETY: the caller's contract.
+    unsafe {
+        with_request(
+            r,
+            what,
+            sys::STATUS_EGENERAL,
+            || sys::STATUS_EGENERAL,
+            |req| match key {
+                Some(k) => hook(req, &k, value.as_deref()),
+                None => sys::STATUS_EINVAL,
+            },
         )
-    };
-    let (Some(req), Some(terms)) = (req, terms) else {
-        return hooks::AUTHZ_GENERAL_ERROR;
-    };
-    guard::run(|| hooks::authz_check(req, terms)).unwrap_or_else(|p| {
-        request_panic(req, "Require rsession", p);
-        hooks::AUTHZ_GENERAL_ERROR
-    })
+    }
 }
 
-/// `Require rsession …` at startup: checks the terms, keeps them parsed,
-/// and marks the section so its requests resolve the session early.
-#[no_mangle]
-pub extern "C" fn rsession_authz_parse(
-    cmd: *mut sys::cmd_parms,
-    require_line: *const c_char,
-    parsed: *mut *const c_void,
-) -> *const c_char {
-    // SAFETY: httpd passes the live cmd_parms of the Require directive.
-    let Some(directive) = (unsafe { Directive::from_raw(cmd) }) else {
-        return c"mod_rsession: Require rsession without context".as_ptr();
-    };
-    let line = c_arg(require_line).unwrap_or_default();
-    let result = guard::run(|| match crate::auth::parse_require(&line) {
-        Ok(terms) => {
-            let kept = directive.pool.attach(terms);
-            if !parsed.is_null() {
-                // SAFETY: `parsed` is mod_authz_core's slot for this line.
-                unsafe { *parsed = kept as *const c_void };
-            }
-            // SAFETY: as above; the section is the one being read.
-            if let Some(dir) = unsafe { cmd::section_dir_config(cmd) } {
-                dir.uses_authz = Some(true);
-            }
-            std::ptr::null()
-        }
-        Err(e) => directive.pool.strdup(&e.to_string()),
-    });
-    result.unwrap_or_else(|panic| {
-        directive
-            .pool
-            .strdup(&format!("Require rsession: internal error ({panic})"))
-    })
+/// An API call returning an APR status.
+///
+/// # Safety
+/// As `api_text`.
+pub unsafe fn api_status<'r>(
+    r: *mut sys::request_rec,
+    what: &str,
+    hook: impl FnOnce(Request<'r>) -> sys::apr_status_t,
+) -> sys::apr_status_t {
+    // SAFETY: the caller's contract.
+    unsafe { with_request(r, what, sys::STATUS_EGENERAL, || sys::STATUS_EGENERAL, hook) }
 }

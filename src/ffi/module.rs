@@ -1,36 +1,17 @@
-//! The `rsession_module` symbol mod_so looks up. Defined in Rust because
-//! rustc's version script hides a C-defined one (HTTPD_RUST_NOTES); it
-//! reproduces STANDARD20_MODULE_STUFF.
+//! The module record: `rsession_module`, declared by the top layer with
+//! `declare_module!` (which names the config types) and read back here by
+//! its symbol name, for our config slots and log levels.
 
-use super::entry;
 use super::sys;
-use std::os::raw::{c_int, c_ulong};
-use std::ptr::{addr_of, null_mut};
+use std::os::raw::c_int;
+use std::ptr::addr_of;
 
 extern "C" {
     /// Registers every hook; defined in c_shim/shim.c.
-    fn rsession_register_hooks(p: *mut sys::apr_pool_t);
+    pub fn rsession_register_hooks(p: *mut sys::apr_pool_t);
+    /// The module record (`declare_module!`, invoked in src/module.rs).
+    pub static mut rsession_module: sys::module;
 }
-
-/// httpd writes `module_index`, `next` and `dynamic_load_handle` into it.
-#[no_mangle]
-pub static mut rsession_module: sys::module = sys::module {
-    version: sys::MODULE_MAGIC_NUMBER_MAJOR as c_int,
-    minor_version: sys::MODULE_MAGIC_NUMBER_MINOR as c_int,
-    module_index: -1,
-    name: c"mod_rsession.c".as_ptr(),
-    dynamic_load_handle: null_mut(),
-    next: null_mut(),
-    magic: sys::MODULE_MAGIC_COOKIE as c_ulong,
-    rewrite_args: None,
-    create_dir_config: Some(entry::create_dir_config),
-    merge_dir_config: Some(entry::merge_dir_config),
-    create_server_config: Some(entry::create_server_config),
-    merge_server_config: Some(entry::merge_server_config),
-    cmds: addr_of!(sys::rsession_cmds) as *const sys::command_rec,
-    register_hooks: Some(rsession_register_hooks),
-    flags: 0,
-};
 
 /// Our index into httpd's config vectors and per-module log levels.
 pub fn module_index() -> c_int {

@@ -2,6 +2,7 @@
 //! strings copied into pool memory for httpd to keep.
 
 use super::sys;
+use std::any::TypeId;
 use std::ffi::{c_char, c_void, CStr};
 use std::marker::PhantomData;
 use std::ptr::NonNull;
@@ -54,6 +55,16 @@ impl<'p> Pool<'p> {
         ptr
     }
 
+    /// Like `attach`, with the value's type recorded beside it, for a
+    /// pointer httpd keeps untyped (a config, a parsed Require line):
+    /// `tagged_ref` gives it back only as the same type.
+    pub fn attach_tagged<T: 'static>(&self, value: T) -> *mut c_void {
+        self.attach(Tagged {
+            tag: TypeId::of::<T>(),
+            value,
+        }) as *mut c_void
+    }
+
     /// A NUL-terminated copy of `s` in the pool (NUL bytes cut it short).
     pub fn strdup(&self, s: &str) -> *const c_char {
         let bytes = s.as_bytes();
@@ -95,4 +106,44 @@ impl<'p> Pool<'p> {
         // SAFETY: the pool is live; `key` lives forever as setn requires.
         unsafe { sys::apr_pool_userdata_setn(value, key.as_ptr(), None, self.as_ptr()) };
     }
+}
+
+/// A value with its type beside it; `tag` is first in every `Tagged<T>`
+/// (`repr(C)`), so it can be read before the type is known.
+#[repr(C)]
+struct Tagged<T> {
+    tag: TypeId,
+    value: T,
+}
+
+/// Whether `p` points at a `Tagged<T>`.
+///
+/// # Safety
+/// `p` is non-null and came from `attach_tagged` on a live pool.
+unsafe fn is_tagged<T: 'static>(p: *const c_void) -> bool {
+    // SAFETY: every `Tagged<_>` starts with its TypeId (repr(C), first
+    // field), so reading one is valid whatever the value's type (the
+    // caller guarantees it is such a live value).
+    unsafe { *(p as *const TypeId) == TypeId::of::<T>() }
+}
+
+/// The `T` behind a pointer `attach_tagged` returned; `None` for null or
+/// for a value of another type.
+///
+/// # Safety
+/// `p` is null or came from `attach_tagged` on a pool that outlives `'a`,
+/// and nothing changes the value meanwhile.
+pub unsafe fn tagged_ref<'a, T: 'static>(p: *const c_void) -> Option<&'a T> {
+    // SAFETY: the caller's contract; the tag says the value is a Tagged<T>.
+    unsafe { (!p.is_null() && is_tagged::<T>(p)).then(|| &(*(p as *const Tagged<T>)).value) }
+}
+
+/// As `tagged_ref`, for the only reference to the value while it lives.
+///
+/// # Safety
+/// As `tagged_ref`, and no other reference to the value exists for `'a`.
+pub unsafe fn tagged_mut<'a, T: 'static>(p: *mut c_void) -> Option<&'a mut T> {
+    // SAFETY: as in `tagged_ref`, with the only reference (the caller's
+    // contract).
+    unsafe { (!p.is_null() && is_tagged::<T>(p)).then(|| &mut (*(p as *mut Tagged<T>)).value) }
 }

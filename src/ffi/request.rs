@@ -1,13 +1,16 @@
 //! Safe views of a `request_rec` and its tables, valid for one hook call.
 
 use super::module::module_config;
+use super::pool::tagged_ref;
 use super::pool::Pool;
-use super::server::{Server, ServerState};
+use super::server::Server;
 use super::sys;
-use crate::config::DirConfig;
+use std::any::Any;
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
 use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
 use std::ptr::NonNull;
 
 /// A request httpd keeps alive for at least `'r`.
@@ -79,19 +82,14 @@ impl<'r> Request<'r> {
         unsafe { Server::from_raw(self.rec().server) }.expect("requests always have a server")
     }
 
-    pub fn server_state(&self) -> &'r ServerState {
-        self.server().state()
-    }
-
-    /// The merged per-directory config for this request.
-    pub fn dir_config(&self) -> Option<&'r DirConfig> {
+    /// The merged per-directory config for this request, made by the
+    /// module's create/merge_dir_config as a `C` (`ffi::config`).
+    pub fn dir_config<C: 'static>(&self) -> Option<&'r C> {
         // SAFETY: per_dir_config is a live config vector; our slot holds a
-        // DirConfig made by create/merge_dir_config in a pool that outlives
-        // the request (pconf, or this request's pool for .htaccess).
-        unsafe {
-            let ptr = module_config(self.rec().per_dir_config) as *const DirConfig;
-            ptr.as_ref()
-        }
+        // tagged config made by create/merge_dir_config in a pool that
+        // outlives the request (pconf, or this request's pool for
+        // .htaccess), changed by nothing once requests are served.
+        unsafe { tagged_ref::<C>(module_config(self.rec().per_dir_config)) }
     }
 
     pub fn status(&self) -> i32 {
@@ -233,6 +231,14 @@ pub enum OutFilter {
     /// After a failed save, where the handler's own output arrives:
     /// drops everything.
     Swallow,
+}
+
+/// What the response filter does after its first look at a response.
+pub enum FirstOutput {
+    /// Leave: the brigade passes on.
+    Pass,
+    /// The response must not go out: answer this status instead.
+    Fail(i32),
 }
 
 // Distinct values: two statics alike must not share an address.
@@ -377,57 +383,73 @@ impl<'r> Table<'r> {
     }
 }
 
-/// Pool userdata key of the session state on the initial request.
-const STATE_KEY: &CStr = c"rsession:request-state";
-/// Pool userdata key of a session a subrequest looked at on its own (for
-/// its authorization only: the chain had none yet).
-const PEEK_KEY: &CStr = c"rsession:peek";
+/// The typed slots of one request pool: values of any type, found by
+/// type, dropped (newest first, each under its own panic guard) when the
+/// pool goes, after logging, even on aborts.
+#[derive(Default)]
+struct Slots(RefCell<Vec<Box<dyn Any>>>);
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        loop {
+            // The borrow ends before the value's Drop runs, which may look
+            // at the slots again.
+            let Some(value) = self.0.borrow_mut().pop() else {
+                break;
+            };
+            let _ = std::panic::catch_unwind(AssertUnwindSafe(|| drop(value)));
+        }
+    }
+}
+
+/// Pool userdata key of a pool's `Slots`.
+const SLOTS_KEY: &CStr = c"rsession:request-slots";
 
 impl<'r> Request<'r> {
-    /// The session state kept on this request's pool, if any. Call it on
-    /// `initial()`: subrequests and redirects share the initial request's.
-    pub fn session_state(&self) -> Option<&'r std::cell::RefCell<crate::hooks::RequestState>> {
-        self.state_at(STATE_KEY)
-    }
-
-    /// The session this (sub)request looked at on its own, if any.
-    pub fn session_peek(&self) -> Option<&'r std::cell::RefCell<crate::hooks::RequestState>> {
-        self.state_at(PEEK_KEY)
-    }
-
-    fn state_at(&self, key: &CStr) -> Option<&'r std::cell::RefCell<crate::hooks::RequestState>> {
-        let p = self.pool().userdata(key) as *const std::cell::RefCell<crate::hooks::RequestState>;
-        // SAFETY: only `set_state_at` stores under these keys, always a
-        // RefCell<RequestState> attached to this same pool, so it lives as
-        // long as the pool (and so for 'r).
+    fn slots(&self) -> Option<&'r Slots> {
+        let p = self.pool().userdata(SLOTS_KEY) as *const Slots;
+        // SAFETY: only `slots_or_new` stores under this key, always a
+        // Slots attached to this same pool, so it lives as long as the
+        // pool (and so for 'r).
         unsafe { p.as_ref() }
     }
 
-    /// Stores the session state on this request's pool; dropped (unlocking
-    /// the session) when the pool goes, after logging, even on aborts.
-    pub fn set_session_state(
-        &self,
-        state: crate::hooks::RequestState,
-    ) -> &'r std::cell::RefCell<crate::hooks::RequestState> {
-        self.set_state_at(STATE_KEY, state)
-    }
-
-    pub fn set_session_peek(
-        &self,
-        state: crate::hooks::RequestState,
-    ) -> &'r std::cell::RefCell<crate::hooks::RequestState> {
-        self.set_state_at(PEEK_KEY, state)
-    }
-
-    fn set_state_at(
-        &self,
-        key: &'static CStr,
-        state: crate::hooks::RequestState,
-    ) -> &'r std::cell::RefCell<crate::hooks::RequestState> {
+    fn slots_or_new(&self) -> &'r Slots {
+        if let Some(slots) = self.slots() {
+            return slots;
+        }
         let pool = self.pool();
-        let p = pool.attach(std::cell::RefCell::new(state));
-        pool.set_userdata(key, p as *mut std::ffi::c_void);
+        let p = pool.attach(Slots::default());
+        pool.set_userdata(SLOTS_KEY, p as *mut std::ffi::c_void);
         // SAFETY: `attach` returned a live pointer owned by the pool.
+        unsafe { &*p }
+    }
+
+    /// The value of type `T` kept on this request's pool, if any (the
+    /// newest, if it was set more than once).
+    pub fn slot<T: 'static>(&self) -> Option<&'r T> {
+        let slots = self.slots()?;
+        let found = slots
+            .0
+            .borrow()
+            .iter()
+            .rev()
+            .find_map(|v| v.downcast_ref::<T>())
+            .map(|v| v as *const T)?;
+        // SAFETY: the value is boxed, so it stays where it is while the
+        // vector grows, and no box leaves the vector before the pool's
+        // cleanup drops the Slots: it lives for 'r.
+        Some(unsafe { &*found })
+    }
+
+    /// Keeps `value` on this request's pool, where `slot::<T>()` finds it;
+    /// it is dropped when the pool goes. An earlier value of the type stays
+    /// alive (and is dropped) with the pool too, but is no longer found.
+    pub fn set_slot<T: 'static>(&self, value: T) -> &'r T {
+        let boxed = Box::new(value);
+        let p: *const T = &*boxed;
+        self.slots_or_new().0.borrow_mut().push(boxed);
+        // SAFETY: as in `slot`: the box now belongs to the pool's Slots.
         unsafe { &*p }
     }
 }

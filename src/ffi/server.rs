@@ -1,23 +1,12 @@
-//! Safe views of `server_rec`, and the per-server state we keep in its
-//! config slot.
+//! Safe views of `server_rec` and of the config in its slot for us.
 
 use super::module::module_config;
+use super::pool::{tagged_mut, tagged_ref, Pool};
 use super::sys;
-use crate::config::ServerConfig;
-use crate::generation::Runtime;
 use std::ffi::{CStr, CString};
 use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::ptr::NonNull;
-use std::sync::{Arc, OnceLock};
-
-/// What our server config slot points at: the parsed directives, and the
-/// runtime built from them in post_config (same pool, same generation).
-#[derive(Default)]
-pub struct ServerState {
-    pub conf: ServerConfig,
-    pub runtime: OnceLock<Arc<Runtime>>,
-}
 
 #[derive(Clone, Copy)]
 pub struct Server<'s> {
@@ -62,39 +51,34 @@ impl<'s> Server<'s> {
         self.rec().is_virtual != 0
     }
 
-    /// Our state in this server's config vector.
-    pub fn state(&self) -> &'s ServerState {
-        // SAFETY: module_config is a live vector; our slot holds the
-        // ServerState made by create/merge_server_config in pconf, which
+    /// Our config in this server's config vector, made by the module's
+    /// create/merge_server_config as a `C` (`ffi::config`).
+    pub fn config<C: 'static>(&self) -> &'s C {
+        // SAFETY: module_config is a live vector; our slot holds a tagged
+        // config made by create/merge_server_config in pconf, which
         // outlives every hook of this generation.
-        unsafe {
-            (module_config(self.rec().module_config) as *const ServerState)
-                .as_ref()
-                .expect("every server has our config")
-        }
+        unsafe { tagged_ref::<C>(module_config(self.rec().module_config)) }
+            .expect("every server has our config")
     }
 
-    /// Mutable state, for directive handlers only (single-threaded config
-    /// reading, before any request).
+    /// The config, mutable: for directive handlers only (single-threaded
+    /// config reading, before any request).
     #[allow(clippy::mut_from_ref)]
-    pub fn state_mut(&self) -> &'s mut ServerState {
-        // SAFETY: as in `state`; httpd reads configuration on one thread
+    pub fn config_mut<C: 'static>(&self) -> &'s mut C {
+        // SAFETY: as in `config`; httpd reads configuration on one thread
         // and no request holds a reference yet.
-        unsafe {
-            (module_config(self.rec().module_config) as *mut ServerState)
-                .as_mut()
-                .expect("every server has our config")
-        }
+        unsafe { tagged_mut::<C>(module_config(self.rec().module_config)) }
+            .expect("every server has our config")
     }
 
     /// The httpd process's own pool: it lives until the process exits,
     /// across every restart.
-    pub fn process_pool(&self) -> Option<super::pool::Pool<'static>> {
+    pub fn process_pool(&self) -> Option<Pool<'static>> {
         // SAFETY: every server_rec points at the one live process_rec,
         // whose pool is destroyed only when httpd exits.
         unsafe {
             let process = self.rec().process.as_ref()?;
-            super::pool::Pool::from_raw(process.pool)
+            Pool::from_raw(process.pool)
         }
     }
 
@@ -117,11 +101,11 @@ impl<'s> Server<'s> {
 }
 
 /// `ap_runtime_dir_relative`: `name` under DefaultRuntimeDir.
-pub fn runtime_dir_path(pool: *mut sys::apr_pool_t, name: &str) -> PathBuf {
+pub fn runtime_dir_path(pool: Pool<'_>, name: &str) -> PathBuf {
     let name = CString::new(name).unwrap_or_default();
-    // SAFETY: `pool` is a live pool (ptemp) and `name` is NUL-terminated;
-    // the result is a pool string we copy at once.
-    let p = unsafe { sys::ap_runtime_dir_relative(pool, name.as_ptr()) };
+    // SAFETY: `pool` is live (ptemp) and `name` is NUL-terminated; the
+    // result is a pool string we copy at once.
+    let p = unsafe { sys::ap_runtime_dir_relative(pool.as_ptr(), name.as_ptr()) };
     if p.is_null() {
         return PathBuf::from("/var/run/apache2").join(name.to_string_lossy().as_ref());
     }

@@ -32,3 +32,9 @@ pub const STATUS_SUCCESS: apr_status_t = raw::APR_SUCCESS as apr_status_t;
 pub const STATUS_EGENERAL: apr_status_t = raw::APR_EGENERAL as apr_status_t;
 pub const STATUS_ENOENT: apr_status_t = raw::APR_ENOENT as apr_status_t;
 pub const STATUS_EINVAL: apr_status_t = raw::APR_EINVAL as apr_status_t;
+
+/// `authz_status` values (checked against mod_auth.h in shim.c).
+pub const AUTHZ_DENIED: c_int = 0;
+pub const AUTHZ_GRANTED: c_int = 1;
+pub const AUTHZ_GENERAL_ERROR: c_int = 3;
+pub const AUTHZ_DENIED_NO_USER: c_int = 4;

@@ -393,7 +393,10 @@ pub fn monitor(main: Server<'_>) -> c_int {
         nix::unistd::geteuid().as_raw()
     };
     let mut jobs: Vec<crate::reaper::ReapJob> = Vec::new();
-    for rt in main.iter().filter_map(|s| s.state().runtime.get()) {
+    for rt in main
+        .iter()
+        .filter_map(|s| s.config::<ServerState>().runtime.get())
+    {
         let Some(gid) = rt.scratch.group() else {
             continue;
         };

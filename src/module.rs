@@ -32,6 +32,10 @@ exports! {
     fn rsession_child_stopping(pchild: *mut sys::apr_pool_t, graceful: c_int)
         = child_stopping("child_stopping", hooks::child_stopping);
 
+    /// In the parent: starts the scratch reaper when something waits.
+    fn rsession_monitor(p: *mut sys::apr_pool_t, s: *mut sys::server_rec) -> c_int
+        = monitor("monitor", hooks::monitor);
+
     // ---- requests ----
     fn rsession_fixups(r: *mut sys::request_rec) -> c_int = request("fixups", hooks::fixups);
     fn rsession_insert_filter(r: *mut sys::request_rec)

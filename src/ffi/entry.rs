@@ -315,15 +315,23 @@ pub unsafe fn child_stopping(
     let _ = guard::run(|| hook(main, graceful != 0));
 }
 
-/// monitor hook: runs in the parent, from the MPM's maintenance loop.
-#[no_mangle]
-pub extern "C" fn rsession_monitor(_p: *mut sys::apr_pool_t, s: *mut sys::server_rec) -> c_int {
+/// monitor: runs in the parent, from the MPM's maintenance loop; `hook`
+/// gets the main server.
+///
+/// # Safety
+/// httpd's arguments to monitor.
+pub unsafe fn monitor(
+    _p: *mut sys::apr_pool_t,
+    s: *mut sys::server_rec,
+    what: &str,
+    hook: impl FnOnce(Server<'_>) -> c_int,
+) -> c_int {
     // SAFETY: httpd passes the main server_rec of the running generation.
     let Some(server) = (unsafe { Server::from_raw(s) }) else {
         return sys::STATUS_DECLINED;
     };
-    guard::run(|| hooks::monitor(server)).unwrap_or_else(|panic| {
-        server_panic(s, "monitor", panic);
+    guard::run(|| hook(server)).unwrap_or_else(|panic| {
+        server_panic(s, what, panic);
         sys::STATUS_DECLINED
     })
 }

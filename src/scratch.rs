@@ -249,10 +249,22 @@ impl ScratchRoot {
         dir_or_none(safe_fs::open_dir_at(&tag, name))
     }
 
-    /// Whether the session's directory holds anything (a handler left a
-    /// file): such a new session is kept.
-    pub fn has_entries(&self, id: &SessionId) -> bool {
-        fs::read_dir(self.path(id)).is_ok_and(|mut entries| entries.next().is_some())
+    /// Removes the session's directory if it is empty and says whether it
+    /// is gone: `false` when a handler left something in it (such a new
+    /// session is kept). One `rmdir`, which never follows a link: this
+    /// runs at the end of every request that brought no session.
+    pub fn remove_if_empty(&self, id: &SessionId) -> bool {
+        match fs::remove_dir(self.path(id)) {
+            Ok(()) => true,
+            Err(e) if e.kind() == ErrorKind::NotFound => true,
+            Err(e) if e.kind() == ErrorKind::DirectoryNotEmpty => false,
+            // Something planted in its place, or a mode in the way: the
+            // thorough removal decides.
+            Err(_) => {
+                let _ = self.remove(id);
+                fs::symlink_metadata(self.path(id)).is_err()
+            }
+        }
     }
 
     /// Moves a session's directory to a new id (on regenerate).
@@ -343,6 +355,30 @@ mod tests {
         scratch.remove(&new).unwrap();
         scratch.remove(&new).unwrap();
         assert!(!moved.exists());
+    }
+
+    #[test]
+    fn only_an_empty_directory_is_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = scratch(dir.path());
+        let id = SessionId::generate().unwrap();
+        let path = scratch.create(&id).unwrap();
+        assert!(scratch.remove_if_empty(&id), "empty: gone");
+        assert!(!path.exists());
+        assert!(scratch.remove_if_empty(&id), "absent: nothing left");
+
+        let path = scratch.create(&id).unwrap();
+        fs::write(path.join("upload"), "x").unwrap();
+        assert!(!scratch.remove_if_empty(&id), "a file left: kept");
+        assert!(path.join("upload").exists());
+        scratch.remove(&id).unwrap();
+
+        // A link planted in its place goes as a link; its target stays.
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, &path).unwrap();
+        assert!(scratch.remove_if_empty(&id));
+        assert!(outside.exists() && fs::symlink_metadata(&path).is_err());
     }
 
     #[test]

@@ -726,10 +726,9 @@ impl ActiveSession {
         if !self.kept {
             let written = self.data_changed
                 || self.regenerate
-                || (self.scratch_dir.is_some() && rt.scratch.has_entries(&self.id));
+                || (self.scratch_dir.is_some() && !rt.scratch.remove_if_empty(&self.id));
             if !written {
                 // Left untouched: nothing remains, not even its directory.
-                let _ = rt.scratch.remove(&self.id);
                 rt.stats.bump(Counter::Discarded);
                 self.outcome = Outcome::Discarded;
                 return Ok(());

@@ -721,7 +721,7 @@ def module_sweep(args, exe, every, traffic):
                 during.append(run)
                 if swept() >= n:
                     break
-            wait_for("the sweep", 3600, lambda: swept() >= n)
+            wait_for("the sweep", 4 * 3600, lambda: swept() >= n)
             cpu = h.cpu_seconds() - cpu
             passes = pass_lines(h.log(), tree.store)
         finally:

@@ -686,6 +686,28 @@ def alive(pid):
         return False
 
 
+def gc_schedstat(pid):
+    """(seconds on a CPU, seconds runnable waiting for one) of the
+    rsession-gc threads of pid's children so far, by thread."""
+    out = {}
+    for child in children_of(pid):
+        try:
+            tids = os.listdir("/proc/%d/task" % child)
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open("/proc/%d/task/%s/comm" % (child, tid)) as f:
+                    if not f.read().startswith("rsession-gc"):
+                        continue
+                with open("/proc/%d/task/%s/schedstat" % (child, tid)) as f:
+                    ran, waited = f.read().split()[:2]
+                out[tid] = (int(ran) / 1e9, int(waited) / 1e9)
+            except OSError:
+                continue
+    return out
+
+
 def module_sweep(args, exe, every, traffic):
     """The module's background sweeper on a tree of args.sweep sessions:
     wall time from the first pass's beginning to the end of the pass that
@@ -709,10 +731,14 @@ def module_sweep(args, exe, every, traffic):
         shown = time.time()
         h.start()
         try:
+            sched_before = gc_schedstat(h.proc.pid)
             began = wait_for("the first pass", 120, lambda: sweeper_began(tree.store, shown - 1))
             cpu = h.cpu_seconds()
+            sched = [sched_before]
 
             def swept():
+                # The threads' figures before they end with their pass.
+                sched[1:] = [gc_schedstat(h.proc.pid)]
                 return sum(p[1] for p in pass_lines(h.log(), tree.store))
             # Traffic for as long as the sweep lasts (at least one run).
             while traffic:
@@ -735,6 +761,11 @@ def module_sweep(args, exe, every, traffic):
            "expired": sum(p[1] for p in passes), "orphaned": sum(p[2] for p in passes),
            "skipped": sum(p[3] for p in passes), "failed": sum(p[4] for p in passes), "left": left,
            "setup_seconds": tree.setup_seconds, "cpu": cpu}
+    # The sweeping threads (a helper thread of a pass comes and goes with
+    # it, so on more than 2 cores this undercounts them).
+    gained = {tid: tuple(a - b for a, b in zip(v, sched[0].get(tid, (0, 0)))) for tid, v in sched[-1].items()}
+    out["on_cpu"] = sum(v[0] for v in gained.values())
+    out["run_wait"] = sum(v[1] for v in gained.values())
     if traffic:
         # Runs that ended well after the sweep mixed in traffic without it.
         inside = [r for r in during if r["ended"] <= ended + 0.5] or during[:1]
@@ -754,7 +785,8 @@ def floor_sweep(n, exe, every, threads):
         out = tree.sweepfloor("remove", threads)
         if out.get("removed") != tree.entries():
             raise SystemExit("sweepfloor removed %s of %d entries" % (out.get("removed"), tree.entries()))
-        return {"threads": threads, "seconds": out["seconds"], "entries": out["removed"]}
+        return {"threads": threads, "seconds": out["seconds"], "entries": out["removed"],
+                "on_cpu": out.get("on_cpu", float("nan")), "run_wait": out.get("run_wait", float("nan"))}
     finally:
         tree.remove()
 
@@ -829,18 +861,21 @@ def sweep_report(s):
     out = ["Sweep of %d expired sessions on %s (%s): distinct files, a record and a scratch directory each, "
            "one directory in %d holding a file (%d entries in all; a tree written in %.1f s)."
            % (n, s["dir"], s["fs"], s["every"], m["entries"], m["setup_seconds"]), "",
-           "| removing them (each on a tree of its own) | threads | seconds | sessions/s | entries/s | vs the floor, same threads |",
-           "|---|---:|---:|---:|---:|---:|"]
+           "| removing them (each on a tree of its own) | threads | seconds | sessions/s | entries/s | vs the floor, same threads "
+           "| threads on a CPU, s | runnable, waiting for a CPU, s |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
     same = ([f for f in s["floor"] if f["threads"] == s["workers"]] or s["floor"])[0]["seconds"]
-    rows = [("mod_rsession's sweeper alone, first pass begun to last pass ended", s["workers"], m["seconds"], same),
-            ("mod_rsession's sweeper alone, inside its %d pass(es)" % m["passes"], s["workers"], m["pass_seconds"], same)]
+    rows = [("mod_rsession's sweeper alone, first pass begun to last pass ended", s["workers"], m["seconds"], same, m),
+            ("mod_rsession's sweeper alone, inside its %d pass(es)" % m["passes"], s["workers"], m["pass_seconds"],
+             same, None)]
     if t:
-        rows.append(("mod_rsession's sweeper under resumed traffic (below)", s["workers"], t["seconds"], same))
-    rows += [("floor: listing + the same unlinks and rmdirs in C (bench/sweepfloor.c)", f["threads"], f["seconds"], None)
-             for f in s["floor"]]
-    for name, threads, seconds, floor in rows:
-        out.append("| %s | %d | %.2f | %.0f | %.0f | %s |" % (
-            name, threads, seconds, n / seconds, m["entries"] / seconds, "%.2f" % (floor / seconds) if floor else ""))
+        rows.append(("mod_rsession's sweeper under resumed traffic (below)", s["workers"], t["seconds"], same, t))
+    rows += [("floor: listing + the same unlinks and rmdirs in C (bench/sweepfloor.c)", f["threads"], f["seconds"],
+              None, f) for f in s["floor"]]
+    for name, threads, seconds, floor, sched in rows:
+        out.append("| %s | %d | %.2f | %.0f | %.0f | %s | %s | %s |" % (
+            name, threads, seconds, n / seconds, m["entries"] / seconds, "%.2f" % (floor / seconds) if floor else "",
+            "%.2f" % sched["on_cpu"] if sched else "", "%.2f" % sched["run_wait"] if sched else ""))
     out.append("")
     for label, r in (("alone", m), ("under traffic", t)):
         if r:

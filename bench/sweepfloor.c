@@ -17,7 +17,8 @@
  *        rmdir of that directory. Nothing else: no stat, lock, read or
  *        check a sweeper next to live requests needs. THREADS threads
  *        take whole shards in turn, as the module's sweeping threads do.
- *        Prints seconds, the entries removed and their rate.
+ *        Prints seconds, the entries removed and their rate, and the
+ *        seconds its threads ran and waited runnable for a CPU.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -40,6 +41,8 @@ static long n, every;
 static long long expires;
 static atomic_int next_shard;
 static atomic_long removed;
+/* Nanoseconds the threads ran, and waited runnable for a CPU. */
+static atomic_llong on_cpu, run_wait;
 
 static double now(void) {
     struct timespec t;
@@ -130,6 +133,14 @@ static void (*each)(int);
 static void *worker(void *unused) {
     (void)unused;
     for (int s; (s = atomic_fetch_add(&next_shard, 1)) < SHARDS;) each(s);
+    /* Whether the machine let the threads run (a shared one may not). */
+    FILE *f = fopen("/proc/thread-self/schedstat", "r");
+    long long ran, waited;
+    if (f && fscanf(f, "%lld %lld", &ran, &waited) == 2) {
+        atomic_fetch_add(&on_cpu, ran);
+        atomic_fetch_add(&run_wait, waited);
+    }
+    if (f) fclose(f);
     return NULL;
 }
 
@@ -162,7 +173,8 @@ int main(int argc, char **argv) {
     double took = now() - t;
     if (remove) {
         long r = atomic_load(&removed);
-        printf("seconds %.3f\nremoved %ld\nper_second %.0f\n", took, r, r / took);
+        printf("seconds %.3f\nremoved %ld\nper_second %.0f\non_cpu %.3f\nrun_wait %.3f\n", took, r, r / took,
+               atomic_load(&on_cpu) / 1e9, atomic_load(&run_wait) / 1e9);
     } else {
         printf("seconds %.3f\n", took);
     }

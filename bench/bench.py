@@ -10,8 +10,11 @@ expired sessions, and instructions per request of the module's hot path
 counted by callgrind (repeatable, unlike a clock).
 """
 import argparse
+import grp
+import hashlib
 import http.client
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -525,64 +528,379 @@ def table(rows):
     return "\n".join(out)
 
 
-def sweep_benchmark(args):
-    """N expired sessions in a file store on tmpfs: time to sweep them, and
-    p99 of concurrent traffic during the sweep against without."""
-    n = args.sweep
-    base = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
-    store = tempfile.mkdtemp(prefix="rsession-sweep-", dir=base)
-    scratch = tempfile.mkdtemp(prefix="rsession-sweep-scratch-", dir=base)
-    try:
-        print("  writing %d expired records ..." % n, file=sys.stderr, flush=True)
-        past = time.time() - 7200
-        body = ('{"v":1,"c":%d,"a":%d,"t":60,"l":0,"d":{}}' % (past, past)).encode()
-        # One real record per shard, and the rest as hard links to it: a
-        # million names in the 256 shard directories, as the store lays
-        # them out, at one link(2) each instead of four calls per file.
-        for shard in range(256):
-            os.makedirs("%s/%02x" % (store, shard), exist_ok=True)
-            first = "%s/%02x/%02x%030x" % (store, shard, shard, 0)
-            with open(first, "wb") as f:
-                f.write(body)
-            os.utime(first, (past, past))
-        for i in range(256, n):
-            shard = i % 256
-            os.link("%s/%02x/%02x%030x" % (store, shard, shard, 0), "%s/%02x/%02x%030x" % (store, shard, shard, i))
-        # The sweeper runs as www-data: it needs the directories (unlinking
-        # a name needs write access to its directory, not to the file).
-        for path in [store, scratch] + ["%s/%02x" % (store, s) for s in range(256)]:
+# The module's sweeping threads (src/store/file.rs, sweep_workers): the
+# cores but one, at least one, at most this many.
+MAX_SWEEP_WORKERS = 4
+# Every this many sessions' scratch directory holds a file (--sweep-files-every).
+UPLOAD_EVERY = 10
+PLANTED = re.compile(r"^[0-9a-f]{2}0{20}[0-9a-f]{10}$")
+
+
+def sweep_workers():
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores - 1, MAX_SWEEP_WORKERS))
+
+
+def filesystem_type(path):
+    return subprocess.run(["stat", "-f", "-c", "%T", path], capture_output=True, text=True).stdout.strip()
+
+
+def sweepfloor_exe():
+    """bench/sweepfloor.c compiled into a directory of its own."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise SystemExit("the sweep benchmark needs a C compiler (make bench-deps)")
+    work = tempfile.mkdtemp(prefix="rsession-sweepfloor-", dir=BENCH_DIR)
+    exe = os.path.join(work, "sweepfloor")
+    subprocess.run([cc, "-O2", "-pthread", "-o", exe, os.path.join(REPO, "bench/sweepfloor.c")], check=True)
+    return work, exe
+
+
+class SweepTree:
+    """n expired sessions of a file store, as the module lays them out:
+    records in <base>/store/<xx>/<id>, scratch directories in
+    <base>/scratch/<tag>/<xx>/<id> (tag: the store's, src/scratch.rs), every
+    one distinct files on the file system of BENCH_DIR, made by
+    bench/sweepfloor.c as www-data and then synced to disk."""
+
+    def __init__(self, exe, n, every, threads):
+        self.exe, self.n, self.every = exe, n, every
+        self.base = tempfile.mkdtemp(prefix="rsession-sweep-", dir=BENCH_DIR)
+        self.store = os.path.join(self.base, "store")
+        self.scratch = os.path.join(self.base, "scratch")
+        # ScratchRoot::new: the first 6 bytes of SHA-256 of the store's
+        # description (FileStore::describe), in hex.
+        tag = hashlib.sha256(("file:" + self.store).encode()).hexdigest()[:12]
+        self.tagdir = os.path.join(self.scratch, tag)
+        for path in (self.base, self.store, self.scratch, self.tagdir):
+            os.makedirs(path, exist_ok=True)
             shutil.chown(path, "www-data", "www-data")
-        conf = """
+        os.chmod(self.base, 0o755)
+        started = time.time()
+        # Expired two hours ago: no clock step or touch lag makes them live.
+        expires = int(time.time()) - 7200
+        self.sweepfloor("setup", threads, str(pwd.getpwnam("www-data").pw_uid),
+                        str(grp.getgrnam("www-data").gr_gid), str(expires))
+        os.sync()
+        self.setup_seconds = time.time() - started
+
+    def sweepfloor(self, mode, threads, *more):
+        out = subprocess.run([self.exe, mode, self.store, self.tagdir, str(self.n), str(self.every), str(threads)]
+                             + list(more), capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit("sweepfloor %s failed: %s" % (mode, out.stderr))
+        return {k: float(v) for k, v in re.findall(r"(\w+) ([\d.]+)", out.stdout)}
+
+    def entries(self):
+        """Entries a sweep of the whole tree removes: records, scratch
+        directories and the files in them."""
+        return 2 * self.n + (self.n + self.every - 1) // self.every
+
+    def left(self):
+        """Planted records and scratch directories still there."""
+        count = [0, 0]
+        for k, top in enumerate((self.store, self.tagdir)):
+            for shard in range(256):
+                try:
+                    count[k] += sum(1 for name in os.listdir("%s/%02x" % (top, shard)) if PLANTED.match(name))
+                except FileNotFoundError:
+                    pass
+        return tuple(count)
+
+    def remove(self):
+        subprocess.run(["rm", "-rf", self.base], check=False)
+
+
+def check_room(n, every, trees):
+    """Refuses to start what the file system of BENCH_DIR cannot hold (a
+    record and a directory take a block each)."""
+    st = os.statvfs(BENCH_DIR)
+    inodes = trees * (2 * n + n // every)
+    blocks = inodes + n  # directories' blocks, records', the odd shard block
+    need_bytes = blocks * st.f_frsize
+    if st.f_favail < inodes * 1.1 or st.f_bavail * st.f_frsize < need_bytes * 1.1:
+        raise SystemExit("the sweep benchmark needs %.1f GB and %d inodes free in %s at a time (has %.1f GB, %d)"
+                         % (need_bytes / 1e9, inodes, BENCH_DIR, st.f_bavail * st.f_frsize / 1e9, st.f_favail))
+
+
+def sweeper_began(store, after):
+    """The moment a pass over `store` began after `after` (the sweeper lock
+    file's mtime, set as each pass begins: FileStore::try_begin_sweep), or
+    None."""
+    for name in os.listdir(store):
+        if name.startswith(".sweeper-"):
+            st = os.stat(os.path.join(store, name))
+            if st.st_size > 0 and st.st_mtime > after:
+                return st.st_mtime
+    return None
+
+
+PASS_LINE = re.compile(r"^\[\w{3} (\w{3} \d{2} \d{2}:\d{2}:\d{2})(\.\d+) (\d{4})\].*RS0040 sweep of file:\S+: "
+                       r"scanned (\d+), removed (\d+) expired and (\d+) orphaned scratch directories, "
+                       r"(\d+) leftover temporary files, skipped (\d+) locked, (\d+) failed, in (\d+) ms", re.M)
+
+
+def pass_lines(log, store):
+    """The sweep passes over `store` logged so far: (unix time logged,
+    expired, orphaned, skipped, failed, milliseconds)."""
+    out = []
+    for m in PASS_LINE.finditer(log):
+        if ("file:%s:" % store) not in m.group(0):
+            continue
+        stamp = time.mktime(time.strptime(m.group(1) + " " + m.group(3), "%b %d %H:%M:%S %Y")) + float(m.group(2))
+        out.append((stamp, int(m.group(5)), int(m.group(6)), int(m.group(8)), int(m.group(9)), int(m.group(10))))
+    return out
+
+
+def sweep_conf(tree, interval):
+    return """
 RSessionStore file:%s
 RSessionScratchRoot %s
-RSessionGCInterval %%d
+RSessionGCInterval %d
 <Location /s/>
   RSession On
 </Location>
 Alias /s/ {ROOT}/htdocs/
-""" % (store, scratch)
-        quiet = Httpd(conf % 0, modules=["alias"]).start()
-        try:
-            cookie = quiet.cookies(1)[0]
-            undisturbed = wrk(quiet.url("/s/index.html"), args.seconds, cookie=cookie)
-        finally:
-            quiet.stop()
-        h = Httpd(conf % 1, modules=["alias"], log_level="warn rsession:info").start()
-        try:
-            started = time.time()
-            loaded = wrk(h.url("/s/index.html"), args.seconds, cookie=cookie)
+""" % (tree.store, tree.scratch, interval)
 
-            def removed():
-                return sum(int(x) for x in re.findall(r"removed (\d+) expired", h.log()))
-            wait_for("the sweep", 600, lambda: removed() >= n)
-            took = time.time() - started
+
+def children_of(pid):
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                kids.append(int(entry))
+    return kids
+
+
+def alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def gc_schedstat(pid):
+    """(seconds on a CPU, seconds runnable waiting for one) of the
+    rsession-gc threads of pid's children so far, by thread."""
+    out = {}
+    for child in children_of(pid):
+        try:
+            tids = os.listdir("/proc/%d/task" % child)
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open("/proc/%d/task/%s/comm" % (child, tid)) as f:
+                    if not f.read().startswith("rsession-gc"):
+                        continue
+                with open("/proc/%d/task/%s/schedstat" % (child, tid)) as f:
+                    ran, waited = f.read().split()[:2]
+                out[tid] = (int(ran) / 1e9, int(waited) / 1e9)
+            except OSError:
+                continue
+    return out
+
+
+def module_sweep(args, exe, every, traffic):
+    """The module's background sweeper on a tree of args.sweep sessions:
+    wall time from the first pass's beginning to the end of the pass that
+    removed the last one. With `traffic`, resumed requests (256 sessions)
+    run all along the sweep, and the same traffic on the same store
+    without a sweeper first."""
+    n = args.sweep
+    tree = SweepTree(exe, n, every, sweep_workers())
+    what = "with traffic" if traffic else "alone"
+    print("  module %s: %d sessions written in %.1f s ..." % (what, n, tree.setup_seconds), file=sys.stderr, flush=True)
+    undisturbed, during = None, []
+    try:
+        if traffic:
+            quiet = Httpd(sweep_conf(tree, 0), modules=["alias"]).start()
+            try:
+                cookies = quiet.cookies(256)
+                undisturbed = measure(quiet.url("/s/index.html"), args, cookies=cookies)
+            finally:
+                quiet.stop()
+        h = Httpd(sweep_conf(tree, 1), modules=["alias"], log_level="warn rsession:info")
+        shown = time.time()
+        h.start()
+        try:
+            sched_before = gc_schedstat(h.proc.pid)
+            began = wait_for("the first pass", 120, lambda: sweeper_began(tree.store, shown - 1))
+            cpu = h.cpu_seconds()
+            sched = [sched_before]
+
+            def swept():
+                # The threads' figures before they end with their pass.
+                sched[1:] = [gc_schedstat(h.proc.pid)]
+                return sum(p[1] for p in pass_lines(h.log(), tree.store))
+            # Traffic for as long as the sweep lasts (at least one run).
+            while traffic:
+                run = wrk(h.url("/s/index.html"), args.seconds, cookies=cookies)
+                run["ended"] = time.time()
+                during.append(run)
+                if swept() >= n:
+                    break
+            wait_for("the sweep", 4 * 3600, lambda: swept() >= n)
+            cpu = h.cpu_seconds() - cpu
+            passes = pass_lines(h.log(), tree.store)
         finally:
             h.stop()
-        return {"n": n, "seconds": took, "p99_quiet": undisturbed["p99"], "p99_sweep": loaded["p99"],
-                "rps_quiet": undisturbed["rps"], "rps_sweep": loaded["rps"]}
+        ended = passes[-1][0]
+        left = tree.left()
     finally:
-        shutil.rmtree(store, ignore_errors=True)
-        shutil.rmtree(scratch, ignore_errors=True)
+        tree.remove()
+    out = {"n": n, "entries": tree.entries(), "seconds": ended - began,
+           "pass_seconds": sum(p[5] for p in passes) / 1000, "passes": len(passes),
+           "expired": sum(p[1] for p in passes), "orphaned": sum(p[2] for p in passes),
+           "skipped": sum(p[3] for p in passes), "failed": sum(p[4] for p in passes), "left": left,
+           "setup_seconds": tree.setup_seconds, "cpu": cpu}
+    # The sweeping threads (a helper thread of a pass comes and goes with
+    # it, so on more than 2 cores this undercounts them).
+    gained = {tid: tuple(a - b for a, b in zip(v, sched[0].get(tid, (0, 0)))) for tid, v in sched[-1].items()}
+    out["on_cpu"] = sum(v[0] for v in gained.values())
+    out["run_wait"] = sum(v[1] for v in gained.values())
+    if traffic:
+        # Runs that ended well after the sweep mixed in traffic without it.
+        inside = [r for r in during if r["ended"] <= ended + 0.5] or during[:1]
+        out.update({"quiet": undisturbed, "sweep": max(inside, key=lambda r: to_ms(r["p99"])), "runs": len(inside),
+                    "overlap": (ended - began) / (len(inside) * args.seconds), "wrk_seconds": args.seconds,
+                    "quiet_runs": args.runs,
+                    "rps_sweep": statistics.median(r["rps"] for r in inside),
+                    "p50_sweep": statistics.median(to_ms(r["p50"]) for r in inside),
+                    "p99_median": statistics.median(to_ms(r["p99"]) for r in inside)})
+    return out
+
+
+def floor_sweep(n, exe, every, threads):
+    """bench/sweepfloor.c's removal of an identical tree with `threads`."""
+    tree = SweepTree(exe, n, every, max(threads, 1))
+    try:
+        out = tree.sweepfloor("remove", threads)
+        if out.get("removed") != tree.entries():
+            raise SystemExit("sweepfloor removed %s of %d entries" % (out.get("removed"), tree.entries()))
+        return {"threads": threads, "seconds": out["seconds"], "entries": out["removed"],
+                "on_cpu": out.get("on_cpu", float("nan")), "run_wait": out.get("run_wait", float("nan"))}
+    finally:
+        tree.remove()
+
+
+def restart_during_sweep(n, exe, every):
+    """A graceful restart (SIGUSR1, apachectl -k graceful) and then a stop
+    (SIGTERM, -k stop), each half a second into a pass over n sessions:
+    how long until the old generation's children are gone, and until the
+    server is."""
+    tree = SweepTree(exe, n, every, sweep_workers())
+    h = Httpd(sweep_conf(tree, 1), modules=["alias"], log_level="warn rsession:info")
+    try:
+        shown = time.time()
+        h.start()
+        began = wait_for("the first pass", 120, lambda: sweeper_began(tree.store, shown - 1))
+        time.sleep(max(0.0, began + 0.5 - time.time()))
+        old = children_of(h.proc.pid)
+        asked = time.time()
+        os.kill(h.proc.pid, signal.SIGUSR1)
+        wait_for("the old children to go", 120, lambda: not any(alive(p) for p in old))
+        graceful = time.time() - asked
+        left_at_graceful = tree.left()[0]
+        # The new generation takes the sweep up again; stop it mid-pass.
+        began = wait_for("the new generation's pass", 120, lambda: sweeper_began(tree.store, asked))
+        time.sleep(max(0.0, began + 0.5 - time.time()))
+        asked = time.time()
+        h.proc.send_signal(signal.SIGTERM)
+        h.proc.wait(120)
+        stop = time.time() - asked
+        left_at_stop = tree.left()[0]
+        crashes = [l for l in h.log().splitlines() if "exit signal" in l or "panicked" in l]
+    finally:
+        h.stop()
+        tree.remove()
+    return {"n": n, "graceful": graceful, "stop": stop, "old_children": len(old),
+            "left_at_graceful": left_at_graceful, "left_at_stop": left_at_stop, "crashes": crashes}
+
+
+def sweep_benchmark(args):
+    """N expired sessions in a file store on BENCH_DIR's file system (never
+    tmpfs): the module's sweep of them against the floor of the same
+    removals in C, traffic during it, and restarts during a sweep."""
+    n, every = args.sweep, args.sweep_files_every
+    fs = filesystem_type(BENCH_DIR)
+    if fs in ("tmpfs", "ramfs"):
+        raise SystemExit("%s is %s: the sweep benchmark measures the store's real file system "
+                         "(set RSESSION_BENCH_DIR)" % (BENCH_DIR, fs))
+    check_room(n, every, 1)
+    work, exe = sweepfloor_exe()
+    try:
+        workers = sweep_workers()
+        result = {"fs": fs, "dir": BENCH_DIR, "workers": workers, "every": every}
+        result["module"] = module_sweep(args, exe, every, traffic=False)
+        if not args.no_sweep_traffic:
+            result["traffic"] = module_sweep(args, exe, every, traffic=True)
+        result["floor"] = []
+        for threads in sorted(set(args.sweep_floor_threads or (1, workers, MAX_SWEEP_WORKERS))):
+            print("  floor: %d sessions, %d thread(s) ..." % (n, threads), file=sys.stderr, flush=True)
+            result["floor"].append(floor_sweep(n, exe, every, threads))
+        if args.sweep_restart:
+            print("  restarts during a sweep of %d sessions ..." % args.sweep_restart, file=sys.stderr, flush=True)
+            result["restart"] = restart_during_sweep(args.sweep_restart, exe, every)
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def sweep_report(s):
+    """Markdown: the sweep section's table and lines."""
+    m, t = s["module"], s.get("traffic")
+    n = m["n"]
+    out = ["Sweep of %d expired sessions on %s (%s): distinct files, a record and a scratch directory each, "
+           "one directory in %d holding a file (%d entries in all; a tree written in %.1f s)."
+           % (n, s["dir"], s["fs"], s["every"], m["entries"], m["setup_seconds"]), "",
+           "| removing them (each on a tree of its own) | threads | seconds | sessions/s | entries/s | vs the floor, same threads "
+           "| threads on a CPU, s | runnable, waiting for a CPU, s |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    same = ([f for f in s["floor"] if f["threads"] == s["workers"]] or s["floor"])[0]["seconds"]
+    rows = [("mod_rsession's sweeper alone, first pass begun to last pass ended", s["workers"], m["seconds"], same, m),
+            ("mod_rsession's sweeper alone, inside its %d pass(es)" % m["passes"], s["workers"], m["pass_seconds"],
+             same, None)]
+    if t:
+        rows.append(("mod_rsession's sweeper under resumed traffic (below)", s["workers"], t["seconds"], same, t))
+    rows += [("floor: listing + the same unlinks and rmdirs in C (bench/sweepfloor.c)", f["threads"], f["seconds"],
+              None, f) for f in s["floor"]]
+    for name, threads, seconds, floor, sched in rows:
+        out.append("| %s | %d | %.2f | %.0f | %.0f | %s | %s | %s |" % (
+            name, threads, seconds, n / seconds, m["entries"] / seconds, "%.2f" % (floor / seconds) if floor else "",
+            "%.2f" % sched["on_cpu"] if sched else "", "%.2f" % sched["run_wait"] if sched else ""))
+    out.append("")
+    for label, r in (("alone", m), ("under traffic", t)):
+        if r:
+            out.append("Sweep %s: the log counted %d expired and %d orphaned scratch directories, %d skipped locked, "
+                       "%d failed; planted records and directories left: %d and %d; httpd CPU %.1f s."
+                       % (label, r["expired"], r["orphaned"], r["skipped"], r["failed"], r["left"][0], r["left"][1],
+                          r["cpu"]))
+    if t:
+        q, d = t["quiet"], t["sweep"]
+        out.append("Resumed traffic (256 sessions, wrk -t2 -c16) during the sweep (%d back-to-back run(s) of %d s, "
+                   "the sweep covering %.0f%% of them; medians over the runs) vs the same store without a sweeper "
+                   "(median of %d): p50 %.2f ms vs %.2f ms, p99 %.2f ms vs %.2f ms (%.2fx; the worst run's p99 "
+                   "%s, %.2fx); req/s %.0f vs %.0f."
+                   % (t["runs"], t["wrk_seconds"], min(t["overlap"], 1) * 100, t["quiet_runs"], t["p50_sweep"],
+                      to_ms(q["p50"]), t["p99_median"], to_ms(q["p99"]), t["p99_median"] / to_ms(q["p99"]),
+                      d["p99"], to_ms(d["p99"]) / to_ms(q["p99"]), t["rps_sweep"], q["rps"]))
+    r = s.get("restart")
+    if r:
+        out.append("Restarts during a sweep of %d sessions, each half a second into a pass: graceful (SIGUSR1): "
+                   "the %d old children gone in %.2f s (%d sessions still to sweep); stop (SIGTERM): the server "
+                   "gone in %.2f s (%d still to sweep)."
+                   % (r["n"], r["old_children"], r["graceful"], r["left_at_graceful"], r["stop"], r["left_at_stop"]))
+        if r["crashes"]:
+            out.append("Crash lines: " + "; ".join(r["crashes"]))
+    return "\n".join(out)
 
 
 PROFILE_SERVER = """
@@ -803,10 +1121,20 @@ def main():
     p.add_argument("--seconds", type=int, default=4, help="duration of one wrk run")
     p.add_argument("--runs", type=int, default=3, help="runs per scenario (the median is reported)")
     p.add_argument("--sweep", type=int, default=1000000, help="expired sessions in the sweep benchmark (0: skip)")
+    p.add_argument("--sweep-files-every", type=int, default=UPLOAD_EVERY,
+                   help="one scratch directory in this many holds a file")
+    p.add_argument("--sweep-floor-threads", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                   help="thread counts of the C floor, e.g. 1,4 (default: 1, the sweeper's, %d)" % MAX_SWEEP_WORKERS)
+    p.add_argument("--no-sweep-traffic", action="store_true",
+                   help="skip the sweep under traffic (p50/p99 during a sweep)")
+    p.add_argument("--sweep-restart", type=int, default=None,
+                   help="expired sessions in the restart-during-a-sweep measurement (default: min(--sweep, 200000); 0: skip)")
     p.add_argument("--no-callgrind", action="store_true")
     p.add_argument("--no-scenarios", action="store_true", help="only the sweep and callgrind parts")
     p.add_argument("--no-profile", action="store_true", help="skip where-the-time-goes (strace, floor)")
     args = p.parse_args()
+    if args.sweep_restart is None:
+        args.sweep_restart = min(args.sweep, 200000)
     if not os.path.exists(MODULE):
         raise SystemExit("build first: make")
     started = time.time()
@@ -817,11 +1145,10 @@ def main():
         print()
         print(table(rows))
     if args.sweep:
+        print("sweep of %d expired sessions:" % args.sweep, file=sys.stderr, flush=True)
         s = sweep_benchmark(args)
         print()
-        print("Sweep of %d expired sessions (file store on tmpfs): %.1f s; concurrent p99 %s during the sweep vs %s without "
-              "(%.2fx); req/s %.0f vs %.0f." % (s["n"], s["seconds"], s["p99_sweep"], s["p99_quiet"],
-                                                to_ms(s["p99_sweep"]) / to_ms(s["p99_quiet"]), s["rps_sweep"], s["rps_quiet"]))
+        print(sweep_report(s))
     if not args.no_callgrind:
         ir = instructions_per_request()
         if ir:

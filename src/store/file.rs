@@ -944,7 +944,7 @@ fn open_shared_with_len(path: &Path) -> std::io::Result<(File, u64)> {
 /// proves it a regular file: a short read of a regular file means its end.
 fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    let (file, len) = safe_fs::open_regular_with_len(path, OpenOptions::new().read(true))?;
+    let (file, len) = safe_fs::open_regular_noatime(path, OpenOptions::new().read(true))?;
     if len > MAX_RECORD {
         return Err(std::io::Error::new(
             ErrorKind::InvalidData,

@@ -362,10 +362,17 @@ impl Httpd {
         self.wait_ready(before);
     }
 
+    /// Until this generation's "resuming normal operations" and, where
+    /// CGIs go through mod_cgid, its daemon's socket is this generation's
+    /// and handed to www-data: mod_cgid binds it as root and chowns it a
+    /// moment later, and a child connecting in between gets EACCES, which
+    /// mod_cgid does not retry (a 503 for the first CGI on a loaded
+    /// machine).
     fn wait_ready(&mut self, before: usize) {
         let deadline = Instant::now() + Duration::from_secs(30);
+        let asked = std::time::SystemTime::now() - Duration::from_secs(1);
         loop {
-            if self.ready_count() > before {
+            if self.ready_count() > before && self.cgid_ready(asked) {
                 return;
             }
             if let Some(status) = self
@@ -385,6 +392,24 @@ impl Httpd {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// True without mod_cgid (prefork), else once its socket was made or
+    /// changed after `since` and belongs to www-data.
+    fn cgid_ready(&self, since: std::time::SystemTime) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        if matches!(self.options.mpm, Mpm::Prefork) {
+            return true;
+        }
+        // mod_cgid appends the parent's pid to ScriptSock.
+        let Some(child) = self.child.as_ref() else {
+            return false;
+        };
+        let socket = self.path(&format!("logs/cgid.sock.{}", child.id()));
+        fs::symlink_metadata(socket).is_ok_and(|m| {
+            let changed = std::time::UNIX_EPOCH + Duration::from_secs(m.ctime().max(0) as u64);
+            m.uid() == 33 && changed >= since
+        })
     }
 
     pub fn pid(&self) -> i32 {

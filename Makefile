@@ -30,7 +30,9 @@ BROWSER_PACKAGES := chromium chromium-driver
 # The load generator, the peers `make bench` compares against, callgrind.
 # libapache2-mod-python enables mod_python in the system Apache when it is
 # installed (its own postinst does so): only `make bench` asks for it.
-BENCH_PACKAGES := wrk libapache2-mod-python valgrind strace gcc
+# php8.2-redis is phpredis, for the PHP-FPM peer with Redis sessions: a PHP
+# extension only (enabled in PHP's conf.d, nothing in Apache's).
+BENCH_PACKAGES := wrk libapache2-mod-python php8.2-redis valgrind strace gcc
 # For `make deb` (rustc/cargo come from rustup: Debian's are too old).
 DEB_PACKAGES := debhelper dpkg-dev lintian
 

@@ -19,6 +19,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -171,6 +172,12 @@ MaxKeepAliveRequests 0
         crashes = [l for l in self.log().splitlines() if "exit signal" in l or "panicked" in l]
         if crashes:
             print("warning: crash lines in %s:\n%s" % (self.root, "\n".join(crashes)), file=sys.stderr)
+        # A row whose requests failed inside the module (RS0012 store
+        # unavailable, RS0022 not saved) would still show a rate: say so.
+        errors = [l for l in self.log().splitlines() if re.search(r":(error|crit|alert|emerg)\]", l)]
+        if errors:
+            print("warning: %d error lines in %s, the first:\n%s" % (len(errors), self.root, "\n".join(errors[:5])),
+                  file=sys.stderr)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -194,6 +201,209 @@ def process_group_cpu(pgid):
         if int(fields[2]) == pgid:
             total += int(fields[11]) + int(fields[12])
     return total / TICKS
+
+
+class Redis:
+    """A private redis-server on 127.0.0.1 (no persistence), in its own
+    directory under BENCH_DIR; `tls` (a Pki) serves TLS only, `cluster`
+    makes it a cluster node (see RedisCluster)."""
+
+    def __init__(self, tls=None, cluster=False):
+        self.dir = tempfile.mkdtemp(prefix="rsession-bench-redis-", dir=BENCH_DIR)
+        os.chmod(self.dir, 0o755)
+        self.port = free_port()
+        self.tls = tls
+        cmd = ["redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", self.dir]
+        if tls:
+            cmd += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", tls.path("server.crt"),
+                    "--tls-key-file", tls.path("server.key"), "--tls-ca-cert-file", tls.path("ca.crt"),
+                    "--tls-auth-clients", "no"]
+        else:
+            cmd += ["--port", str(self.port)]
+        if cluster:
+            cmd += ["--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+                    "--cluster-config-file", os.path.join(self.dir, "nodes.conf")]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            wait_for("redis-server on port %d" % self.port, 20, lambda: self._died() or self.cmd("PING").startswith(b"+PONG"))
+        except BaseException:
+            self.stop()
+            raise
+
+    def _died(self):
+        if self.proc.poll() is not None:
+            raise SystemExit("redis-server exited (%s)" % self.proc.returncode)
+        return False
+
+    def cmd(self, line):
+        """One inline command; the reply's first bytes (b"" when none)."""
+        try:
+            sock = socket.create_connection(("127.0.0.1", self.port), timeout=2)
+            if self.tls:
+                ctx = ssl.create_default_context(cafile=self.tls.path("ca.crt"))
+                sock = ctx.wrap_socket(sock, server_hostname="127.0.0.1")
+            with sock:
+                sock.sendall(line.encode() + b"\r\n")
+                return sock.recv(4096)
+        except OSError:
+            return b""
+
+    def cpu_seconds(self):
+        return process_group_cpu(self.proc.pid)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RedisCluster:
+    """Three masters (no replicas) joined by `redis-cli --cluster create`."""
+
+    def __init__(self):
+        self.nodes = []
+        try:
+            for _ in range(3):
+                self.nodes.append(Redis(cluster=True))
+            addrs = ["127.0.0.1:%d" % n.port for n in self.nodes]
+            out = subprocess.run(["redis-cli", "--cluster", "create"] + addrs + ["--cluster-replicas", "0", "--cluster-yes"],
+                                 capture_output=True, text=True, timeout=60)
+            if out.returncode != 0:
+                raise SystemExit("redis-cli --cluster create failed:\n" + out.stdout + out.stderr)
+            wait_for("the cluster to be ready", 30,
+                     lambda: all(b"cluster_state:ok" in n.cmd("CLUSTER INFO") for n in self.nodes))
+        except BaseException:
+            self.stop()
+            raise
+
+    def url(self, params):
+        return "redis-cluster://%s?%s" % (",".join("127.0.0.1:%d" % n.port for n in self.nodes), params)
+
+    def cpu_seconds(self):
+        return sum(n.cpu_seconds() for n in self.nodes)
+
+    def stop(self):
+        for n in self.nodes:
+            n.stop()
+
+
+class Pki:
+    """A throwaway CA and a server certificate for 127.0.0.1 it signed
+    (openssl), in a directory readable by all: the CA is public, and
+    redis-server reads the key (it runs as root here, the key stays 0600)."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="rsession-bench-pki-", dir=BENCH_DIR)
+        os.chmod(self.dir, 0o755)
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        self._openssl(["req", "-x509"] + ec + ["-days", "2", "-subj", "/CN=bench-ca",
+                                               "-keyout", self.path("ca.key"), "-out", self.path("ca.crt")])
+        write(self.dir, "server.ext", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+        self._openssl(["req"] + ec + ["-subj", "/CN=127.0.0.1", "-keyout", self.path("server.key"),
+                                      "-out", self.path("server.csr")])
+        self._openssl(["x509", "-req", "-days", "2", "-in", self.path("server.csr"), "-CA", self.path("ca.crt"),
+                       "-CAkey", self.path("ca.key"), "-CAcreateserial", "-extfile", self.path("server.ext"),
+                       "-out", self.path("server.crt")])
+        os.chmod(self.path("ca.crt"), 0o644)
+        os.chmod(self.path("server.key"), 0o600)
+
+    def _openssl(self, args):
+        out = subprocess.run(["openssl"] + args, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit("openssl %s failed:\n%s" % (" ".join(args), out.stderr))
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def remove(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def php_fpm_binary():
+    """Debian's php-fpm (php8.2-fpm in bookworm), if installed."""
+    found = sorted(f for f in os.listdir("/usr/sbin") if f.startswith("php-fpm"))
+    return os.path.join("/usr/sbin", found[-1]) if found else None
+
+
+def php_fpm_modules():
+    """The extensions php-fpm loads with this machine's ini files."""
+    out = subprocess.run([php_fpm_binary(), "-m"], capture_output=True, text=True)
+    return {l.strip().lower() for l in out.stdout.splitlines()}
+
+
+class PhpFpm:
+    """A private php-fpm master: its own config (-y; never the system's
+    pools or service), one pool per entry of `pools` (name: its
+    php_admin_value settings), each on a Unix socket of its own, workers as
+    www-data. Without -n, so Debian's fpm php.ini and conf.d (opcache, and
+    phpredis once php8.2-redis is installed) load as in production."""
+
+    # Static children for two cores: enough that a worker waiting on a
+    # session lock or on Redis leaves others to run, few enough that they
+    # do not just queue on the CPUs (wrk drives 16 connections).
+    CHILDREN = 8
+
+    def __init__(self, pools):
+        self.root = tempfile.mkdtemp(prefix="rsession-bench-fpm-", dir=BENCH_DIR)
+        os.chmod(self.root, 0o755)
+        conf = ["[global]", "error_log = %s/error.log" % self.root, "daemonize = no", "pid = %s/fpm.pid" % self.root]
+        for name, settings in pools.items():
+            conf += ["[%s]" % name, "user = www-data", "group = www-data", "listen = %s" % self.socket(name),
+                     "listen.owner = www-data", "listen.group = www-data", "listen.mode = 0600",
+                     "pm = static", "pm.max_children = %d" % self.CHILDREN,
+                     # PHP's warnings (a session that failed to load) reach error.log.
+                     "catch_workers_output = yes", "php_admin_flag[log_errors] = on"]
+            conf += ["php_admin_value[%s] = %s" % (k, v.replace("{ROOT}", self.root)) for k, v in settings.items()]
+        self.conf = write(self.root, "fpm.conf", "\n".join(conf) + "\n")
+        self.pools = list(pools)
+        self.proc = None
+
+    def socket(self, pool):
+        return os.path.join(self.root, pool + ".sock")
+
+    def handler(self, pool):
+        """What routes a request to `pool` (mod_proxy_fcgi's SetHandler)."""
+        return "proxy:unix:%s|fcgi://localhost" % self.socket(pool)
+
+    def start(self):
+        self.proc = subprocess.Popen([php_fpm_binary(), "-F", "-y", self.conf], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_for("php-fpm's sockets", 30, lambda: self._died() or all(os.path.exists(self.socket(p)) for p in self.pools))
+        return self
+
+    def _died(self):
+        if self.proc.poll() is not None:
+            raise SystemExit("php-fpm failed to start:\n" + self.log())
+        return False
+
+    def log(self):
+        try:
+            with open(os.path.join(self.root, "error.log")) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def cpu_seconds(self):
+        return process_group_cpu(self.proc.pid)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        bad = [l for l in self.log().splitlines() if "WARNING" in l or "ERROR" in l or "said into stderr" in l]
+        if bad:
+            print("warning: %d php-fpm log lines in %s, the first:\n%s" % (len(bad), self.root, "\n".join(bad[:5])),
+                  file=sys.stderr)
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 ROUND_ROBIN_LUA = """
@@ -249,7 +459,7 @@ def measure(url, args, cpu=None, side_cpu=None, **kw):
         run = wrk(url, args.seconds, **kw)
         after = [f() for f in (cpu, side_cpu) if f]
         for key, b, a in zip(("cpu_us", "side_cpu_us"), before, after):
-            run[key] = (a - b) / run["requests"] * 1e6
+            run[key] = (a - b) / run["requests"] * 1e6 if run["requests"] else float("nan")
         runs.append(run)
     med = dict(sorted(runs, key=lambda r: r["rps"])[len(runs) // 2])
     med["errors"] = sum(r["errors"] for r in runs)
@@ -258,6 +468,13 @@ def measure(url, args, cpu=None, side_cpu=None, **kw):
         if key in runs[0]:
             med[key] = statistics.median(r[key] for r in runs)
     return med
+
+
+def warm_up(url, seconds=2):
+    """Requests, not measured, until every worker has initialised what it
+    does on its first request (mod_python's interpreter, PHP's opcache):
+    left to the first run, that would be measured as its rate."""
+    wrk(url, seconds)
 
 
 def to_ms(text):
@@ -315,6 +532,9 @@ def handler(req):
 """
 
 PHP_SESSION = "<?php session_start(); $_SESSION['n'] = ($_SESSION['n'] ?? 0) + 1; echo $_SESSION['n'];"
+# Resumes the session and changes nothing (PHP then only refreshes its
+# expiry: lazy_write, the default).
+PHP_SESSION_READ = "<?php session_start(); echo $_SESSION['n'] ?? 0;"
 PHP_PLAIN = "<?php echo 1;"
 
 
@@ -325,6 +545,46 @@ def write(root, name, text, mode=0o644):
         f.write(text)
     os.chmod(path, mode)
     return path
+
+
+SAME_COOKIES = "static file, no session, same cookies"
+LUA_PLAIN = "mod_lua handler, no session"
+PHP_PLAIN_ROW = "peer: PHP-FPM, no session"
+
+# Every row, in the table's order, with its own baseline: None for a
+# baseline itself, "ceiling" for a row compared with the paired static file
+# only.
+ROWS = {
+    "static file, no session, same server": None,
+    SAME_COOKIES: None,
+    "rsession file store, resumed sessions, static file": SAME_COOKIES,
+    "rsession one session, 16 clients, static file (read-only)": "ceiling",
+    LUA_PLAIN: None,
+    "rsession read+write via X-RSession, mod_lua, many sessions": LUA_PLAIN,
+    "rsession cookieless, handler writes nothing, mod_lua": LUA_PLAIN,
+    "rsession new session writing one key, mod_lua": LUA_PLAIN,
+    "rsession Redis store, resumed sessions, static file": SAME_COOKIES,
+    "rsession Redis store read+write via X-RSession, mod_lua, many sessions": LUA_PLAIN,
+    "rsession Redis over TLS (rediss), resumed sessions, static file": SAME_COOKIES,
+    "rsession Redis Cluster (3 masters), resumed sessions, static file": SAME_COOKIES,
+    "peer: mod_session_cookie, static file": "ceiling",
+    "peer: mod_python handler, no session": None,
+    "peer: mod_python FileSession read+write, many sessions": "peer: mod_python handler, no session",
+    PHP_PLAIN_ROW: None,
+    "peer: PHP-FPM file sessions read+write, many sessions": PHP_PLAIN_ROW,
+    "peer: PHP-FPM file sessions, one session, 16 clients": PHP_PLAIN_ROW,
+    "peer: PHP-FPM file sessions, new session per request": PHP_PLAIN_ROW,
+    "peer: PHP-FPM phpredis sessions read+write, many sessions": PHP_PLAIN_ROW,
+    "peer: PHP-FPM phpredis sessions resumed (read only), many sessions": PHP_PLAIN_ROW,
+}
+
+
+def selected(name, only):
+    """Whether row `name` runs under --only: its name holds one of the
+    substrings (any case), or it is the baseline of a row that does."""
+    def named(n):
+        return not only or any(o.lower() in n.lower() for o in only)
+    return named(name) or any(named(r) and base == name for r, base in ROWS.items())
 
 
 def scenario_rows(args):
@@ -341,21 +601,30 @@ def scenario_rows(args):
 
 def _scenario_rows(args, rows):
 
-    def add(name, result, baseline=None, note=""):
-        rows.append({"name": name, "baseline": baseline, "note": note, **result})
+    def want(*names):
+        return any(selected(n, args.only) for n in names)
+
+    def add(name, run, note=""):
+        """Row `name` (of ROWS) measured by `run()`, when selected."""
+        if not want(name):
+            return
+        result = run()
+        rows.append({"name": name, "baseline": ROWS[name], "note": note, **result})
         print("  %-58s %9.0f req/s  p50 %-8s p99 %-8s%s" % (
             name, result["rps"], result["p50"], result["p99"],
             "  (%d errors)" % result["errors"] if result["errors"] else ""), file=sys.stderr, flush=True)
 
-    def handler_rows(h, plain_path, session_path, base_name, name):
-        """A handler without a session (its own baseline), then the same
-        handler changing one of 256 sessions on every request."""
-        add(base_name, measure(h.url(plain_path), args, cpu=h.cpu_seconds))
-        cookies = h.cookies_from(session_path, 256)
-        add(name, measure(h.url(session_path), args, cpu=h.cpu_seconds, cookies=cookies), base_name)
+    def read_write(url, cookies_path, name, cpu, side_cpu=None, get=None):
+        """`name`: 256 sessions, each changed by the request to `url`
+        (cookies from `cookies_path` on the server `get`)."""
+        if want(name):
+            cookies = get.cookies_from(cookies_path, 256)
+            add(name, lambda: measure(url, args, cpu=cpu, side_cpu=side_cpu, cookies=cookies))
 
     # 1. The ceiling, and mod_rsession on the same static file.
-    h = Httpd("""
+    if want("static file, no session, same server", SAME_COOKIES, "rsession file store, resumed sessions, static file",
+            "rsession one session, 16 clients, static file (read-only)"):
+        h = Httpd("""
 RSessionStore file:{ROOT}/store
 RSessionScratchRoot {ROOT}/scratch
 <Location /s/>
@@ -369,86 +638,67 @@ Alias /s/ {ROOT}/htdocs/
 Alias /one/ {ROOT}/htdocs/
 Alias /p/ {ROOT}/htdocs/
 """, modules=["alias"]).start()
-    try:
-        add("static file, no session, same server", measure(h.url("/index.html"), args, cpu=h.cpu_seconds))
-        cookies = h.cookies(256)
-        # The resumed rows' clients send one of 256 cookies, chosen by a wrk
-        # script that costs the client CPU too: the same requests without
-        # the module are their own baseline.
-        add("static file, no session, same cookies", measure(h.url("/p/index.html"), args, cpu=h.cpu_seconds, cookies=cookies))
-        add("rsession file store, resumed sessions, static file", measure(h.url("/s/index.html"), args, cpu=h.cpu_seconds, cookies=cookies),
-            "static file, no session, same cookies")
-        one = h.cookies(1)[0]
-        add("rsession one session, 16 clients, static file (read-only)", measure(h.url("/one/index.html"), args, cpu=h.cpu_seconds, cookie=one), "ceiling")
-    finally:
-        h.stop()
+        try:
+            add("static file, no session, same server", lambda: measure(h.url("/index.html"), args, cpu=h.cpu_seconds))
+            cookies = h.cookies(256)
+            # The resumed rows' clients send one of 256 cookies, chosen by a
+            # wrk script that costs the client CPU too: the same requests
+            # without the module are their own baseline.
+            add(SAME_COOKIES, lambda: measure(h.url("/p/index.html"), args, cpu=h.cpu_seconds, cookies=cookies))
+            add("rsession file store, resumed sessions, static file",
+                lambda: measure(h.url("/s/index.html"), args, cpu=h.cpu_seconds, cookies=cookies))
+            one = h.cookies(1)[0]
+            add("rsession one session, 16 clients, static file (read-only)",
+                lambda: measure(h.url("/one/index.html"), args, cpu=h.cpu_seconds, cookie=one))
+        finally:
+            h.stop()
 
     # 2. Read+write on every request: a mod_lua handler through X-RSession.
-    h = Httpd("""
-LuaScope thread
-LuaMapHandler ^/lua/plain$ {ROOT}/handler.lua handle
-LuaMapHandler ^/lua/session$ {ROOT}/handler.lua handle
-LuaMapHandler ^/lua/peek$ {ROOT}/handler.lua peek
+    if want(LUA_PLAIN, "rsession read+write via X-RSession, mod_lua, many sessions",
+            "rsession cookieless, handler writes nothing, mod_lua", "rsession new session writing one key, mod_lua"):
+        h = Httpd(LUA_SERVER + """
 RSessionStore file:{ROOT}/store
 RSessionScratchRoot {ROOT}/scratch
-<LocationMatch ^/lua/(session|peek)$>
-  RSession On
-</LocationMatch>
 """, modules=["lua"])
-    write(h.root, "handler.lua", LUA_HANDLER)
-    h.start()
-    try:
-        handler_rows(h, "/lua/plain", "/lua/session", "mod_lua handler, no session",
-                     "rsession read+write via X-RSession, mod_lua, many sessions")
-        # Bots and health checks: no cookie, nothing written, nothing kept.
-        add("rsession cookieless, handler writes nothing, mod_lua", measure(h.url("/lua/peek"), args, cpu=h.cpu_seconds),
-            "mod_lua handler, no session")
-        add("rsession new session writing one key, mod_lua", measure(h.url("/lua/session"), args, cpu=h.cpu_seconds),
-            "mod_lua handler, no session")
-    finally:
-        h.stop()
-
-    # 3. Redis store, resumed.
-    if shutil.which("redis-server"):
-        rport = free_port()
-        redis = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        write(h.root, "handler.lua", LUA_HANDLER)
+        h.start()
         try:
-            wait_for("redis", 20, lambda: _redis_ping(rport))
-            h = Httpd("""
-RSessionStore redis://127.0.0.1:%d/0?prefix=bench:
-RSessionScratchRoot {ROOT}/scratch
-<Location /s/>
-  RSession On
-</Location>
-Alias /s/ {ROOT}/htdocs/
-""" % rport, modules=["alias"]).start()
-            try:
-                cookies = h.cookies(256)
-                add("rsession Redis store, resumed sessions, static file",
-                    measure(h.url("/s/index.html"), args, cpu=h.cpu_seconds,
-                            side_cpu=lambda: process_group_cpu(redis.pid), cookies=cookies),
-                    "static file, no session, same cookies")
-            finally:
-                h.stop()
+            add(LUA_PLAIN, lambda: measure(h.url("/lua/plain"), args, cpu=h.cpu_seconds))
+            read_write(h.url("/lua/session"), "/lua/session", "rsession read+write via X-RSession, mod_lua, many sessions",
+                       h.cpu_seconds, get=h)
+            # Bots and health checks: no cookie, nothing written, nothing kept.
+            add("rsession cookieless, handler writes nothing, mod_lua",
+                lambda: measure(h.url("/lua/peek"), args, cpu=h.cpu_seconds))
+            add("rsession new session writing one key, mod_lua",
+                lambda: measure(h.url("/lua/session"), args, cpu=h.cpu_seconds))
         finally:
-            redis.terminate()
-            redis.wait()
+            h.stop()
+
+    # 3. Redis stores: one server resumed and read+write, over TLS, a
+    # Cluster; Redis's own CPU counted apart.
+    if not shutil.which("redis-server"):
+        print("  (redis-server not installed: Redis rows skipped)", file=sys.stderr)
+    else:
+        _redis_rows(args, want, add, read_write)
 
     # 4. Peers, each against its own no-session baseline.
-    h = Httpd("""
+    if want("peer: mod_session_cookie, static file"):
+        h = Httpd("""
 <Location /ms/>
   Session On
   SessionCookieName session path=/
 </Location>
 Alias /ms/ {ROOT}/htdocs/
 """, modules=["alias", "session", "session_cookie"], rsession=False).start()
-    try:
-        add("peer: mod_session_cookie, static file", measure(h.url("/ms/index.html"), args, cpu=h.cpu_seconds, cookie="session=user=ann&n=1"), "ceiling")
-    finally:
-        h.stop()
+        try:
+            add("peer: mod_session_cookie, static file",
+                lambda: measure(h.url("/ms/index.html"), args, cpu=h.cpu_seconds, cookie="session=user=ann&n=1"))
+        finally:
+            h.stop()
 
-    if os.path.exists(os.path.join(MODS, "mod_python.so")):
+    if not want("peer: mod_python handler, no session", "peer: mod_python FileSession read+write, many sessions"):
+        pass
+    elif os.path.exists(os.path.join(MODS, "mod_python.so")):
         h = Httpd("""
 <Location /py/>
   SetHandler mod_python
@@ -462,38 +712,154 @@ Alias /ms/ {ROOT}/htdocs/
         shutil.chown(os.path.join(h.root, "pysessions"), "www-data", "www-data")
         h.start()
         try:
-            handler_rows(h, "/py/plain", "/py/session", "peer: mod_python handler, no session",
-                         "peer: mod_python FileSession read+write, many sessions")
+            warm_up(h.url("/py/plain"))
+            add("peer: mod_python handler, no session", lambda: measure(h.url("/py/plain"), args, cpu=h.cpu_seconds))
+            read_write(h.url("/py/session"), "/py/session", "peer: mod_python FileSession read+write, many sessions",
+                       h.cpu_seconds, get=h)
         finally:
             h.stop()
     else:
         print("  (mod_python not installed: skipped)", file=sys.stderr)
 
-    php = [m for m in os.listdir(MODS) if re.match(r"libphp[\d.]*\.so$", m)]
-    if php:
-        h = Httpd("""
-LoadModule php_module %s/%s
-AddType application/x-httpd-php .php
-php_admin_value session.save_path {ROOT}/phpsessions
-php_admin_value session.gc_probability 0
-""" % (MODS, php[0]), mpm="prefork", rsession=False)
-        write(h.root, "htdocs/plain.php", PHP_PLAIN)
-        write(h.root, "htdocs/session.php", PHP_SESSION)
-        os.makedirs(os.path.join(h.root, "phpsessions"))
-        shutil.chown(os.path.join(h.root, "phpsessions"), "www-data", "www-data")
+    php_rows = [r for r in ROWS if r.startswith("peer: PHP-FPM")]
+    if not want(*php_rows):
+        pass
+    elif not php_fpm_binary():
+        print("  (php-fpm not installed: PHP rows skipped)", file=sys.stderr)
+    else:
+        _php_rows(args, want, add, read_write)
+    return rows
+
+
+# mod_lua's handlers at /lua/*, under RSession where they use a session.
+LUA_SERVER = """
+LuaScope thread
+LuaMapHandler ^/lua/plain$ {ROOT}/handler.lua handle
+LuaMapHandler ^/lua/session$ {ROOT}/handler.lua handle
+LuaMapHandler ^/lua/peek$ {ROOT}/handler.lua peek
+<LocationMatch ^/lua/(session|peek)$>
+  RSession On
+</LocationMatch>
+"""
+
+# A Redis-backed server: static files under /s/ and the mod_lua handlers.
+REDIS_SERVER = LUA_SERVER + """
+RSessionStore %s
+RSessionScratchRoot {ROOT}/scratch
+<Location /s/>
+  RSession On
+</Location>
+Alias /s/ {ROOT}/htdocs/
+"""
+
+
+def _redis_rows(args, want, add, read_write):
+    resumed = "rsession Redis store, resumed sessions, static file"
+    rw = "rsession Redis store read+write via X-RSession, mod_lua, many sessions"
+    tls = "rsession Redis over TLS (rediss), resumed sessions, static file"
+    cluster = "rsession Redis Cluster (3 masters), resumed sessions, static file"
+
+    def server(url, name, redis_cpu, rw_name=None):
+        h = Httpd(REDIS_SERVER % url, modules=["alias", "lua"])
+        write(h.root, "handler.lua", LUA_HANDLER)
         h.start()
         try:
-            add("peer: PHP (prefork), no session", measure(h.url("/plain.php"), args, cpu=h.cpu_seconds))
-            cookies = h.cookies_from("/session.php", 256)
-            add("peer: PHP file sessions read+write, many sessions", measure(h.url("/session.php"), args, cpu=h.cpu_seconds, cookies=cookies), "peer: PHP (prefork), no session")
-            one = h.cookies_from("/session.php", 1)[0]
-            add("peer: PHP file sessions, one session, 16 clients", measure(h.url("/session.php"), args, cpu=h.cpu_seconds, cookie=one), "peer: PHP (prefork), no session")
-            add("peer: PHP file sessions, new session per request", measure(h.url("/session.php"), args, cpu=h.cpu_seconds), "peer: PHP (prefork), no session")
+            if want(name):
+                cookies = h.cookies(256)
+                add(name, lambda: measure(h.url("/s/index.html"), args, cpu=h.cpu_seconds, side_cpu=redis_cpu,
+                                          cookies=cookies))
+            if rw_name:
+                read_write(h.url("/lua/session"), "/lua/session", rw_name, h.cpu_seconds, side_cpu=redis_cpu, get=h)
         finally:
             h.stop()
-    else:
-        print("  (mod_php not installed: skipped)", file=sys.stderr)
-    return rows
+
+    if want(resumed, rw):
+        redis = Redis()
+        try:
+            server("redis://127.0.0.1:%d/0?prefix=bench:" % redis.port, resumed, redis.cpu_seconds, rw)
+        finally:
+            redis.stop()
+    if want(tls):
+        pki = Pki()
+        try:
+            redis = Redis(tls=pki)
+            try:
+                server("rediss://127.0.0.1:%d/0?prefix=bench:&ca_file=%s" % (redis.port, pki.path("ca.crt")), tls,
+                       redis.cpu_seconds)
+            finally:
+                redis.stop()
+        finally:
+            pki.remove()
+    if want(cluster):
+        farm = RedisCluster()
+        try:
+            server(farm.url("prefix=bench:"), cluster, farm.cpu_seconds)
+        finally:
+            farm.stop()
+
+
+def _php_rows(args, want, add, read_write):
+    """PHP through php-fpm (mod_proxy_fcgi from an event-MPM httpd, as
+    Debian sets it up), with its file sessions and, when the phpredis
+    extension is installed, its Redis sessions with locking."""
+    phpredis = ["peer: PHP-FPM phpredis sessions read+write, many sessions",
+                "peer: PHP-FPM phpredis sessions resumed (read only), many sessions"]
+    pools = {"files": {"session.save_handler": "files", "session.save_path": "{ROOT}/phpsessions",
+                       "session.gc_probability": "0"}}
+    redis = fpm = h = None
+    try:
+        if want(*phpredis):
+            if not shutil.which("redis-server") or "redis" not in php_fpm_modules():
+                print("  (redis-server or phpredis (php8.2-redis) not installed: phpredis rows skipped)", file=sys.stderr)
+                phpredis = []
+            else:
+                redis = Redis()
+                pools["redis"] = {"session.save_handler": "redis",
+                                  "session.save_path": '"tcp://127.0.0.1:%d"' % redis.port,
+                                  "redis.session.locking_enabled": "1", "session.gc_probability": "0"}
+        fpm = PhpFpm(pools)
+        os.mkdir(os.path.join(fpm.root, "phpsessions"))
+        shutil.chown(os.path.join(fpm.root, "phpsessions"), "www-data", "www-data")
+        fpm.start()
+        # .php files go to the file-session pool; the same files under
+        # /redis/ to the phpredis one.
+        h = Httpd("""
+<FilesMatch "\\.php$">
+  SetHandler "%s"
+</FilesMatch>
+Alias /redis/ {ROOT}/htdocs/
+<LocationMatch "^/redis/.+\\.php$">
+  SetHandler "%s"
+</LocationMatch>
+""" % (fpm.handler("files"), fpm.handler("redis") if redis else fpm.handler("files")),
+                  modules=["alias", "proxy", "proxy_fcgi"], rsession=False)
+        write(h.root, "htdocs/plain.php", PHP_PLAIN)
+        write(h.root, "htdocs/session.php", PHP_SESSION)
+        write(h.root, "htdocs/session-read.php", PHP_SESSION_READ)
+        h.start()
+        warm_up(h.url("/plain.php"))
+
+        def cpu():
+            return h.cpu_seconds() + fpm.cpu_seconds()
+        add(PHP_PLAIN_ROW, lambda: measure(h.url("/plain.php"), args, cpu=cpu))
+        read_write(h.url("/session.php"), "/session.php", "peer: PHP-FPM file sessions read+write, many sessions", cpu, get=h)
+        if want("peer: PHP-FPM file sessions, one session, 16 clients"):
+            one = h.cookies_from("/session.php", 1)[0]
+            add("peer: PHP-FPM file sessions, one session, 16 clients",
+                lambda: measure(h.url("/session.php"), args, cpu=cpu, cookie=one))
+        add("peer: PHP-FPM file sessions, new session per request", lambda: measure(h.url("/session.php"), args, cpu=cpu))
+        if redis and want(*phpredis):
+            cookies = h.cookies_from("/redis/session.php", 256)
+            if b":0" == redis.cmd("DBSIZE").strip():
+                raise SystemExit("phpredis sessions: nothing in Redis after 256 sessions\n" + fpm.log())
+            add(phpredis[0], lambda: measure(h.url("/redis/session.php"), args, cpu=cpu, side_cpu=redis.cpu_seconds,
+                                             cookies=cookies))
+            add(phpredis[1], lambda: measure(h.url("/redis/session-read.php"), args, cpu=cpu,
+                                             side_cpu=redis.cpu_seconds, cookies=cookies))
+    finally:
+        for server in (h, fpm, redis):
+            if server:
+                server.stop()
 
 
 def _redis_ping(port):
@@ -1132,6 +1498,9 @@ def main():
     p.add_argument("--no-callgrind", action="store_true")
     p.add_argument("--no-scenarios", action="store_true", help="only the sweep and callgrind parts")
     p.add_argument("--no-profile", action="store_true", help="skip where-the-time-goes (strace, floor)")
+    p.add_argument("--only", action="append", metavar="SUBSTRING",
+                   help="run only the scenarios whose name holds SUBSTRING (any case; repeatable), with their"
+                        " baselines; the sweep, callgrind and profile parts have their own switches")
     args = p.parse_args()
     if args.sweep_restart is None:
         args.sweep_restart = min(args.sweep, 200000)

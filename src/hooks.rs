@@ -204,6 +204,10 @@ pub fn post_config(ptemp: Pool<'_>, main: Server<'_>) -> c_int {
         Owner::current()
     });
     let mut prepared: HashSet<String> = HashSet::new();
+    // The scratch root's group is one: two groups on one root would take
+    // it from each other at every start.
+    let mut root_groups: std::collections::HashMap<std::path::PathBuf, u32> =
+        std::collections::HashMap::new();
     for server in main.iter() {
         let state = server.config::<ServerState>();
         let runtime = match builder.build(&state.conf, &host, &server.name()) {
@@ -240,6 +244,19 @@ pub fn post_config(ptemp: Pool<'_>, main: Server<'_>) -> c_int {
                 }
             }
         };
+        if let Some(gid) = runtime.scratch.group() {
+            let root = runtime.scratch.root().to_path_buf();
+            if *root_groups.entry(root.clone()).or_insert(gid) != gid {
+                slog!(
+                    server,
+                    Level::Emerg,
+                    "RS0002 cannot prepare {}: another server gives this scratch root another \
+                     RSessionScratchGroup; give each group its own RSessionScratchRoot",
+                    root.display()
+                );
+                return sys::HTTP_INTERNAL_SERVER_ERROR as c_int;
+            }
+        }
         let store_ready = prepare(format!("store {}", runtime.store.describe()), &|| {
             runtime.store.prepare_local(&setup)
         });
@@ -387,21 +404,26 @@ static REAPER_STARTS: parking_lot::Mutex<
 /// `RSessionScratchGroup` has directories waiting in `.reap`, starts a
 /// reaper for them (`reaper.rs`; one at a time, by its lock).
 pub fn monitor(main: Server<'_>) -> c_int {
-    let user = if is_root() {
-        child_user().0
+    let (user, user_gid) = if is_root() {
+        child_user()
     } else {
-        nix::unistd::geteuid().as_raw()
+        (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        )
     };
     let mut jobs: Vec<crate::reaper::ReapJob> = Vec::new();
     for rt in main
         .iter()
         .filter_map(|s| s.config::<ServerState>().runtime.get())
     {
-        let Some(gid) = rt.scratch.group() else {
+        let (Some(gid), Some(tag)) = (rt.scratch.group(), rt.scratch.store_dir().file_name())
+        else {
             continue;
         };
         let job = crate::reaper::ReapJob {
-            reap_dir: rt.scratch.store_dir().join(crate::scratch::REAP_DIR),
+            root: rt.scratch.root().to_path_buf(),
+            tag: tag.to_os_string(),
             gid,
             user,
         };
@@ -410,7 +432,7 @@ pub fn monitor(main: Server<'_>) -> c_int {
         }
         let waiting = crate::reaper::pending(&job);
         let mut starts = REAPER_STARTS.lock();
-        let last = starts.entry(job.reap_dir.clone()).or_default();
+        let last = starts.entry(job.reap_dir()).or_default();
         if crate::reaper::due(last, waiting, std::time::Instant::now()) {
             jobs.push(job);
         }
@@ -419,7 +441,23 @@ pub fn monitor(main: Server<'_>) -> c_int {
         return OK;
     }
     let started = crate::ffi::process::spawn_detached(main.error_log_fd(), || {
-        for line in crate::reaper::run(&jobs, &reap_as_owner) {
+        let as_owner = |uid: u32,
+                        dir: std::os::fd::BorrowedFd<'_>,
+                        name: &std::ffi::OsStr,
+                        mark: crate::safe_fs::Mark| {
+            // User keeps its own groups (it need not be in the group);
+            // a member acts with the group alone.
+            let groups = if uid == user {
+                user_groups(uid, user_gid)
+            } else {
+                vec![mark.gid]
+            };
+            crate::ffi::process::as_owner(uid, &groups, dir, name, |dir, name| {
+                let stop = std::sync::atomic::AtomicBool::new(false);
+                let _ = crate::safe_fs::remove_marked_tree_at(dir, name, mark, &stop);
+            })
+        };
+        for line in crate::reaper::run(&jobs, &as_owner) {
             slog!(main, Level::Warning, "{line}");
         }
     });
@@ -433,16 +471,17 @@ pub fn monitor(main: Server<'_>) -> c_int {
     OK
 }
 
-/// The reaper's removal, as one owner (`reaper::AsOwner`).
-fn reap_as_owner(
-    uid: u32,
-    gid: u32,
-    dir: std::os::fd::BorrowedFd<'_>,
-    name: &std::ffi::OsStr,
-) -> std::io::Result<bool> {
-    crate::ffi::process::as_owner(uid, gid, dir, name, |dir, name| {
-        let _ = crate::safe_fs::remove_tree_at(dir, name);
-    })
+/// The groups of `uid` (primary `gid` first), as its login would have.
+fn user_groups(uid: u32, gid: u32) -> Vec<u32> {
+    let mut groups = vec![gid];
+    if let Ok(Some(u)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        if let Ok(name) = std::ffi::CString::new(u.name) {
+            if let Ok(all) = nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(gid)) {
+                groups.extend(all.iter().map(|g| g.as_raw()).filter(|&g| g != gid));
+            }
+        }
+    }
+    groups
 }
 
 // ---- requests --------------------------------------------------------------

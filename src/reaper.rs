@@ -13,7 +13,7 @@
 //! `User` nor a member of the group, so it can do nothing those users
 //! could not do themselves.
 
-use crate::safe_fs;
+use crate::safe_fs::{self, Mark};
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -21,19 +21,31 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// One store's `.reap` directory and who may empty it.
+/// One store's shared part of a scratch root and who may empty its
+/// `.reap`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReapJob {
-    pub reap_dir: PathBuf,
+    /// The configured scratch root (the administrator's path).
+    pub root: PathBuf,
+    /// The store's tag directory inside it.
+    pub tag: OsString,
     /// `RSessionScratchGroup`'s gid.
     pub gid: u32,
     /// `User`'s uid.
     pub user: u32,
 }
 
-/// Removes, as the user `uid` (group `gid`), what that user can of
-/// `name` in `dir`; `Ok(false)` when the identity could not be taken.
-pub type AsOwner<'a> = &'a dyn Fn(u32, u32, BorrowedFd<'_>, &OsStr) -> io::Result<bool>;
+impl ReapJob {
+    /// `root/<tag>/.reap`, for the log.
+    pub fn reap_dir(&self) -> PathBuf {
+        self.root.join(&self.tag).join(crate::scratch::REAP_DIR)
+    }
+}
+
+/// Removes, as the user `uid`, what that user can of `name` in `dir`,
+/// entering only directories with `mark`; `Ok(false)` when the identity
+/// could not be taken or the removal did not finish in time.
+pub type AsOwner<'a> = &'a dyn Fn(u32, BorrowedFd<'_>, &OsStr, Mark) -> io::Result<bool>;
 
 /// Rounds per directory: each one removes at least the deepest level of
 /// another owner's directories, so this bounds the nesting of owners.
@@ -42,12 +54,41 @@ const ROUNDS: usize = 8;
 const WALK_LIMIT: usize = 200_000;
 /// A reaper gives up (the next one goes on) after this long.
 const RUN_LIMIT: Duration = Duration::from_secs(120);
+/// Entries of `.reap` the parent counts, at most (it only needs to know
+/// whether more arrived).
+const COUNT_LIMIT: usize = 1000;
+
+/// Opens `job`'s `.reap` without trusting a path a CGI can change: the
+/// root by its configured path (its last component never followed), then
+/// the tag and `.reap` relative to descriptors, each a directory of
+/// `User` with the group's mark on the root's file system. `None` when any
+/// of them is missing or is not that.
+fn open_reap(job: &ReapJob) -> io::Result<Option<(OwnedFd, Mark)>> {
+    let Some(root) = safe_fs::open_dir(&job.root)? else {
+        return Ok(None);
+    };
+    let dev = nix::sys::stat::fstat(&root)
+        .map_err(io::Error::from)?
+        .st_dev as u64;
+    let mark = Mark { gid: job.gid, dev };
+    let step = |dir: &OwnedFd, name: &OsStr| -> io::Result<Option<OwnedFd>> {
+        let Some(fd) = safe_fs::open_dir_at(dir, name)? else {
+            return Ok(None);
+        };
+        let st = nix::sys::stat::fstat(&fd).map_err(io::Error::from)?;
+        Ok((st.st_uid == job.user && mark.on(&st)).then_some(fd))
+    };
+    let Some(tag) = step(&root, &job.tag)? else {
+        return Ok(None);
+    };
+    Ok(step(&tag, OsStr::new(crate::scratch::REAP_DIR))?.map(|reap| (reap, mark)))
+}
 
 /// How many directories wait in `job`'s `.reap` (a cheap check for the
-/// parent, once per monitor run).
+/// parent, once per monitor run; counted up to `COUNT_LIMIT`).
 pub fn pending(job: &ReapJob) -> usize {
-    match safe_fs::open_dir(&job.reap_dir) {
-        Ok(Some(fd)) => safe_fs::list(&fd).map_or(0, |names| names.len()),
+    match open_reap(job) {
+        Ok(Some((fd, _))) => safe_fs::count_entries(&fd, COUNT_LIMIT).unwrap_or(0),
         _ => 0,
     }
 }
@@ -77,11 +118,11 @@ pub fn run(jobs: &[ReapJob], as_owner: AsOwner<'_>) -> Vec<String> {
     let started = Instant::now();
     let mut notes = Vec::new();
     for job in jobs {
-        let Ok(Some(reap)) = safe_fs::open_dir(&job.reap_dir) else {
+        let Ok(Some((reap, mark))) = open_reap(job) else {
             continue;
         };
         // One reaper per directory at a time; a busy lock means another
-        // is at work.
+        // is at work (each is bounded by RUN_LIMIT).
         let Ok(reap) = nix::fcntl::Flock::lock(reap, nix::fcntl::FlockArg::LockExclusiveNonblock)
         else {
             continue;
@@ -93,10 +134,10 @@ pub fn run(jobs: &[ReapJob], as_owner: AsOwner<'_>) -> Vec<String> {
             if started.elapsed() > RUN_LIMIT {
                 return notes;
             }
-            if let Err(why) = reap_one(job, reap.as_fd(), &name, as_owner) {
+            if let Err(why) = reap_one(job, reap.as_fd(), &name, mark, as_owner) {
                 notes.push(format!(
                     "RS0140 cannot remove {}/{}: {why}",
-                    job.reap_dir.display(),
+                    job.reap_dir().display(),
                     shown(&name)
                 ));
             }
@@ -115,17 +156,36 @@ fn shown(name: &OsStr) -> String {
     }
 }
 
-/// Removes `name` in the `.reap` directory `reap`, owner by owner.
+/// Removes `name` in the `.reap` directory `reap`, owner by owner. Only a
+/// session directory (User's, with the mark) is taken, and inside it only
+/// directories with the mark are entered, by the owners' processes too.
 fn reap_one(
     job: &ReapJob,
     reap: BorrowedFd<'_>,
     name: &OsStr,
+    mark: Mark,
     as_owner: AsOwner<'_>,
 ) -> Result<(), String> {
     let mut refused: BTreeSet<u32> = BTreeSet::new();
+    let mut unmarked = false;
+    match safe_fs::stat_at(reap, name) {
+        Ok(None) => return Ok(()),
+        Ok(Some(st)) if st.st_uid == job.user && mark.on(&st) => {}
+        Ok(Some(_)) => {
+            return Err(
+                "not a session directory of the shared scratch tree (owner, group \
+                        or mark): left alone"
+                    .into(),
+            )
+        }
+        Err(e) => return Err(format!("cannot look at it: {e}")),
+    }
     for _ in 0..ROUNDS {
-        let owners = match directory_owners(reap, name) {
-            Ok(Some(owners)) => owners,
+        let owners = match marked_owners(reap, name, mark) {
+            Ok(Some((owners, foreign))) => {
+                unmarked |= foreign;
+                owners
+            }
             Ok(None) => return Ok(()),
             Err(e) => return Err(format!("cannot look inside: {e}")),
         };
@@ -141,7 +201,7 @@ fn reap_one(
                 refused.insert(uid);
                 continue;
             }
-            if as_owner(uid, job.gid, reap, name).unwrap_or(false) {
+            if as_owner(uid, reap, name, mark).unwrap_or(false) {
                 acted = true;
             }
         }
@@ -149,29 +209,42 @@ fn reap_one(
             break;
         }
     }
-    match directory_owners(reap, name) {
+    match marked_owners(reap, name, mark) {
         Ok(None) => Ok(()),
         _ if !refused.is_empty() => Err(format!(
             "it holds directories of uid {refused:?}, neither User nor in RSessionScratchGroup: \
              remove them by hand"
         )),
+        _ if unmarked => Err(
+            "it holds directories that are not the group's (made elsewhere and moved in, or \
+             given another group), which the reaper does not enter: look at them and remove \
+             them by hand"
+                .into(),
+        ),
         _ => Err("its owners could not remove all of it".into()),
     }
 }
 
-/// The owners of `name` in `dir` and of every directory below it, looked
-/// at without following a link and without changing anything; `None` when
-/// it is gone.
-fn directory_owners(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Option<BTreeSet<u32>>> {
+/// The owners of `name` in `dir` and of every directory with `mark` below
+/// it, looked at without following a link and without changing anything
+/// (directories without the mark are not entered; the flag says whether
+/// there were any); `None` when it is gone.
+fn marked_owners(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    mark: Mark,
+) -> io::Result<Option<(BTreeSet<u32>, bool)>> {
     let Some(st) = safe_fs::stat_at(dir, name)? else {
         return Ok(None);
     };
     let mut owners = BTreeSet::from([st.st_uid]);
-    if !safe_fs::is_dir(&st) {
-        return Ok(Some(owners));
-    }
+    let mut unmarked = false;
     let mut stack: Vec<(OwnedFd, Vec<OsString>)> = Vec::new();
     if let Some(fd) = safe_fs::open_dir_at(dir, name)? {
+        let st = nix::sys::stat::fstat(&fd).map_err(io::Error::from)?;
+        if !mark.on(&st) {
+            return Ok(Some((owners, true)));
+        }
         let names = safe_fs::list(&fd)?;
         stack.push((fd, names));
     }
@@ -183,25 +256,32 @@ fn directory_owners(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Option<BTre
             break;
         }
         let sub = match safe_fs::stat_at(&fd, &entry)? {
-            Some(st) if safe_fs::is_dir(&st) => {
+            Some(st) if mark.on(&st) => {
                 owners.insert(st.st_uid);
                 safe_fs::open_dir_at(&fd, &entry).ok().flatten()
+            }
+            Some(st) if safe_fs::is_dir(&st) => {
+                unmarked = true;
+                None
             }
             _ => None,
         };
         stack.push((fd, names));
         if let Some(sub) = sub {
-            if let Ok(names) = safe_fs::list(&sub) {
-                stack.push((sub, names));
+            let still = nix::sys::stat::fstat(&sub).is_ok_and(|st| mark.on(&st));
+            if still {
+                if let Ok(names) = safe_fs::list(&sub) {
+                    stack.push((sub, names));
+                }
             }
         }
     }
-    Ok(Some(owners))
+    Ok(Some((owners, unmarked)))
 }
 
 /// Whether the user `uid` is in the group `gid` (as its primary group or
 /// a supplementary one).
-fn is_member(uid: u32, gid: u32) -> bool {
+pub fn is_member(uid: u32, gid: u32) -> bool {
     use nix::unistd::{Gid, Uid, User};
     let Ok(Some(user)) = User::from_uid(Uid::from_raw(uid)) else {
         return false;
@@ -221,48 +301,122 @@ mod tests {
     use super::*;
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
 
     fn me() -> u32 {
         nix::unistd::geteuid().as_raw()
     }
+    fn my_group() -> u32 {
+        nix::unistd::getegid().as_raw()
+    }
+    /// `User` in these tests: this user, or (as root, whom the reaper
+    /// never acts as) someone else.
+    fn user() -> u32 {
+        if me() == 0 {
+            4_000_000_001
+        } else {
+            me()
+        }
+    }
+
+    /// A directory of the shared tree: the group, setgid, 2770, User's.
+    fn shared_dir(path: &Path) {
+        fs::create_dir(path).unwrap();
+        if me() == 0 {
+            std::os::unix::fs::chown(path, Some(user()), Some(my_group())).unwrap();
+        }
+        fs::set_permissions(path, fs::Permissions::from_mode(0o2770)).unwrap();
+    }
+
+    /// A scratch root with one store's part and its `.reap`.
+    fn job(dir: &Path) -> ReapJob {
+        let root = dir.join("scratch");
+        fs::create_dir(&root).unwrap();
+        shared_dir(&root.join("tag"));
+        shared_dir(&root.join("tag/.reap"));
+        ReapJob {
+            root,
+            tag: "tag".into(),
+            gid: my_group(),
+            user: user(),
+        }
+    }
 
     /// Removes as the current user, whoever is asked for.
-    fn in_place(_uid: u32, _gid: u32, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
-        let _ = safe_fs::remove_tree_at(dir, name);
+    fn in_place(_uid: u32, dir: BorrowedFd<'_>, name: &OsStr, mark: Mark) -> io::Result<bool> {
+        let _ = safe_fs::remove_marked_tree_at(
+            dir,
+            name,
+            mark,
+            &std::sync::atomic::AtomicBool::new(false),
+        );
         Ok(true)
     }
 
     #[test]
-    fn a_reaped_tree_goes_and_the_owners_are_found_without_following_links() {
+    fn a_reaped_tree_goes_and_links_are_never_followed() {
         let dir = tempfile::tempdir().unwrap();
-        let reap = dir.path().join(".reap");
-        fs::create_dir(&reap).unwrap();
+        let job = job(dir.path());
         let outside = dir.path().join("outside");
         fs::create_dir(&outside).unwrap();
         fs::write(outside.join("keep"), "x").unwrap();
-        let tree = reap.join("0123.1");
+        let tree = job.reap_dir().join("0123.1");
+        shared_dir(&tree);
+        // Made inside: the setgid bit and the group come along.
         fs::create_dir_all(tree.join("sub/deeper")).unwrap();
         fs::write(tree.join("sub/deeper/f"), "x").unwrap();
         std::os::unix::fs::symlink(&outside, tree.join("link")).unwrap();
         fs::set_permissions(tree.join("sub"), fs::Permissions::from_mode(0o000)).unwrap();
-        // User: someone else (always acted as); this test's user is in its
-        // own primary group, or is root (never acted as: User does it).
-        let job = ReapJob {
-            reap_dir: reap.clone(),
-            gid: nix::unistd::getegid().as_raw(),
-            user: 4_000_000_001,
-        };
         assert_eq!(pending(&job), 1);
-        let fd = safe_fs::open_dir(&reap).unwrap().unwrap();
-        let owners = directory_owners(fd.as_fd(), OsStr::new("0123.1"))
-            .unwrap()
-            .unwrap();
-        assert_eq!(owners, BTreeSet::from([me()]));
         let notes = run(std::slice::from_ref(&job), &in_place);
         assert!(notes.is_empty(), "{notes:?}");
         assert!(!tree.exists());
         assert_eq!(pending(&job), 0);
         assert!(outside.join("keep").exists(), "links are never followed");
+    }
+
+    #[test]
+    fn a_directory_moved_in_from_elsewhere_is_never_entered() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = job(dir.path());
+        let tree = job.reap_dir().join("4567.1");
+        shared_dir(&tree);
+        fs::write(tree.join("upload"), "x").unwrap();
+        // A victim's directory, made outside the tree (no mark) and moved in.
+        let victim = dir.path().join("victim");
+        fs::create_dir(&victim).unwrap();
+        fs::write(victim.join("photo.jpg"), "precious").unwrap();
+        if me() != 0 {
+            // Without root, another group for it cannot be had.
+            return;
+        }
+        std::os::unix::fs::chown(&victim, None, Some(4_000_000_002)).unwrap();
+        fs::rename(&victim, tree.join("victim")).unwrap();
+        let notes = run(std::slice::from_ref(&job), &in_place);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains("not the group's"), "{notes:?}");
+        assert!(
+            tree.join("victim/photo.jpg").exists(),
+            "not entered, not removed"
+        );
+        assert!(!tree.join("upload").exists(), "the session's own file went");
+    }
+
+    #[test]
+    fn reap_is_not_reached_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = job(dir.path());
+        // The tag replaced by a link to a tree of the attacker's choosing.
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        shared_dir(&elsewhere.join(".reap"));
+        shared_dir(&elsewhere.join(".reap/0123.1"));
+        fs::rename(job.root.join("tag"), job.root.join("tag.moved")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, job.root.join("tag")).unwrap();
+        assert_eq!(pending(&job), 0);
+        let notes = run(std::slice::from_ref(&job), &in_place);
+        assert!(notes.is_empty());
+        assert!(elsewhere.join(".reap/0123.1").exists());
     }
 
     #[test]
@@ -293,27 +447,34 @@ mod tests {
     #[test]
     fn root_and_strangers_are_never_acted_as() {
         let dir = tempfile::tempdir().unwrap();
-        let reap = dir.path().join(".reap");
-        fs::create_dir_all(reap.join("x.1")).unwrap();
+        let mut job = job(dir.path());
+        let tree = job.reap_dir().join("89ab.1");
+        shared_dir(&tree);
+        shared_dir(&tree.join("theirs"));
         let asked = std::cell::RefCell::new(Vec::new());
-        let record = |uid: u32, _: u32, _: BorrowedFd<'_>, _: &OsStr| -> io::Result<bool> {
+        let record = |uid: u32, _: BorrowedFd<'_>, _: &OsStr, _: Mark| -> io::Result<bool> {
             asked.borrow_mut().push(uid);
             Ok(false)
         };
-        // The tree's owner is this test's user; pretend User is someone
-        // else and the group one nobody is in.
-        let job = ReapJob {
-            reap_dir: reap,
-            gid: 4_000_000_000,
-            user: 4_000_000_001,
-        };
-        let notes = run(&[job], &record);
+        // A group nobody is in: only User may be acted as.
+        job.gid = my_group();
+        let stranger_group = 4_000_000_000;
+        let notes = run(
+            &[ReapJob {
+                gid: stranger_group,
+                ..job.clone()
+            }],
+            &record,
+        );
+        assert!(
+            notes.is_empty(),
+            "no mark of that group: not even looked into"
+        );
+        let notes = run(std::slice::from_ref(&job), &record);
         assert_eq!(notes.len(), 1, "{notes:?}");
         assert!(notes[0].contains("RS0140"), "{notes:?}");
         let asked = asked.into_inner();
         assert!(!asked.contains(&0), "never as root: {asked:?}");
-        if me() != 0 {
-            assert!(!asked.contains(&me()), "not User, not a member: {asked:?}");
-        }
+        assert!(asked.contains(&user()), "User always: {asked:?}");
     }
 }

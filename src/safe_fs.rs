@@ -165,6 +165,23 @@ pub fn list(dir: impl AsFd) -> io::Result<Vec<OsString>> {
     Ok(names)
 }
 
+/// How many entries `dir` holds, counting up to `cap` at most.
+pub fn count_entries(dir: impl AsFd, cap: usize) -> io::Result<usize> {
+    let mut d = nix::dir::Dir::openat(dir, ".", dir_flags(), Mode::empty()).map_err(errno)?;
+    let mut n = 0;
+    for entry in d.iter() {
+        let entry = entry.map_err(errno)?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            n += 1;
+            if n >= cap {
+                break;
+            }
+        }
+    }
+    Ok(n)
+}
+
 /// `lstat` of `name` in `dir`: `Ok(None)` when it does not exist.
 pub fn stat_at(dir: impl AsFd, name: &OsStr) -> io::Result<Option<FileStat>> {
     match fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
@@ -599,6 +616,19 @@ impl Root {
                     continue;
                 }
             };
+            // What was opened is what gets changed: it must be this
+            // process's fresh directory or one of User's, on the parent's
+            // file system (a directory swapped in after the check — a
+            // victim's, moved here by a CGI — is left alone and looked at
+            // again).
+            let opened = fstat(&fd).map_err(|e| fail(format!("cannot stat: {e}")))?;
+            let parent_dev = fstat(parent)
+                .map_err(|e| fail(format!("cannot stat: {e}")))?
+                .st_dev;
+            let ours = opened.st_uid == self.owner.uid || opened.st_uid == Setup::running_uid();
+            if !is_dir(&opened) || !ours || opened.st_dev != parent_dev {
+                continue;
+            }
             // The group and the setgid bit (the order matters: a change of
             // group clears setgid).
             fchown(&fd, None, Some(Gid::from_raw(gid))).map_err(|e| {
@@ -609,14 +639,15 @@ impl Root {
             })?;
             fchmod(&fd, Mode::from_bits_truncate(GROUP_PASS_MODE))
                 .map_err(|e| fail(format!("cannot set mode 2710: {e}")))?;
-            if let Err(e) = set_default_acl(&fd) {
-                notes.push(format!(
-                    "{}: no default ACL ({e}): directories made below lose the group's write \
-                     permission to umask and get it back by chmod, which drops their setgid \
-                     bit unless User is in the group",
-                    shown.display()
-                ));
-            }
+            // Required: without it directories made below lose the
+            // group's write bit to umask, and a chmod by User (not in the
+            // group) drops their setgid bit, the mark the reaper trusts.
+            set_default_acl(&fd).map_err(|e| {
+                fail(format!(
+                    "cannot set a default ACL ({e}): RSessionScratchGroup needs a file system \
+                     with POSIX ACLs for the scratch root"
+                ))
+            })?;
             return Ok(fd);
         }
         Err(fail("something keeps appearing under this name".into()))
@@ -663,6 +694,49 @@ impl Root {
 /// following a link. `Ok(None)`: gone, or it was not a directory after all
 /// (then it was unlinked).
 fn open_for_removal(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<Option<OwnedFd>> {
+    open_for_removal_within(parent, name, None)
+}
+
+/// Which directories a removal may enter: those of a scratch tree shared
+/// with `RSessionScratchGroup` carry its mark, the group (which every
+/// directory made there inherits from the setgid directories above, and
+/// which a `chmod` leaves) on the tree's own file system (`rename` cannot
+/// bring a directory from another one). A directory without it was made
+/// elsewhere and moved in (a victim's, brought by someone who could move
+/// but not empty it): it is neither entered nor changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    pub gid: u32,
+    pub dev: u64,
+}
+
+impl Mark {
+    pub fn on(&self, st: &FileStat) -> bool {
+        is_dir(st) && st.st_gid == self.gid && st.st_dev == self.dev
+    }
+}
+
+fn not_marked() -> io::Error {
+    io::Error::new(
+        ErrorKind::PermissionDenied,
+        "a directory not made in the shared scratch tree (not the group's); left alone",
+    )
+}
+
+/// `open_for_removal`, entering only directories with `mark` when given.
+fn open_for_removal_within(
+    parent: BorrowedFd<'_>,
+    name: &OsStr,
+    mark: Option<Mark>,
+) -> io::Result<Option<OwnedFd>> {
+    if let Some(mark) = mark {
+        match stat_at(parent, name)? {
+            None => return Ok(None),
+            Some(st) if !is_dir(&st) => return unlink_file(parent, name).map(|()| None),
+            Some(st) if !mark.on(&st) => return Err(not_marked()),
+            Some(_) => {}
+        }
+    }
     let fd = match openat(parent, name, dir_flags(), Mode::empty()) {
         Ok(fd) => fd,
         Err(Errno::ENOENT) => return Ok(None),
@@ -678,6 +752,10 @@ fn open_for_removal(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<Option<O
         Err(e) => return Err(errno(e)),
     };
     let st = fstat(&fd).map_err(errno)?;
+    // Swapped in between the check and the open: not entered either.
+    if mark.is_some_and(|m| !m.on(&st)) {
+        return Err(not_marked());
+    }
     if st.st_mode & 0o700 != 0o700 {
         // Fails on a directory of another owner; what then stays is
         // reported by the caller.
@@ -776,7 +854,33 @@ pub fn remove_tree_at(parent: impl AsFd, name: &OsStr) -> io::Result<()> {
 /// `remove_tree_at`, giving up (`Interrupted`) soon after `stop` is set:
 /// a handler's million files must not hold up a graceful stop.
 pub fn remove_tree_at_until(parent: impl AsFd, name: &OsStr, stop: &AtomicBool) -> io::Result<()> {
-    let parent = parent.as_fd();
+    remove_tree_within(parent.as_fd(), name, stop, None)
+}
+
+/// `remove_tree_at_until` that enters (and removes) only directories with
+/// `mark`; what lacks it stays, named in the error.
+pub fn remove_marked_tree_at(
+    parent: impl AsFd,
+    name: &OsStr,
+    mark: Mark,
+    stop: &AtomicBool,
+) -> io::Result<()> {
+    remove_tree_within(parent.as_fd(), name, stop, Some(mark))
+}
+
+fn remove_tree_within(
+    parent: BorrowedFd<'_>,
+    name: &OsStr,
+    stop: &AtomicBool,
+    mark: Option<Mark>,
+) -> io::Result<()> {
+    if let Some(mark) = mark {
+        match stat_at(parent, name)? {
+            None => return Ok(()),
+            Some(st) if is_dir(&st) && !mark.on(&st) => return Err(not_marked()),
+            Some(_) => {}
+        }
+    }
     // The usual case, an empty directory, in one call; `rmdir` never
     // follows a link (a link or file is ENOTDIR).
     match unlinkat(parent, name, UnlinkatFlags::RemoveDir) {
@@ -794,7 +898,7 @@ pub fn remove_tree_at_until(parent: impl AsFd, name: &OsStr, stop: &AtomicBool) 
         | Err(Errno::EBUSY) => {}
         Err(e) => return Err(errno(e)),
     }
-    let Some(top) = open_for_removal(parent, name)? else {
+    let Some(top) = open_for_removal_within(parent, name, mark)? else {
         return Ok(());
     };
     let mut first_failure: Option<io::Error> = None;
@@ -838,7 +942,7 @@ pub fn remove_tree_at_until(parent: impl AsFd, name: &OsStr, stop: &AtomicBool) 
                     continue;
                 }
             }
-            let child = match open_for_removal(here, &entry) {
+            let child = match open_for_removal_within(here, &entry, mark) {
                 Ok(Some(fd)) => fd,
                 Ok(None) => continue,
                 Err(e) => {

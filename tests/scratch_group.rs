@@ -16,11 +16,15 @@ use std::sync::Once;
 use std::time::Duration;
 
 const GROUP: &str = "rsession-pool";
-const POOL_USER: &str = "rsession-php";
+/// The pool's user: a group of its own, the scratch group as a
+/// supplementary one (its primary group would mark all its files, also
+/// those elsewhere, as the scratch tree's).
+const POOL_USER: &str = "rsession-fpm";
 
 /// The pool's group and user, made once on this machine (system
 /// accounts, no home, no shell; www-data stays out of the group).
 fn pool_identity() -> (u32, u32) {
+    // (uid, gid of the scratch group)
     static MADE: Once = Once::new();
     MADE.call_once(|| {
         let exists = |db: &str, name: &str| {
@@ -35,7 +39,13 @@ fn pool_identity() -> (u32, u32) {
         }
         if !exists("passwd", POOL_USER) {
             let ok = Command::new("useradd")
-                .args(["--system", "--no-create-home", "--gid", GROUP])
+                .args([
+                    "--system",
+                    "--no-create-home",
+                    "--user-group",
+                    "--groups",
+                    GROUP,
+                ])
                 .args(["--shell", "/usr/sbin/nologin", POOL_USER])
                 .status();
             assert!(ok.is_ok_and(|s| s.success()), "useradd {POOL_USER}");
@@ -45,11 +55,27 @@ fn pool_identity() -> (u32, u32) {
         let out = Command::new("id").args([flag, POOL_USER]).output().unwrap();
         String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
     };
-    (id("-u"), id("-g"))
+    let group = Command::new("getent")
+        .args(["group", GROUP])
+        .output()
+        .unwrap();
+    let gid = String::from_utf8_lossy(&group.stdout)
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    (id("-u"), gid)
 }
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The pool user's own (primary) group.
+fn pool_uid_group() -> u32 {
+    let out = Command::new("id").args(["-g", POOL_USER]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
 fn line(r: &Response, key: &str) -> String {
@@ -125,7 +151,7 @@ fn write_as_the_pool(h: &Httpd, prefix: &str, pool_uid: u32) -> (String, PathBuf
 #[test]
 fn a_pool_under_its_own_user_shares_the_scratch_directory_and_leaves_nothing() {
     let (pool_uid, gid) = pool_identity();
-    let fpm = PhpFpm::start_as(POOL_USER, GROUP);
+    let fpm = PhpFpm::start_as(POOL_USER, POOL_USER);
     let h = server(&fpm);
 
     let (cookie, dir) = write_as_the_pool(&h, "php", pool_uid);
@@ -167,7 +193,7 @@ fn a_pool_under_its_own_user_shares_the_scratch_directory_and_leaves_nothing() {
 #[test]
 fn the_sweeper_removes_what_a_pool_left_in_an_expired_session() {
     let (pool_uid, _) = pool_identity();
-    let fpm = PhpFpm::start_as(POOL_USER, GROUP);
+    let fpm = PhpFpm::start_as(POOL_USER, POOL_USER);
     let h = server(&fpm);
     let (cookie, dir) = write_as_the_pool(&h, "short", pool_uid);
     let record = h.record(&harness::id_of(&cookie));
@@ -190,15 +216,17 @@ fn the_sweeper_removes_what_a_pool_left_in_an_expired_session() {
 #[test]
 fn the_reaper_never_acts_as_a_user_outside_the_group() {
     let (pool_uid, _) = pool_identity();
-    let fpm = PhpFpm::start_as(POOL_USER, GROUP);
+    let fpm = PhpFpm::start_as(POOL_USER, POOL_USER);
     let h = server(&fpm);
     let (cookie, dir) = write_as_the_pool(&h, "php", pool_uid);
     // A directory of `nobody` (not in the group) inside the session's.
     let planted = dir.join("planted");
     fs::create_dir(&planted).unwrap();
     fs::write(planted.join("theirs"), "not the reaper's to take").unwrap();
-    std::os::unix::fs::chown(planted.join("theirs"), Some(65534), Some(65534)).unwrap();
-    std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).unwrap();
+    // nobody's, in the group (what a member could do is the same as
+    // what nobody cannot: be acted as).
+    std::os::unix::fs::chown(planted.join("theirs"), Some(65534), None).unwrap();
+    std::os::unix::fs::chown(&planted, Some(65534), None).unwrap();
     fs::set_permissions(
         &planted,
         std::os::unix::fs::PermissionsExt::from_mode(0o700),
@@ -225,4 +253,79 @@ fn the_reaper_never_acts_as_a_user_outside_the_group() {
     assert!(left.join("planted/theirs").exists());
     assert!(!left.join("private").exists(), "the pool's directory went");
     assert!(!left.join("upload.txt").exists());
+}
+
+/// Runs `sh -c script` as www-data: what any CGI can do.
+fn as_www_data(script: &str) -> (bool, String) {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=www-data",
+            "--regid=www-data",
+            "--init-groups",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn a_members_directory_moved_into_reap_is_never_removed_for_www_data() {
+    // Found in review: www-data moved a pool user's directory (which it
+    // could move but not empty) into .reap, and the reaper deleted it as
+    // that user.
+    let (pool_uid, _) = pool_identity();
+    let pool_gid = pool_uid_group();
+    let fpm = PhpFpm::start_as(POOL_USER, POOL_USER);
+    let h = server(&fpm);
+    let reap = store_part(&h).join(".reap");
+    assert!(reap.is_dir(), "{}", h.error_log());
+    // Another site's uploads: the pool user's, group-writable by www-data
+    // (so www-data can move it), with a subdirectory www-data cannot touch.
+    let base = h.path("elsewhere");
+    fs::create_dir(&base).unwrap();
+    std::os::unix::fs::chown(&base, Some(33), Some(33)).unwrap();
+    let uploads = base.join("uploads");
+    fs::create_dir_all(uploads.join("2024")).unwrap();
+    fs::write(uploads.join("2024/photo.jpg"), "not www-data's to delete").unwrap();
+    for p in [uploads.join("2024/photo.jpg"), uploads.join("2024")] {
+        std::os::unix::fs::chown(&p, Some(pool_uid), Some(pool_gid)).unwrap();
+    }
+    std::os::unix::fs::chown(&uploads, Some(pool_uid), Some(33)).unwrap();
+    fs::set_permissions(
+        &uploads,
+        std::os::unix::fs::PermissionsExt::from_mode(0o2775),
+    )
+    .unwrap();
+    let photo = uploads.join("2024/photo.jpg");
+    let (deleted, _) = as_www_data(&format!("rm -f '{}'", photo.display()));
+    assert!(
+        !deleted && photo.exists(),
+        "www-data cannot delete it itself"
+    );
+
+    let (moved, out) = as_www_data(&format!(
+        "mv '{}' '{}/evil'",
+        uploads.display(),
+        reap.display()
+    ));
+    assert!(moved, "www-data can move it: {out}");
+    let line = wait_for("the reaper's refusal", Duration::from_secs(90), || {
+        h.error_log()
+            .lines()
+            .find(|l| l.contains("RS0140"))
+            .map(str::to_string)
+    });
+    assert!(line.contains("left alone"), "{line}");
+    assert!(
+        reap.join("evil/2024/photo.jpg").exists(),
+        "nothing of it was removed"
+    );
 }

@@ -6,7 +6,8 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, setgid, setgroups, setsid, setuid, ForkResult, Gid, Uid};
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::time::{Duration, Instant};
 
 /// Runs `work` in a new process that is not httpd's child (forked twice,
 /// so the MPM never sees it exit and nothing waits for it): its own
@@ -27,8 +28,9 @@ pub fn spawn_detached(keep: Option<RawFd>, work: impl FnOnce()) -> io::Result<()
             if let Ok(ForkResult::Child) = unsafe { fork() } {
                 let _ = setsid();
                 reset_signals();
-                close_inherited(keep);
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+                if close_inherited(keep) {
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+                }
             }
             // SAFETY: leaves without running the parent's atexit handlers
             // or destructors, which belong to httpd.
@@ -37,22 +39,42 @@ pub fn spawn_detached(keep: Option<RawFd>, work: impl FnOnce()) -> io::Result<()
     }
 }
 
-/// Closes every descriptor from 3 up but `keep`.
-fn close_inherited(keep: Option<RawFd>) {
-    let ranges = match keep
+/// Closes every descriptor from 3 up but `keep`; false if that could
+/// not be done (the caller then does no work).
+fn close_inherited(keep: Option<RawFd>) -> bool {
+    let keep = keep
         .and_then(|k| libc::c_uint::try_from(k).ok())
-        .filter(|&k| k >= 3)
-    {
+        .filter(|&k| k >= 3);
+    let ranges = match keep {
         Some(k) => [(3, k - 1), (k + 1, libc::c_uint::MAX)],
         None => [(3, libc::c_uint::MAX), (1, 0)],
     };
+    let mut closed = true;
     for (first, last) in ranges {
         if first <= last {
             // SAFETY: closes descriptors this new process owns and nothing
-            // here uses (it reopens what it needs by path).
-            unsafe { libc::close_range(first, last, 0) };
+            // here uses (it reopens what it needs).
+            closed &= unsafe { libc::close_range(first, last, 0) } == 0;
         }
     }
+    if closed {
+        return true;
+    }
+    // Kernels before 5.9, or a filter refusing close_range: one by one.
+    let Ok(listed) = std::fs::read_dir("/proc/self/fd") else {
+        return false;
+    };
+    let open: Vec<RawFd> = listed
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in open {
+        if fd >= 3 && Some(fd) != keep.map(|k| k as RawFd) {
+            // SAFETY: as above, one descriptor of this process.
+            unsafe { libc::close(fd) };
+        }
+    }
+    true
 }
 
 /// httpd's handlers and mask are the parent's: a reaper takes the
@@ -70,44 +92,88 @@ fn reset_signals() {
     let _ = SigSet::empty().thread_set_mask();
 }
 
+/// How long one owner's removal may take before it is killed (a member
+/// can stop its own process with SIGSTOP; the reaper must not wait for it
+/// forever, holding its lock).
+const OWNER_LIMIT: Duration = Duration::from_secs(60);
+
 /// Runs `remove(dir, name)` in a child process that has become the user
-/// `uid` with group `gid` (and no other group) and waits for it; `false`
-/// when that identity could not be taken or is root's. `dir` is inherited,
-/// opened by the caller.
+/// `uid` with the groups `groups` (the first one its primary), keeps no
+/// descriptor but a fresh one of `dir`, cannot be attached to (not
+/// dumpable), and is killed after `OWNER_LIMIT`; waits for it. `false`
+/// when that identity could not be taken, is root's, or the removal did
+/// not end in time.
 pub fn as_owner(
     uid: u32,
-    gid: u32,
+    groups: &[u32],
     dir: BorrowedFd<'_>,
     name: &OsStr,
-    remove: fn(BorrowedFd<'_>, &OsStr),
+    remove: impl FnOnce(BorrowedFd<'_>, &OsStr),
 ) -> io::Result<bool> {
+    let Some(&primary) = groups.first() else {
+        return Ok(false);
+    };
     if uid == 0 {
         return Ok(false);
     }
     // SAFETY: called only in a reaper process (single-threaded).
     match unsafe { fork() }.map_err(io::Error::from)? {
-        ForkResult::Parent { child } => match waitpid(child, None).map_err(io::Error::from)? {
-            WaitStatus::Exited(_, 0) => Ok(true),
-            _ => Ok(false),
-        },
+        ForkResult::Parent { child } => wait_bounded(child, OWNER_LIMIT),
         ForkResult::Child => {
-            // Not root (httpd started by a user): only that user itself.
-            let already = nix::unistd::geteuid().as_raw() == uid;
-            let became = already
-                || setgroups(&[Gid::from_raw(gid)]).is_ok()
-                    && setgid(Gid::from_raw(gid)).is_ok()
-                    && setuid(Uid::from_raw(uid)).is_ok()
+            // A description of its own (the reaper's holds the lock) and
+            // nothing else of the parent's.
+            let fresh = nix::fcntl::openat(
+                dir,
+                ".",
+                nix::fcntl::OFlag::O_RDONLY
+                    | nix::fcntl::OFlag::O_DIRECTORY
+                    | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            );
+            let mut code = 1;
+            if let Ok(fresh) = fresh {
+                let kept = fresh.as_raw_fd();
+                // Not root (httpd started by a user): only that user itself.
+                let already = nix::unistd::geteuid().as_raw() == uid;
+                let gids: Vec<Gid> = groups.iter().map(|&g| Gid::from_raw(g)).collect();
+                let became = close_inherited(Some(kept))
+                    && (already
+                        || setgroups(&gids).is_ok()
+                            && setgid(Gid::from_raw(primary)).is_ok()
+                            && setuid(Uid::from_raw(uid)).is_ok())
                     && nix::unistd::geteuid().as_raw() == uid
                     && nix::unistd::getuid().as_raw() == uid;
-            let code = if became {
-                let done =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| remove(dir, name)));
-                i32::from(done.is_err())
-            } else {
-                1
-            };
+                // SAFETY: a plain prctl on this process; setuid resets
+                // dumpability to fs.suid_dumpable, which may allow it.
+                let sealed = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } == 0;
+                if became && sealed {
+                    let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        remove(fresh.as_fd(), name)
+                    }));
+                    code = i32::from(done.is_err());
+                }
+            }
             // SAFETY: as in spawn_detached.
             unsafe { libc::_exit(code) }
+        }
+    }
+}
+
+/// Waits for `child` until `limit`, then kills it (stopped or not) and
+/// reaps it: true only for a clean exit in time.
+fn wait_bounded(child: nix::unistd::Pid, limit: Duration) -> io::Result<bool> {
+    use nix::sys::wait::WaitPidFlag;
+    let deadline = Instant::now() + limit;
+    loop {
+        match waitpid(child, Some(WaitPidFlag::WNOHANG)).map_err(io::Error::from)? {
+            WaitStatus::Exited(_, code) => return Ok(code == 0),
+            WaitStatus::Signaled(..) => return Ok(false),
+            _ if Instant::now() >= deadline => {
+                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+                let _ = waitpid(child, None);
+                return Ok(false);
+            }
+            _ => std::thread::sleep(Duration::from_millis(20)),
         }
     }
 }

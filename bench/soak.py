@@ -340,7 +340,7 @@ def soak(store_name, store, seconds):
     try:
         # Made by a write, so that a store that keeps only written
         # sessions keeps them too.
-        cookies = s.h.cookies("/lua/h?inc", 65)
+        cookies = s.h.cookies_from("/lua/h?inc", 65)
         counter = Counter(s.h.port, cookies.pop())
         counter.base = counter.final()
         script.write(MIX_LUA % ", ".join('"%s"' % c for c in cookies))

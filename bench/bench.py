@@ -562,6 +562,7 @@ ROWS = {
     LUA_PLAIN: None,
     "rsession read+write via X-RSession, mod_lua, many sessions": LUA_PLAIN,
     "rsession cookieless, handler writes nothing, mod_lua": LUA_PLAIN,
+    "rsession cookieless, handler writes nothing, RSessionScratch Off, mod_lua": LUA_PLAIN,
     "rsession new session writing one key, mod_lua": LUA_PLAIN,
     "rsession Redis store, resumed sessions, static file": SAME_COOKIES,
     "rsession Redis store read+write via X-RSession, mod_lua, many sessions": LUA_PLAIN,
@@ -655,7 +656,8 @@ Alias /p/ {ROOT}/htdocs/
 
     # 2. Read+write on every request: a mod_lua handler through X-RSession.
     if want(LUA_PLAIN, "rsession read+write via X-RSession, mod_lua, many sessions",
-            "rsession cookieless, handler writes nothing, mod_lua", "rsession new session writing one key, mod_lua"):
+            "rsession cookieless, handler writes nothing, mod_lua", "rsession new session writing one key, mod_lua",
+            "rsession cookieless, handler writes nothing, RSessionScratch Off, mod_lua"):
         h = Httpd(LUA_SERVER + """
 RSessionStore file:{ROOT}/store
 RSessionScratchRoot {ROOT}/scratch
@@ -669,6 +671,10 @@ RSessionScratchRoot {ROOT}/scratch
             # Bots and health checks: no cookie, nothing written, nothing kept.
             add("rsession cookieless, handler writes nothing, mod_lua",
                 lambda: measure(h.url("/lua/peek"), args, cpu=h.cpu_seconds))
+            # The same without a scratch directory: what the directory's
+            # mkdir and rmdir cost such a request.
+            add("rsession cookieless, handler writes nothing, RSessionScratch Off, mod_lua",
+                lambda: measure(h.url("/lua/peek-bare"), args, cpu=h.cpu_seconds))
             add("rsession new session writing one key, mod_lua",
                 lambda: measure(h.url("/lua/session"), args, cpu=h.cpu_seconds))
         finally:
@@ -737,9 +743,13 @@ LuaScope thread
 LuaMapHandler ^/lua/plain$ {ROOT}/handler.lua handle
 LuaMapHandler ^/lua/session$ {ROOT}/handler.lua handle
 LuaMapHandler ^/lua/peek$ {ROOT}/handler.lua peek
-<LocationMatch ^/lua/(session|peek)$>
+LuaMapHandler ^/lua/peek-bare$ {ROOT}/handler.lua peek
+<LocationMatch ^/lua/(session|peek|peek-bare)$>
   RSession On
 </LocationMatch>
+<Location /lua/peek-bare>
+  RSessionScratch Off
+</Location>
 """
 
 # A Redis-backed server: static files under /s/ and the mod_lua handlers.

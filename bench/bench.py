@@ -31,6 +31,11 @@ MODULE = os.path.join(REPO, "target/release/mod_rsession.so")
 MODS = "/usr/lib/apache2/modules"
 SECRET = "bench-secret-0123456789abcdef"
 BENCH_DIR = os.environ.get("RSESSION_BENCH_DIR", "/var/tmp")
+# Scratch directories where the default configuration puts them: under
+# DefaultRuntimeDir, /run on Debian, a tmpfs. (On this machine's ext4, with
+# `discard`, each directory's mkdir and rmdir cost some 150 µs, which is the
+# disk, not the module; RSESSION_BENCH_SCRATCH=/var/tmp measures that.)
+SCRATCH_DIR = os.environ.get("RSESSION_BENCH_SCRATCH", "/dev/shm" if os.path.isdir("/dev/shm") else BENCH_DIR)
 
 
 def free_port():
@@ -57,6 +62,9 @@ class Httpd:
         # a millisecond, which would measure the sandbox, not the module.
         self.root = tempfile.mkdtemp(prefix="rsession-bench-", dir=BENCH_DIR)
         os.chmod(self.root, 0o755)
+        # {SCRATCH}: a scratch root of its own, made by the module at start.
+        self.scratch = os.path.join(tempfile.mkdtemp(prefix="rsession-bench-scratch-", dir=SCRATCH_DIR), "scratch")
+        os.chmod(os.path.dirname(self.scratch), 0o755)
         for d in ("logs", "htdocs"):
             os.mkdir(os.path.join(self.root, d))
             os.chmod(os.path.join(self.root, d), 0o755)
@@ -99,7 +107,7 @@ MaxKeepAliveRequests 0
 {tuning}DocumentRoot {root}/htdocs
 {fragment}
 """.format(root=self.root, port=self.port, mpm=mpm, mods=MODS, loads=loads, level=log_level,
-           tuning=mpm_tuning, fragment=fragment.replace("{ROOT}", self.root))
+           tuning=mpm_tuning, fragment=fragment.replace("{SCRATCH}", self.scratch).replace("{ROOT}", self.root))
         self.conf = os.path.join(self.root, "httpd.conf")
         with open(self.conf, "w") as f:
             f.write(conf)
@@ -179,6 +187,7 @@ MaxKeepAliveRequests 0
             print("warning: %d error lines in %s, the first:\n%s" % (len(errors), self.root, "\n".join(errors[:5])),
                   file=sys.stderr)
         shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(os.path.dirname(self.scratch), ignore_errors=True)
 
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -627,7 +636,7 @@ def _scenario_rows(args, rows):
             "rsession one session, 16 clients, static file (read-only)"):
         h = Httpd("""
 RSessionStore file:{ROOT}/store
-RSessionScratchRoot {ROOT}/scratch
+RSessionScratchRoot {SCRATCH}
 <Location /s/>
   RSession On
 </Location>
@@ -660,7 +669,7 @@ Alias /p/ {ROOT}/htdocs/
             "rsession cookieless, handler writes nothing, RSessionScratch Off, mod_lua"):
         h = Httpd(LUA_SERVER + """
 RSessionStore file:{ROOT}/store
-RSessionScratchRoot {ROOT}/scratch
+RSessionScratchRoot {SCRATCH}
 """, modules=["lua"])
         write(h.root, "handler.lua", LUA_HANDLER)
         h.start()
@@ -755,7 +764,7 @@ LuaMapHandler ^/lua/peek-bare$ {ROOT}/handler.lua peek
 # A Redis-backed server: static files under /s/ and the mod_lua handlers.
 REDIS_SERVER = LUA_SERVER + """
 RSessionStore %s
-RSessionScratchRoot {ROOT}/scratch
+RSessionScratchRoot {SCRATCH}
 <Location /s/>
   RSession On
 </Location>
@@ -1281,7 +1290,7 @@ def sweep_report(s):
 
 PROFILE_SERVER = """
 RSessionStore file:{ROOT}/store
-RSessionScratchRoot {ROOT}/scratch
+RSessionScratchRoot {SCRATCH}
 <Location /s/>
   RSession On
 </Location>

@@ -38,6 +38,15 @@ BENCH_DIR = os.environ.get("RSESSION_BENCH_DIR", "/var/tmp")
 SCRATCH_DIR = os.environ.get("RSESSION_BENCH_SCRATCH", "/dev/shm" if os.path.isdir("/dev/shm") else BENCH_DIR)
 
 
+def read_text(path):
+    """A log file's text so far ("" before it exists)."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -128,11 +137,7 @@ MaxKeepAliveRequests 0
         return False
 
     def log(self):
-        try:
-            with open(os.path.join(self.root, "logs/error.log")) as f:
-                return f.read()
-        except OSError:
-            return ""
+        return read_text(os.path.join(self.root, "logs/error.log"))
 
     def cpu_seconds(self):
         """User+system CPU of every process of this server so far (its
@@ -391,11 +396,7 @@ class PhpFpm:
         return False
 
     def log(self):
-        try:
-            with open(os.path.join(self.root, "error.log")) as f:
-                return f.read()
-        except OSError:
-            return ""
+        return read_text(os.path.join(self.root, "error.log"))
 
     def cpu_seconds(self):
         return process_group_cpu(self.proc.pid)

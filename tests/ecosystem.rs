@@ -153,13 +153,7 @@ fn php_mod_lua_and_a_proxied_app_share_one_session() {
         modules: vec!["lua", "proxy", "proxy_http", "proxy_fcgi"],
         fragment: format!(
             r#"Alias /php/ {root}/tests/support/
-<Directory {root}/tests/support>
-  Require all granted
-  <FilesMatch "\.php$">
-    SetHandler "{handler}"
-  </FilesMatch>
-</Directory>
-LuaMapHandler ^/lua$ {root}/tests/support/session.lua handle
+{php}LuaMapHandler ^/lua$ {root}/tests/support/session.lua handle
 <Location /app/>
   RSessionForwardHeaders On
   ProxyPass http://127.0.0.1:{backend_port}/
@@ -169,7 +163,7 @@ LuaMapHandler ^/lua$ {root}/tests/support/session.lua handle
 </LocationMatch>
 "#,
             root = repo().display(),
-            handler = fpm.handler()
+            php = fpm.serve_directory(&repo().join("tests/support"))
         ),
         ..Options::default()
     });

@@ -95,13 +95,7 @@ fn server(fpm: &PhpFpm) -> Httpd {
 RSessionGCInterval 1
 Alias /php/ {root}/tests/support/
 Alias /short/ {root}/tests/support/
-<Directory {root}/tests/support>
-  Require all granted
-  <FilesMatch "\.php$">
-    SetHandler "{handler}"
-  </FilesMatch>
-</Directory>
-<LocationMatch "^/(php|short)/">
+{php}<LocationMatch "^/(php|short)/">
   RSession On
 </LocationMatch>
 <Location /short/>
@@ -109,7 +103,7 @@ Alias /short/ {root}/tests/support/
 </Location>
 "#,
             root = repo().display(),
-            handler = fpm.handler()
+            php = fpm.serve_directory(&repo().join("tests/support"))
         ),
         ..Options::default()
     })

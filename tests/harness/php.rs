@@ -76,6 +76,16 @@ impl PhpFpm {
         format!("proxy:unix:{}|fcgi://localhost", self.socket().display())
     }
 
+    /// The config that lets httpd serve `dir` and hand its `.php` files
+    /// to this master.
+    pub fn serve_directory(&self, dir: &Path) -> String {
+        format!(
+            "<Directory {dir}>\n  Require all granted\n  <FilesMatch \"\\.php$\">\n    SetHandler \"{handler}\"\n  </FilesMatch>\n</Directory>\n",
+            dir = dir.display(),
+            handler = self.handler()
+        )
+    }
+
     pub fn log(&self) -> String {
         fs::read_to_string(Path::new(self.dir.path()).join("error.log")).unwrap_or_default()
     }

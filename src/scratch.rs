@@ -119,11 +119,11 @@ impl ScratchRoot {
     /// created if missing, anything else planted under its name set aside
     /// first.
     fn make_dir(&self, dir: &Path) -> io::Result<()> {
-        match self.mkdir(dir) {
+        match self.mkdir_parent(dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                 if safe_fs::set_aside_unless(dir, safe_fs::is_dir)?.is_some() {
-                    self.mkdir(dir)?;
+                    self.mkdir_parent(dir)?;
                 }
                 Ok(())
             }
@@ -131,10 +131,18 @@ impl ScratchRoot {
         }
     }
 
+    /// A tag or shard directory made again by a child (the parent makes
+    /// them at start): with a group, 2710 like the parent's, so members
+    /// pass through without listing others' ids.
+    fn mkdir_parent(&self, dir: &Path) -> io::Result<()> {
+        let mode = if self.group.is_some() { 0o2710 } else { DIR_MODE };
+        fs::DirBuilder::new().mode(mode).create(dir)
+    }
+
     /// `mkdir` with this root's mode. With a group, where the parent has no
-    /// default ACL (a file system without ACLs) `umask` took the group's
-    /// write permission: given back (the kernel then drops setgid unless
-    /// `User` is in the group; the directory stays the group's).
+    /// default ACL `umask` took the group's write permission: given back
+    /// (the parent refuses to start without ACLs, so this is for a tree
+    /// changed by hand).
     fn mkdir(&self, dir: &Path) -> io::Result<()> {
         fs::DirBuilder::new().mode(self.dir_mode()).create(dir)?;
         if self.group.is_some() {

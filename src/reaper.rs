@@ -134,7 +134,8 @@ pub fn run(jobs: &[ReapJob], as_owner: AsOwner<'_>) -> Vec<String> {
             if started.elapsed() > RUN_LIMIT {
                 return notes;
             }
-            if let Err(why) = reap_one(job, reap.as_fd(), &name, mark, as_owner) {
+            let deadline = started + RUN_LIMIT;
+            if let Err(why) = reap_one(job, reap.as_fd(), &name, mark, as_owner, deadline) {
                 notes.push(format!(
                     "RS0140 cannot remove {}/{}: {why}",
                     job.reap_dir().display(),
@@ -165,6 +166,7 @@ fn reap_one(
     name: &OsStr,
     mark: Mark,
     as_owner: AsOwner<'_>,
+    deadline: Instant,
 ) -> Result<(), String> {
     let mut refused: BTreeSet<u32> = BTreeSet::new();
     let mut unmarked = false;
@@ -197,6 +199,9 @@ fn reap_one(
             .filter(|&u| u != job.user)
             .chain([job.user]);
         for uid in order {
+            if Instant::now() > deadline {
+                return Err("the reaper's time ran out; the next one goes on".into());
+            }
             if uid == 0 || (uid != job.user && !is_member(uid, job.gid)) {
                 refused.insert(uid);
                 continue;

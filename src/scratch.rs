@@ -135,7 +135,11 @@ impl ScratchRoot {
     /// them at start): with a group, 2710 like the parent's, so members
     /// pass through without listing others' ids.
     fn mkdir_parent(&self, dir: &Path) -> io::Result<()> {
-        let mode = if self.group.is_some() { 0o2710 } else { DIR_MODE };
+        let mode = if self.group.is_some() {
+            0o2710
+        } else {
+            DIR_MODE
+        };
         fs::DirBuilder::new().mode(mode).create(dir)
     }
 

@@ -47,6 +47,16 @@ def read_text(path):
         return ""
 
 
+def end_process(proc):
+    """SIGTERM, then SIGKILL if it is still there after 30 s; reaped."""
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -176,12 +186,7 @@ MaxKeepAliveRequests 0
             # child now and then crashes in apr_os_sock_get when SIGTERM
             # lands on a busy child, with or without this module.
             time.sleep(0.5)
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            end_process(self.proc)
         crashes = [l for l in self.log().splitlines() if "exit signal" in l or "panicked" in l]
         if crashes:
             print("warning: crash lines in %s:\n%s" % (self.root, "\n".join(crashes)), file=sys.stderr)
@@ -267,12 +272,7 @@ class Redis:
 
     def stop(self):
         if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            end_process(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -403,12 +403,7 @@ class PhpFpm:
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            end_process(self.proc)
         bad = [l for l in self.log().splitlines() if "WARNING" in l or "ERROR" in l or "said into stderr" in l]
         if bad:
             print("warning: %d php-fpm log lines in %s, the first:\n%s" % (len(bad), self.root, "\n".join(bad[:5])),

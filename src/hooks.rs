@@ -293,8 +293,7 @@ fn prepare_scratch(
     let (Some(gid), Some(tag)) = (scratch.group(), scratch.store_dir().file_name()) else {
         return Ok(Vec::new());
     };
-    let inner: Vec<String> = (0..=255u8)
-        .map(|b| format!("{b:02x}"))
+    let inner: Vec<String> = crate::scratch::shard_names()
         .chain([crate::scratch::REAP_DIR.to_string()])
         .collect();
     root.shared_subtree(&tag.to_string_lossy(), gid, &inner)
@@ -448,7 +447,7 @@ pub fn monitor(main: Server<'_>) -> c_int {
             // User keeps its own groups (it need not be in the group);
             // a member acts with the group alone.
             let groups = if uid == user {
-                user_groups(uid, user_gid)
+                crate::reaper::login_groups(uid, user_gid)
             } else {
                 vec![mark.gid]
             };
@@ -469,19 +468,6 @@ pub fn monitor(main: Server<'_>) -> c_int {
         );
     }
     OK
-}
-
-/// The groups of `uid` (primary `gid` first), as its login would have.
-fn user_groups(uid: u32, gid: u32) -> Vec<u32> {
-    let mut groups = vec![gid];
-    if let Ok(Some(u)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
-        if let Ok(name) = std::ffi::CString::new(u.name) {
-            if let Ok(all) = nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(gid)) {
-                groups.extend(all.iter().map(|g| g.as_raw()).filter(|&g| g != gid));
-            }
-        }
-    }
-    groups
 }
 
 // ---- requests --------------------------------------------------------------

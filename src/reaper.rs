@@ -69,7 +69,7 @@ fn open_reap(job: &ReapJob) -> io::Result<Option<(OwnedFd, Mark)>> {
     };
     let dev = nix::sys::stat::fstat(&root)
         .map_err(io::Error::from)?
-        .st_dev as u64;
+        .st_dev;
     let mark = Mark { gid: job.gid, dev };
     let step = |dir: &OwnedFd, name: &OsStr| -> io::Result<Option<OwnedFd>> {
         let Some(fd) = safe_fs::open_dir_at(dir, name)? else {
@@ -115,7 +115,7 @@ pub fn due(last: &mut Option<(Instant, usize)>, waiting: usize, now: Instant) ->
 /// Empties each job's `.reap` as far as its owners allow. Returns lines
 /// for the log: what stayed, and why.
 pub fn run(jobs: &[ReapJob], as_owner: AsOwner<'_>) -> Vec<String> {
-    let started = Instant::now();
+    let deadline = Instant::now() + RUN_LIMIT;
     let mut notes = Vec::new();
     for job in jobs {
         let Ok(Some((reap, mark))) = open_reap(job) else {
@@ -131,10 +131,9 @@ pub fn run(jobs: &[ReapJob], as_owner: AsOwner<'_>) -> Vec<String> {
             continue;
         };
         for name in names {
-            if started.elapsed() > RUN_LIMIT {
+            if Instant::now() > deadline {
                 return notes;
             }
-            let deadline = started + RUN_LIMIT;
             if let Err(why) = reap_one(job, reap.as_fd(), &name, mark, as_owner, deadline) {
                 notes.push(format!(
                     "RS0140 cannot remove {}/{}: {why}",
@@ -287,18 +286,33 @@ fn marked_owners(
 /// Whether the user `uid` is in the group `gid` (as its primary group or
 /// a supplementary one).
 pub fn is_member(uid: u32, gid: u32) -> bool {
-    use nix::unistd::{Gid, Uid, User};
-    let Ok(Some(user)) = User::from_uid(Uid::from_raw(uid)) else {
-        return false;
-    };
-    if user.gid.as_raw() == gid {
-        return true;
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .is_some_and(|user| groups_of(&user, user.gid.as_raw()).contains(&gid))
+}
+
+/// The groups of `uid` as a login with primary group `gid` has them
+/// (`gid` first): what httpd's children run with, for `User` and `Group`.
+pub fn login_groups(uid: u32, gid: u32) -> Vec<u32> {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(user)) => groups_of(&user, gid),
+        _ => vec![gid],
     }
-    let Ok(name) = std::ffi::CString::new(user.name) else {
-        return false;
-    };
-    nix::unistd::getgrouplist(&name, user.gid)
-        .is_ok_and(|groups| groups.contains(&Gid::from_raw(gid)))
+}
+
+fn groups_of(user: &nix::unistd::User, gid: u32) -> Vec<u32> {
+    let mut groups = vec![gid];
+    let all = std::ffi::CString::new(user.name.as_str())
+        .ok()
+        .and_then(|name| nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(gid)).ok());
+    groups.extend(
+        all.into_iter()
+            .flatten()
+            .map(|g| g.as_raw())
+            .filter(|&g| g != gid),
+    );
+    groups
 }
 
 #[cfg(test)]

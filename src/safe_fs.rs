@@ -227,22 +227,10 @@ pub fn set_aside(dir: impl AsFd, name: &OsStr) -> io::Result<OsString> {
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
-        match renameat2(
-            dir,
-            name,
-            dir,
-            aside.as_os_str(),
-            RenameFlags::RENAME_NOREPLACE,
-        ) {
+        match move_dir(dir, name, dir, &aside) {
             Ok(()) => return Ok(aside),
-            Err(Errno::EEXIST) => continue,
-            // File systems without renameat2 flags: the name is fresh anyway.
-            Err(Errno::EINVAL) | Err(Errno::ENOSYS) => {
-                return renameat(dir, name, dir, aside.as_os_str())
-                    .map(|()| aside)
-                    .map_err(errno)
-            }
-            Err(e) => return Err(errno(e)),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
+            Err(e) => return Err(e),
         }
     }
 }
@@ -582,22 +570,15 @@ impl Root {
         let fail = |why: String| format!("{}: {why}", shown.display());
         for _ in 0..3 {
             let st = stat_at(parent, name).map_err(|e| fail(format!("cannot check: {e}")))?;
-            let fd = match st {
+            let (fd, created) = match st {
                 None => match make_dir_at(parent, name, GROUP_PASS_MODE) {
-                    Ok(Some(fd)) => {
-                        let st = fstat(&fd).map_err(|e| fail(format!("cannot stat: {e}")))?;
-                        if st.st_uid == Setup::running_uid() && st.st_uid != self.owner.uid {
-                            fchown(&fd, Some(Uid::from_raw(self.owner.uid)), None)
-                                .map_err(|e| fail(format!("cannot hand it to User: {e}")))?;
-                        }
-                        fd
-                    }
+                    Ok(Some(fd)) => (fd, true),
                     Ok(None) => continue,
                     Err(e) => return Err(fail(format!("cannot create: {e}"))),
                 },
                 Some(st) if is_dir(&st) && st.st_uid == self.owner.uid => {
                     match open_dir_at(parent, name) {
-                        Ok(Some(fd)) => fd,
+                        Ok(Some(fd)) => (fd, false),
                         Ok(None) => continue,
                         Err(e) => return Err(fail(format!("cannot open: {e}"))),
                     }
@@ -625,9 +606,14 @@ impl Root {
             let parent_dev = fstat(parent)
                 .map_err(|e| fail(format!("cannot stat: {e}")))?
                 .st_dev;
-            let ours = opened.st_uid == self.owner.uid || opened.st_uid == Setup::running_uid();
+            let made_here = created && opened.st_uid == Setup::running_uid();
+            let ours = opened.st_uid == self.owner.uid || made_here;
             if !is_dir(&opened) || !ours || opened.st_dev != parent_dev {
                 continue;
+            }
+            if made_here && opened.st_uid != self.owner.uid {
+                fchown(&fd, Some(Uid::from_raw(self.owner.uid)), None)
+                    .map_err(|e| fail(format!("cannot hand it to User: {e}")))?;
             }
             // The group and the setgid bit (the order matters: a change of
             // group clears setgid).
@@ -641,7 +627,8 @@ impl Root {
                 .map_err(|e| fail(format!("cannot set mode 2710: {e}")))?;
             // Required: without it directories made below lose the
             // group's write bit to umask, and a chmod by User (not in the
-            // group) drops their setgid bit, the mark the reaper trusts.
+            // group) to give it back would drop their setgid bit, which
+            // passes the group (the reaper's mark) further down.
             set_default_acl(&fd).map_err(|e| {
                 fail(format!(
                     "cannot set a default ACL ({e}): RSessionScratchGroup needs a file system \
@@ -764,9 +751,10 @@ fn open_for_removal_within(
     Ok(Some(fd))
 }
 
-/// Mode of the directories the parent makes for `RSessionScratchGroup`:
-/// the group passes through, setgid so that below is the group's.
-const GROUP_PASS_MODE: u32 = 0o2710;
+/// Mode of the directories the parent makes for `RSessionScratchGroup`
+/// (and children make again): the group passes through, setgid so that
+/// what is made below is the group's.
+pub const GROUP_PASS_MODE: u32 = 0o2710;
 
 /// Sets on the directory `fd` the default ACL `user::rwx group::rwx
 /// other::---`: with a default ACL the kernel ignores `umask` for what is
@@ -797,21 +785,9 @@ fn set_default_acl(fd: &OwnedFd) -> io::Result<()> {
     .map_err(io::Error::from)
 }
 
-/// Gives the directory `path` (never followed) the mode `mode` unless it
-/// has every bit of `needed` already.
-pub fn ensure_dir_mode(path: &Path, needed: u32, mode: u32) -> io::Result<()> {
-    let Some(fd) = open_dir(path)? else {
-        return Err(ErrorKind::NotFound.into());
-    };
-    let st = fstat(&fd).map_err(errno)?;
-    if st.st_mode & needed != needed {
-        fchmod(&fd, Mode::from_bits_truncate(mode)).map_err(errno)?;
-    }
-    Ok(())
-}
-
 /// Moves the directory (or anything) `name` in `from` to `to_name` in
-/// `to`, never over an existing entry.
+/// `to`, never over an existing entry (`EEXIST`; on file systems without
+/// renameat2's flags a plain rename, for names that are fresh anyway).
 pub fn move_dir(
     from: BorrowedFd<'_>,
     name: &OsStr,

@@ -17,9 +17,10 @@
 //! it needs) and a planted non-directory in a directory's place is removed.
 //!
 //! With `RSessionScratchGroup` the tag names the group too, and the parent
-//! makes the tag directory, its shards and `.reap` (setgid, 2770, a default
+//! makes the tag directory, its shards and `.reap` (setgid, 2710, a default
 //! ACL so that `umask` leaves the group its write permission): session
-//! directories made inside inherit the group and the setgid bit. What a
+//! directories made inside are 2770 and inherit the group and the setgid
+//! bit. What a
 //! member leaves that `User` cannot remove (a `chmod 700` subdirectory of
 //! another user) is moved to `.reap`, which the parent's reaper empties as
 //! the owners of what is inside (`reaper.rs`).
@@ -40,7 +41,7 @@ use std::sync::atomic::AtomicBool;
 const DIR_MODE: u32 = 0o700;
 /// With `RSessionScratchGroup`: the group may write too; setgid, so that
 /// what is made inside belongs to the group.
-pub const GROUP_DIR_MODE: u32 = 0o2770;
+const GROUP_DIR_MODE: u32 = 0o2770;
 /// In the tag directory: session directories waiting for the reaper.
 pub const REAP_DIR: &str = ".reap";
 
@@ -115,9 +116,10 @@ impl ScratchRoot {
         PathBuf::from(path)
     }
 
-    /// Makes `dir` a directory (mode 0700, or 2770 with a group):
-    /// created if missing, anything else planted under its name set aside
-    /// first.
+    /// Makes the tag or shard directory `dir` (mode 0700, or 2710 with a
+    /// group: the parent makes them so at start; a child makes one again if
+    /// it went): created if missing, anything else planted under its name
+    /// set aside first.
     fn make_dir(&self, dir: &Path) -> io::Result<()> {
         match self.mkdir_parent(dir) {
             Ok(()) => Ok(()),
@@ -131,28 +133,22 @@ impl ScratchRoot {
         }
     }
 
-    /// A tag or shard directory made again by a child (the parent makes
-    /// them at start): with a group, 2710 like the parent's, so members
-    /// pass through without listing others' ids.
+    /// With a group, 2710 like the parent's, so members pass through
+    /// without listing others' ids.
     fn mkdir_parent(&self, dir: &Path) -> io::Result<()> {
         let mode = if self.group.is_some() {
-            0o2710
+            safe_fs::GROUP_PASS_MODE
         } else {
             DIR_MODE
         };
         fs::DirBuilder::new().mode(mode).create(dir)
     }
 
-    /// `mkdir` with this root's mode. With a group, where the parent has no
-    /// default ACL `umask` took the group's write permission: given back
-    /// (the parent refuses to start without ACLs, so this is for a tree
-    /// changed by hand).
+    /// A session directory, with this root's mode (with a group, the
+    /// parent's default ACL above keeps `umask` from taking the group's
+    /// write bit; the parent refuses to start without it).
     fn mkdir(&self, dir: &Path) -> io::Result<()> {
-        fs::DirBuilder::new().mode(self.dir_mode()).create(dir)?;
-        if self.group.is_some() {
-            safe_fs::ensure_dir_mode(dir, 0o070, GROUP_DIR_MODE)?;
-        }
-        Ok(())
+        fs::DirBuilder::new().mode(self.dir_mode()).create(dir)
     }
 
     /// Makes the tag and shard directories that hold `id`'s directory.
@@ -317,6 +313,11 @@ fn dir_or_none(
         Err(e) if is_enotdir(&e) || e.raw_os_error() == Some(libc::ELOOP) => Ok(None),
         other => other,
     }
+}
+
+/// The names of the 256 shards, `00` to `ff`.
+pub fn shard_names() -> impl Iterator<Item = String> {
+    (0..=255u8).map(|b| format!("{b:02x}"))
 }
 
 /// True for the two-hex-digit names of shards.

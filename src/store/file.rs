@@ -43,9 +43,10 @@ use crate::safe_fs::{self, Setup};
 use nix::fcntl::{fcntl, renameat2, FcntlArg, RenameFlags, AT_FDCWD};
 use parking_lot::Mutex;
 use std::collections::HashSet;
+use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -204,6 +205,16 @@ pub fn sweep_workers() -> usize {
     cores.saturating_sub(1).clamp(1, MAX_SWEEP_WORKERS)
 }
 
+/// What every shard of one sweep is judged by.
+#[derive(Clone, Copy)]
+struct Pass<'a> {
+    now: u64,
+    /// Records may have users whose index entries go with them.
+    users_indexed: bool,
+    removed: &'a (dyn Fn(&SessionId) + Sync),
+    stop: &'a AtomicBool,
+}
+
 /// Sums what the threads of one sweep did.
 fn add_counts(to: &mut SweepCounts, from: &SweepCounts) {
     to.scanned += from.scanned;
@@ -276,16 +287,15 @@ impl FileStore {
 
     /// One shard of a sweep. Names come from one listing, so a spare whose
     /// record was listed, or whose record this pass removed, costs no
-    /// system call; every record removed is still re-read under its lock.
-    fn sweep_shard(
-        &self,
-        root: &OwnedFd,
-        shard: u8,
-        now: u64,
-        removed: &(dyn Fn(&SessionId) + Sync),
-        stop: &AtomicBool,
-        counts: &mut SweepCounts,
-    ) {
+    /// system call; every record removed is looked at again under its lock
+    /// (its mtime, or, while the store keeps a user index, its content).
+    fn sweep_shard(&self, root: &OwnedFd, shard: u8, pass: &Pass<'_>, counts: &mut SweepCounts) {
+        let Pass {
+            now,
+            users_indexed,
+            removed,
+            stop,
+        } = *pass;
         // A shard replaced by a symbolic link is not followed.
         let Ok(Some(dir)) = safe_fs::open_dir_at(root, std::ffi::OsStr::new(&shard_name(shard)))
         else {
@@ -343,9 +353,10 @@ impl FileStore {
                 continue;
             };
             // mtime is the expiry moment: unexpired records cost no read.
-            let after_now =
-                st.st_mtime > now as i64 || (st.st_mtime == now as i64 && st.st_mtime_nsec > 0);
-            if after_now {
+            let after_now = |st: &nix::sys::stat::FileStat| {
+                st.st_mtime > now as i64 || (st.st_mtime == now as i64 && st.st_mtime_nsec > 0)
+            };
+            if after_now(&st) {
                 counts.records += 1;
                 continue;
             }
@@ -363,18 +374,30 @@ impl FileStore {
                     continue;
                 }
             };
-            // Re-read under the lock: a request may have renewed it.
-            let (expired, user) = match self.load(&id) {
-                Ok(Some(record)) => (
-                    record.is_expired(now),
-                    record
-                        .user
-                        .as_deref()
-                        .map(|u| crate::auth::user_index_key(&record.scope, u)),
-                ),
-                Ok(None) => (false, None),
-                Err(StoreError::Corrupt(_)) => (true, None),
-                Err(_) => (false, None),
+            // Looked at again under the lock: a request may have renewed
+            // it. Every save sets the mtime to the new expiry, so a fresh
+            // stat says as much as the record, unless the record's user is
+            // needed to remove its index entry; then it is read.
+            let (expired, user) = if users_indexed {
+                match self.load(&id) {
+                    Ok(Some(record)) => (
+                        record.is_expired(now),
+                        record
+                            .user
+                            .as_deref()
+                            .map(|u| crate::auth::user_index_key(&record.scope, u)),
+                    ),
+                    Ok(None) => (false, None),
+                    Err(StoreError::Corrupt(_)) => (true, None),
+                    Err(_) => (false, None),
+                }
+            } else {
+                match safe_fs::stat_at(&dir, file_name) {
+                    // Something planted under a record's name is corrupt:
+                    // it goes as an expired record would.
+                    Ok(Some(st)) => (!safe_fs::is_regular(&st) || !after_now(&st), None),
+                    _ => (false, None),
+                }
             };
             if !expired {
                 counts.records += 1;
@@ -382,9 +405,9 @@ impl FileStore {
             }
             let spare = format!("{name}{SPARE_SUFFIX}");
             let has_spare = present.contains(spare.as_bytes());
-            let mut gone = safe_fs::remove_entry(&self.record_path(&id));
+            let mut gone = remove_in_shard(&dir, file_name, || self.record_path(&id));
             if has_spare && gone.is_ok() {
-                gone = safe_fs::remove_entry(&self.spare_path(&id));
+                gone = remove_in_shard(&dir, OsStr::new(&spare), || self.spare_path(&id));
             }
             match gone {
                 Ok(()) => {
@@ -780,6 +803,19 @@ impl SessionStore for FileStore {
             *cursor = 0;
             return Ok(SweepCounts::default());
         };
+        // No user entry, no record with a user: records can be judged by
+        // their mtime alone.
+        let users_indexed = match safe_fs::open_dir_at(&root, OsStr::new(USERS)) {
+            Ok(None) => false,
+            Ok(Some(users)) => safe_fs::count_entries(&users, 1).map_or(true, |n| n > 0),
+            Err(_) => true,
+        };
+        let pass = Pass {
+            now,
+            users_indexed,
+            removed,
+            stop,
+        };
         let start = (*cursor).min(SHARDS);
         let next = AtomicUsize::new(start);
         let scanned = AtomicU64::new(0);
@@ -791,7 +827,7 @@ impl SessionStore for FileStore {
                     break;
                 }
                 let before = counts.scanned;
-                self.sweep_shard(&root, shard as u8, now, removed, stop, &mut counts);
+                self.sweep_shard(&root, shard as u8, &pass, &mut counts);
                 scanned.fetch_add(counts.scanned - before, Ordering::Relaxed);
             }
             counts
@@ -832,6 +868,22 @@ impl SessionStore for FileStore {
 
     fn user_index(&self) -> Option<&dyn UserIndex> {
         Some(self)
+    }
+}
+
+/// Unlinks `name` in the shard `dir` (no path walk); something planted
+/// there that `unlink` refuses (a directory) goes as `remove_entry` removes
+/// it, by its `path`.
+fn remove_in_shard(
+    dir: &OwnedFd,
+    name: &OsStr,
+    path: impl FnOnce() -> PathBuf,
+) -> std::io::Result<()> {
+    match safe_fs::unlink_file(dir.as_fd(), name) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EISDIR) | Some(libc::EPERM)) => {
+            safe_fs::remove_entry(&path())
+        }
+        other => other,
     }
 }
 

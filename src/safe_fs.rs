@@ -279,13 +279,17 @@ pub fn remove_entry(path: &Path) -> io::Result<()> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EISDIR) | Some(libc::EPERM)) => {
-            remove_tree(path).inspect_err(|_| {
-                let _ = set_aside_unless(path, |_| false);
-            })
-        }
+        Err(e) if is_a_directory(&e) => remove_tree(path).inspect_err(|_| {
+            let _ = set_aside_unless(path, |_| false);
+        }),
         Err(e) => Err(e),
     }
+}
+
+/// What `unlink` answers for a directory (Linux says `EISDIR`, POSIX `EPERM`):
+/// the entry is removed as a tree instead.
+pub fn is_a_directory(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EISDIR) | Some(libc::EPERM))
 }
 
 /// A file several holders share, as `open_shared` found it.

@@ -297,8 +297,7 @@ impl FileStore {
             stop,
         } = *pass;
         // A shard replaced by a symbolic link is not followed.
-        let Ok(Some(dir)) = safe_fs::open_dir_at(root, std::ffi::OsStr::new(&shard_name(shard)))
-        else {
+        let Ok(Some(dir)) = safe_fs::open_dir_at(root, OsStr::new(&shard_name(shard))) else {
             return;
         };
         let Ok(names) = safe_fs::list(&dir) else {
@@ -307,6 +306,10 @@ impl FileStore {
         let mut present: HashSet<&[u8]> = names.iter().map(|n| n.as_bytes()).collect();
         let age = |st: &nix::sys::stat::FileStat| {
             Duration::from_secs(now.saturating_sub(st.st_mtime.max(0) as u64))
+        };
+        // mtime is the expiry moment (every create and save sets it).
+        let after_now = |st: &nix::sys::stat::FileStat| {
+            st.st_mtime > now as i64 || (st.st_mtime == now as i64 && st.st_mtime_nsec > 0)
         };
         for file_name in &names {
             if stop.load(Ordering::Relaxed) {
@@ -352,10 +355,7 @@ impl FileStore {
             let Ok(id) = name.parse::<SessionId>() else {
                 continue;
             };
-            // mtime is the expiry moment: unexpired records cost no read.
-            let after_now = |st: &nix::sys::stat::FileStat| {
-                st.st_mtime > now as i64 || (st.st_mtime == now as i64 && st.st_mtime_nsec > 0)
-            };
+            // Unexpired records cost no read.
             if after_now(&st) {
                 counts.records += 1;
                 continue;
@@ -880,9 +880,7 @@ fn remove_in_shard(
     path: impl FnOnce() -> PathBuf,
 ) -> std::io::Result<()> {
     match safe_fs::unlink_file(dir.as_fd(), name) {
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EISDIR) | Some(libc::EPERM)) => {
-            safe_fs::remove_entry(&path())
-        }
+        Err(e) if safe_fs::is_a_directory(&e) => safe_fs::remove_entry(&path()),
         other => other,
     }
 }

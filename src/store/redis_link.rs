@@ -15,6 +15,7 @@
 use super::redis_url::{RedisMode, RedisNode, RedisTls, RedisUrl};
 use parking_lot::Mutex;
 use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConnection};
+use redis::io::tcp::TcpSettings;
 use redis::{
     Client, ClientTlsConfig, Cmd, Connection, ConnectionAddr, ConnectionLike, ErrorKind,
     IntoConnectionInfo, RedisConnectionInfo, RedisError, RedisResult, Role, ServerErrorKind,
@@ -74,6 +75,14 @@ fn settings(url: &RedisUrl, auth: bool, db: u32) -> RedisConnectionInfo {
     s
 }
 
+/// Requests are small and each waits for its answer (the lock's release,
+/// sent without waiting, is followed by the next request's command), so
+/// Nagle's algorithm would only hold packets back; hiredis and phpredis
+/// turn it off too, the `redis` crate does not by default.
+fn tcp_settings() -> TcpSettings {
+    TcpSettings::default().set_nodelay(true)
+}
+
 /// A client for one node, with the URL's TLS settings.
 fn client(url: &RedisUrl, node: &RedisNode, auth: bool, db: u32) -> RedisResult<Client> {
     let addr = match node {
@@ -88,6 +97,7 @@ fn client(url: &RedisUrl, node: &RedisNode, auth: bool, db: u32) -> RedisResult<
     };
     let info = addr
         .into_connection_info()?
+        .set_tcp_settings(tcp_settings())
         .set_redis_settings(settings(url, auth, db));
     match &url.tls {
         Some(tls) => Client::build_with_tls(info, certificates(tls)),
@@ -144,6 +154,7 @@ impl Target {
                     })
                     .collect::<Vec<_>>();
                 let mut b = ClusterClientBuilder::new(seeds)
+                    .tcp_settings(tcp_settings())
                     .connection_timeout(url.timeout)
                     .response_timeout(url.timeout)
                     // A redirection (MOVED, then ASK) or one reconnect,

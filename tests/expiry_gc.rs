@@ -439,3 +439,64 @@ fn a_graceful_stop_during_a_long_sweep_is_prompt() {
     // Before, the stop waited for the whole pass (here all of it).
     assert!(records(&h) > 0, "the stop cut the pass short");
 }
+
+/// `SCHED_IDLE` in the policy field of /proc/PID/task/TID/stat.
+const SCHED_IDLE: i64 = 5;
+
+/// (name, policy) of every thread of `pid`.
+fn thread_policies(pid: i32) -> Vec<(String, i64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            let (head, tail) = stat.rsplit_once(')')?;
+            let name = head.split_once('(')?.1.to_string();
+            // The policy is field 41; the fields after the name begin at 3.
+            let policy = tail.split_whitespace().nth(41 - 3)?.parse().ok()?;
+            Some((name, policy))
+        })
+        .collect()
+}
+
+#[test]
+fn the_sweeper_runs_only_on_cpu_time_requests_leave_idle() {
+    // A busy machine's requests once shared the CPU with the sweeper as
+    // with one of their own: under SCHED_IDLE it takes only idle time.
+    let h = server(Mpm::Event, "");
+    let sweepers = wait_for(
+        "every child's sweeper thread",
+        Duration::from_secs(30),
+        || {
+            let threads: Vec<_> = h
+                .worker_children()
+                .into_iter()
+                .map(thread_policies)
+                .collect();
+            let sweepers: Vec<i64> = threads
+                .iter()
+                .flat_map(|t| t.iter().filter(|(n, _)| n == "rsession-gc"))
+                .map(|(_, p)| *p)
+                .collect();
+            (!threads.is_empty() && sweepers.len() == threads.len()).then_some((threads, sweepers))
+        },
+    );
+    let (threads, policies) = sweepers;
+    assert!(
+        policies.iter().all(|&p| p == SCHED_IDLE),
+        "sweeper policies {policies:?}, expected SCHED_IDLE ({SCHED_IDLE})"
+    );
+    let others: Vec<_> = threads
+        .iter()
+        .flatten()
+        .filter(|(n, p)| !n.starts_with("rsession-gc") && *p == SCHED_IDLE)
+        .collect();
+    assert!(
+        others.is_empty(),
+        "only the sweeper is idle-priority: {others:?}"
+    );
+    // Served as usual beside it.
+    assert_eq!(get(&h.url("/cgi-bin/env.cgi"), &[]).status, 200);
+}

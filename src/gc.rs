@@ -303,12 +303,9 @@ pub struct Sweeper {
 }
 
 impl Sweeper {
-    /// `set_up_thread` runs first on the new thread (the host lowers its
-    /// priority there); `report` receives what each pass did.
     pub fn start(
         targets: Vec<Target>,
         interval: Duration,
-        set_up_thread: impl FnOnce() + Send + 'static,
         report: impl Fn(Event) + Send + 'static,
     ) -> std::io::Result<Sweeper> {
         let stop: Stop = Arc::new((Mutex::new(false), Condvar::new()));
@@ -318,7 +315,6 @@ impl Sweeper {
         let thread = std::thread::Builder::new()
             .name("rsession-gc".into())
             .spawn(move || {
-                set_up_thread();
                 let mut cursors: Vec<Cursor> = targets.iter().map(|_| Cursor::default()).collect();
                 loop {
                     {
@@ -777,16 +773,11 @@ mod tests {
         let t = target(dir.path());
         let expired = session(&t, now() - 100, 10);
         let (tx, rx) = std::sync::mpsc::channel();
-        let sweeper = Sweeper::start(
-            vec![t.clone()],
-            Duration::from_millis(10),
-            || {},
-            move |e| {
-                if let Event::Pass(r) = e {
-                    let _ = tx.send(r.counts.expired);
-                }
-            },
-        )
+        let sweeper = Sweeper::start(vec![t.clone()], Duration::from_millis(10), move |e| {
+            if let Event::Pass(r) = e {
+                let _ = tx.send(r.counts.expired);
+            }
+        })
         .unwrap();
         if !running_as_root() {
             assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), 1);

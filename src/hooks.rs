@@ -338,32 +338,21 @@ pub fn child_init(pchild: Pool<'_>, main: Server<'_>) {
         }
     }
     let log = ServerLog::new(main);
-    // Sweeping can always wait, requests cannot: the sweeper takes only
-    // CPU time nothing else wants (where the policy cannot be had, it runs
-    // at normal priority).
-    let idle = || {
-        let _ = crate::ffi::process::run_this_thread_when_idle();
-    };
-    let started = Sweeper::start(
-        targets,
-        main_rt.gc_interval,
-        idle,
-        move |event| match event {
-            gc::Event::Begun(store) => {
-                log.log(Level::Debug, &format!("RS0150 sweep of {store} begins"))
-            }
-            gc::Event::Pass(report) => log.log(Level::Info, &format!("RS0040 {report}")),
-            gc::Event::Unremovable(what) => log.log(
-                Level::Warning,
-                &format!("RS0051 the sweeper cannot remove the {what} (reported once)"),
-            ),
-            gc::Event::Failed(why) => log.log(Level::Err, &format!("RS0041 {why}")),
-            gc::Event::RefusedAsRoot => log.log(
-                Level::Err,
-                "RS0042 the sweeper does not run as root; set User",
-            ),
-        },
-    );
+    let started = Sweeper::start(targets, main_rt.gc_interval, move |event| match event {
+        gc::Event::Begun(store) => {
+            log.log(Level::Debug, &format!("RS0150 sweep of {store} begins"))
+        }
+        gc::Event::Pass(report) => log.log(Level::Info, &format!("RS0040 {report}")),
+        gc::Event::Unremovable(what) => log.log(
+            Level::Warning,
+            &format!("RS0051 the sweeper cannot remove the {what} (reported once)"),
+        ),
+        gc::Event::Failed(why) => log.log(Level::Err, &format!("RS0041 {why}")),
+        gc::Event::RefusedAsRoot => log.log(
+            Level::Err,
+            "RS0042 the sweeper does not run as root; set User",
+        ),
+    });
     match started {
         Ok(sweeper) => {
             pchild.attach(sweeper);

@@ -338,6 +338,12 @@ pub fn child_init(pchild: Pool<'_>, main: Server<'_>) {
         }
     }
     let log = ServerLog::new(main);
+    // Sweeping records can wait, requests cannot: the threads that do it
+    // take only CPU time nothing else wants (where the policy cannot be
+    // had, they run at normal priority).
+    crate::store::set_sweep_thread_setup(|| {
+        let _ = crate::ffi::process::run_this_thread_when_idle();
+    });
     let started = Sweeper::start(targets, main_rt.gc_interval, move |event| match event {
         gc::Event::Begun(store) => {
             log.log(Level::Debug, &format!("RS0150 sweep of {store} begins"))

@@ -439,3 +439,66 @@ fn a_graceful_stop_during_a_long_sweep_is_prompt() {
     // Before, the stop waited for the whole pass (here all of it).
     assert!(records(&h) > 0, "the stop cut the pass short");
 }
+
+/// `SCHED_IDLE` in the policy field of /proc/PID/task/TID/stat.
+const SCHED_IDLE: i64 = 5;
+
+/// (name, policy) of every thread of `pid`.
+fn thread_policies(pid: i32) -> Vec<(String, i64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            let (head, tail) = stat.rsplit_once(')')?;
+            let name = head.split_once('(')?.1.to_string();
+            // The policy is field 41; the fields after the name begin at 3.
+            let policy = tail.split_whitespace().nth(41 - 3)?.parse().ok()?;
+            Some((name, policy))
+        })
+        .collect()
+}
+
+#[test]
+fn the_sweep_runs_only_on_cpu_time_requests_leave_idle() {
+    // A busy machine's requests once shared the CPU with the sweep as with
+    // one of their own: its threads now take only idle time. The sweeper's
+    // own thread, which lives on (and may start the Redis lock keeper),
+    // keeps normal priority.
+    let mut h = server(Mpm::Event, "");
+    h.stop();
+    plant_expired_with_scratch(&h, 30_000, 10);
+    h.start_again();
+    let (sweepers, passes) = wait_for(
+        "a pass's threads at idle priority",
+        Duration::from_secs(60),
+        || {
+            let threads: Vec<_> = h
+                .worker_children()
+                .into_iter()
+                .flat_map(thread_policies)
+                .collect();
+            let of = |prefix: &str| -> Vec<i64> {
+                threads
+                    .iter()
+                    .filter(|(n, _)| n.starts_with(prefix))
+                    .map(|(_, p)| *p)
+                    .collect()
+            };
+            let passes = of("rsession-sweep");
+            // Policies are read while the pass runs; a thread is named
+            // before it lowers itself, so wait until all have.
+            (!passes.is_empty() && passes.iter().all(|&p| p == SCHED_IDLE))
+                .then(|| (of("rsession-gc"), passes))
+        },
+    );
+    assert!(
+        !sweepers.is_empty() && sweepers.iter().all(|&p| p != SCHED_IDLE),
+        "the sweeper's own threads keep their priority: {sweepers:?}"
+    );
+    assert!(passes.iter().all(|&p| p == SCHED_IDLE));
+    // Requests are served as usual beside it.
+    assert_eq!(get(&h.url("/cgi-bin/env.cgi"), &[]).status, 200);
+}

@@ -177,3 +177,20 @@ fn wait_bounded(child: nix::unistd::Pid, limit: Duration) -> io::Result<bool> {
         }
     }
 }
+
+/// Puts the calling thread (and the threads it starts later, which
+/// inherit it) under `SCHED_IDLE`: it runs only on a CPU that nothing of
+/// normal priority wants, so background work never delays a request the
+/// way a busy thread of equal weight does (a `nice` value only shrinks its
+/// share). Lowering one's own policy needs no privilege.
+pub fn run_this_thread_when_idle() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 names the calling thread; `param` is a valid
+    // sched_param that lives across the call, which only reads it.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -833,16 +833,25 @@ impl SessionStore for FileStore {
             counts
         };
         let workers = self.sweep_workers.clamp(1, SHARDS - start.min(SHARDS - 1));
+        // Threads of their own, set up by the host (idle priority), that
+        // end with the pass; the caller only waits, and works itself if
+        // none could be started.
         let mut counts = std::thread::scope(|s| {
-            let helpers: Vec<_> = (1..workers)
+            let helpers: Vec<_> = (0..workers)
                 .filter_map(|n| {
                     std::thread::Builder::new()
-                        .name(format!("rsession-gc-{n}"))
-                        .spawn_scoped(s, work)
+                        .name(format!("rsession-sweep{n}"))
+                        .spawn_scoped(s, || {
+                            super::set_up_sweep_thread();
+                            work()
+                        })
                         .ok()
                 })
                 .collect();
-            let mut counts = work();
+            let mut counts = match helpers.is_empty() {
+                true => work(),
+                false => SweepCounts::default(),
+            };
             for helper in helpers {
                 if let Ok(theirs) = helper.join() {
                     add_counts(&mut counts, &theirs);

@@ -15,8 +15,25 @@ use crate::record::Record;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+/// Run first on every thread a store starts to sweep records, set once
+/// per process by the host, which lowers the thread's priority there.
+/// Only those threads, which end with their pass: a thread that lives on
+/// (the sweeper's own, which also talks to Redis and may start the lock
+/// keeper) would pass a lowered priority on to what it starts, for good.
+static SWEEP_THREAD_SETUP: OnceLock<fn()> = OnceLock::new();
+
+pub fn set_sweep_thread_setup(setup: fn()) {
+    let _ = SWEEP_THREAD_SETUP.set(setup);
+}
+
+pub(crate) fn set_up_sweep_thread() {
+    if let Some(setup) = SWEEP_THREAD_SETUP.get() {
+        setup();
+    }
+}
 
 /// A lock on one session, held until dropped. Implementations release in
 /// `Drop`, so errors, panics and aborted requests all unlock.

@@ -82,6 +82,27 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Runs `work` on a thread of its own that ends with it, set up as the
+/// host sets up sweeping threads (idle priority); on the caller if no
+/// thread can be started.
+fn on_sweep_thread<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    let work = Mutex::new(Some(work));
+    let run = || (work.lock().take().expect("taken once"))();
+    std::thread::scope(|s| {
+        let spawned = std::thread::Builder::new()
+            .name("rsession-sweep".into())
+            .spawn_scoped(s, || {
+                crate::store::set_up_sweep_thread();
+                run()
+            });
+        match spawned.map(|t| t.join()) {
+            Ok(Ok(done)) => done,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(_) => run(),
+        }
+    })
+}
+
 /// Runs one pass over `target` unless another sweeper holds the store or
 /// swept it within `interval`.
 /// Returns soon after `stop` is set, the figures then left as they were.
@@ -113,8 +134,12 @@ fn pass(
     if stop.load(Ordering::Relaxed) {
         return Ok(None);
     }
-    let (orphans, unremovable) =
-        sweep_orphans(target, cursor, budget, interval.max(MIN_ORPHAN_GRACE), stop)?;
+    let grace = interval.max(MIN_ORPHAN_GRACE);
+    let mut orphan_pass = || sweep_orphans(target, cursor, budget, grace, stop);
+    let (orphans, unremovable) = match target.store.sweeps_locally() {
+        true => on_sweep_thread(orphan_pass)?,
+        false => orphan_pass()?,
+    };
     if stop.load(Ordering::Relaxed) {
         return Ok(None);
     }

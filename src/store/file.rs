@@ -875,6 +875,10 @@ impl SessionStore for FileStore {
         Ok(counts)
     }
 
+    fn sweeps_locally(&self) -> bool {
+        true
+    }
+
     fn user_index(&self) -> Option<&dyn UserIndex> {
         Some(self)
     }

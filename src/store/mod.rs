@@ -193,6 +193,12 @@ pub trait SessionStore: Send + Sync {
         removed: &(dyn Fn(&SessionId) + Sync),
         stop: &AtomicBool,
     ) -> Result<SweepCounts, StoreError>;
+    /// Whether sweeping this store waits on nothing but the kernel (no
+    /// connection pool, no lock keeper), so that idle-priority threads may
+    /// do all of it, the orphan pass included.
+    fn sweeps_locally(&self) -> bool {
+        false
+    }
     /// The store's user → sessions index (`invalidate-user`), if it keeps
     /// one. An optional capability, like tower-sessions' ExpiredDeletion:
     /// stores without it refuse `invalidate-user`.

@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -1182,7 +1183,6 @@ def floor_under_traffic(args, exe, every, threads):
     resumed traffic of module_sweep runs against a store beside it on the
     same file system: what the removals cost requests' latency when
     nothing of the module's sweeper is involved."""
-    import threading
     n = args.sweep
     tree = SweepTree(exe, n, every, max(threads, 1))
     beside = SweepTree(exe, 1000, every, 1)

@@ -89,13 +89,7 @@ fn on_sweep_thread<T: Send>(work: impl FnOnce() -> T + Send) -> T {
     let work = Mutex::new(Some(work));
     let run = || (work.lock().take().expect("taken once"))();
     std::thread::scope(|s| {
-        let spawned = std::thread::Builder::new()
-            .name("rsession-sweep".into())
-            .spawn_scoped(s, || {
-                crate::store::set_up_sweep_thread();
-                run()
-            });
-        match spawned.map(|t| t.join()) {
+        match crate::store::spawn_sweep_thread(s, "rsession-sweep".into(), run).map(|t| t.join()) {
             Ok(Ok(done)) => done,
             Ok(Err(panic)) => std::panic::resume_unwind(panic),
             Err(_) => run(),

@@ -839,13 +839,7 @@ impl SessionStore for FileStore {
         let mut counts = std::thread::scope(|s| {
             let helpers: Vec<_> = (0..workers)
                 .filter_map(|n| {
-                    std::thread::Builder::new()
-                        .name(format!("rsession-sweep{n}"))
-                        .spawn_scoped(s, || {
-                            super::set_up_sweep_thread();
-                            work()
-                        })
-                        .ok()
+                    super::spawn_sweep_thread(s, format!("rsession-sweep{n}"), work).ok()
                 })
                 .collect();
             let mut counts = match helpers.is_empty() {

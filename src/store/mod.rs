@@ -29,10 +29,19 @@ pub fn set_sweep_thread_setup(setup: fn()) {
     let _ = SWEEP_THREAD_SETUP.set(setup);
 }
 
-pub(crate) fn set_up_sweep_thread() {
-    if let Some(setup) = SWEEP_THREAD_SETUP.get() {
-        setup();
-    }
+/// Starts, in scope `s`, a thread named `name` that sweeps: it runs the
+/// host's setup first, then `work`. Every sweeping thread starts here.
+pub(crate) fn spawn_sweep_thread<'scope, T: Send + 'scope>(
+    s: &'scope std::thread::Scope<'scope, '_>,
+    name: String,
+    work: impl FnOnce() -> T + Send + 'scope,
+) -> std::io::Result<std::thread::ScopedJoinHandle<'scope, T>> {
+    std::thread::Builder::new().name(name).spawn_scoped(s, || {
+        if let Some(setup) = SWEEP_THREAD_SETUP.get() {
+            setup();
+        }
+        work()
+    })
 }
 
 /// A lock on one session, held until dropped. Implementations release in

@@ -64,9 +64,29 @@ impl SessionLock {
 impl Drop for SessionLock {
     fn drop(&mut self) {
         self.store_lock.take();
-        self.gate.take();
-        release_gate(&self.id);
+        if self.gate.take().is_some() {
+            release_gate(&self.id);
+        }
     }
+}
+
+/// The lock of an id drawn just now, which no other request can know yet:
+/// one attempt at the store and no gate (the gate only lines up threads of
+/// this process that wait, and none can wait for an id it does not know).
+/// `None` if the store says it is taken after all; the caller then waits
+/// as for any other id.
+pub fn take_unshared(
+    store: &dyn SessionStore,
+    id: &SessionId,
+    ttl: Duration,
+) -> Result<Option<SessionLock>, StoreError> {
+    Ok(store.try_lock(id, ttl)?.map(|held| SessionLock {
+        id: *id,
+        store_lock: Some(held),
+        gate: None,
+        waited: false,
+        wait: Duration::ZERO,
+    }))
 }
 
 fn gate_for(id: &SessionId) -> Gate {
@@ -237,6 +257,36 @@ mod tests {
             assert!(waited, "a wait in the gate is a wait");
             assert!(wait >= Duration::from_millis(10), "{wait:?}");
         });
+    }
+
+    #[test]
+    fn an_unshared_lock_excludes_everyone_without_a_gate() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path().to_path_buf()).unwrap();
+        let id = SessionId::generate().unwrap();
+        let ttl = Duration::from_secs(10);
+        let held = take_unshared(&store, &id, ttl)
+            .unwrap()
+            .expect("a new id is free");
+        assert!(
+            GATES.lock().get(&id).is_none(),
+            "no gate for an id nobody knows"
+        );
+        // The sweeper (another thread) and other requests are kept out...
+        let other = std::thread::scope(|s| {
+            s.spawn(|| store.try_lock(&id, ttl).unwrap().is_none())
+                .join()
+                .unwrap()
+        });
+        assert!(other, "held against another thread's attempt");
+        assert!(take_unshared(&store, &id, ttl).unwrap().is_none());
+        assert!(matches!(
+            acquire(&store, &id, Duration::from_millis(20), ttl),
+            Err(LockError::Timeout)
+        ));
+        // ...until it goes; the waiter's gate is forgotten after it.
+        assert_waiter_gets_it_after_release(&store, &id, || drop(held));
+        assert!(GATES.lock().get(&id).is_none());
     }
 
     #[test]

@@ -172,6 +172,9 @@ fn lock_session(
     if !dir.lock() {
         return Ok(None);
     }
+    if let Some(lock) = lock::take_unshared(rt.store.as_ref(), id, rt.lock_ttl)? {
+        return Ok(Some(lock));
+    }
     let started = Instant::now();
     let acquired =
         lock::acquire(rt.store.as_ref(), id, dir.lock_timeout(), rt.lock_ttl).map(|l| (l, ()));

@@ -190,6 +190,13 @@ mod tests {
     use super::*;
     use crate::store::file::FileStore;
 
+    /// A file store in a temporary directory and an id it has not seen.
+    fn store_and_id() -> (tempfile::TempDir, FileStore, SessionId) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path().to_path_buf()).unwrap();
+        (dir, store, SessionId::generate().unwrap())
+    }
+
     /// A second thread waits for `id` and must get it, but only after
     /// `release` ran.
     fn assert_waiter_gets_it_after_release(
@@ -217,9 +224,7 @@ mod tests {
 
     #[test]
     fn waits_then_times_out_then_succeeds() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::open(dir.path().to_path_buf()).unwrap();
-        let id = SessionId::generate().unwrap();
+        let (_dir, store, id) = store_and_id();
         let ttl = Duration::from_secs(10);
         let first = acquire(&store, &id, Duration::ZERO, ttl).unwrap();
         assert!(!first.waited);
@@ -236,9 +241,7 @@ mod tests {
 
     #[test]
     fn a_short_wait_in_the_gate_counts_as_a_wait() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::open(dir.path().to_path_buf()).unwrap();
-        let id = SessionId::generate().unwrap();
+        let (_dir, store, id) = store_and_id();
         let ttl = Duration::from_secs(10);
         let first = acquire(&store, &id, Duration::ZERO, ttl).unwrap();
         std::thread::scope(|s| {
@@ -261,9 +264,7 @@ mod tests {
 
     #[test]
     fn an_unshared_lock_excludes_everyone_without_a_gate() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::open(dir.path().to_path_buf()).unwrap();
-        let id = SessionId::generate().unwrap();
+        let (_dir, store, id) = store_and_id();
         let ttl = Duration::from_secs(10);
         let held = take_unshared(&store, &id, ttl)
             .unwrap()
@@ -293,9 +294,7 @@ mod tests {
     fn a_lock_held_by_another_process_is_polled_until_free() {
         // A second descriptor stands in for another process: flock does not
         // care which process holds the other one.
-        let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::open(dir.path().to_path_buf()).unwrap();
-        let id = SessionId::generate().unwrap();
+        let (_dir, store, id) = store_and_id();
         let ttl = Duration::from_secs(10);
         let foreign = store.try_lock(&id, ttl).unwrap().unwrap();
         assert_waiter_gets_it_after_release(&store, &id, || drop(foreign));

@@ -545,3 +545,47 @@ fn subrequests_and_redirects_see_the_same_session() {
     );
     assert_eq!(r.set_cookie(), None);
 }
+
+#[test]
+fn a_directory_index_handler_has_one_session_and_loses_no_increment() {
+    // mod_dir answers /dix/ with a lookup subrequest for index.cgi and an
+    // internal fast redirect into it: the chain must still have exactly
+    // one session, locked once and saved once, or parallel requests of one
+    // visitor would deadlock or overwrite each other.
+    let h = server(
+        Mpm::Event,
+        "<Location /dix/>\n  RSession On\n</Location>\n\
+         <Directory {ROOT}/htdocs/dix>\n  Options +ExecCGI\n  AddHandler cgi-script .cgi\n  DirectoryIndex index.cgi\n</Directory>\n",
+    );
+    h.htdoc("dix/index.cgi", harness::scripts::COUNTER_CGI);
+    std::fs::set_permissions(
+        h.path("htdocs/dix/index.cgi"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let first = get(&h.url("/dix/"), &[]);
+    assert_eq!((first.status, first.body.trim()), (200, "1"), "{first:?}");
+    let pair = first.cookie_pair();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..10 {
+                    let r = get_with_cookie(&h.url("/dix/"), &pair);
+                    assert_eq!(r.status, 200, "{r:?}");
+                    assert_eq!(r.set_cookie(), None, "the same session, no new cookie");
+                }
+            });
+        }
+    });
+    let last = get_with_cookie(&h.url("/dix/"), &pair);
+    assert_eq!(
+        last.body.trim(),
+        "42",
+        "every increment through the index kept"
+    );
+    let log = h.error_log();
+    assert!(
+        !log.contains("[rsession:warn]") && !log.contains("[rsession:error]"),
+        "no warning on the way: {log}"
+    );
+}

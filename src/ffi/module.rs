@@ -31,3 +31,15 @@ pub unsafe fn module_config(vector: *mut sys::ap_conf_vector_t) -> *mut std::ffi
     // module_index (the caller guarantees the vector is live).
     unsafe { *(vector as *mut *mut std::ffi::c_void).add(index as usize) }
 }
+
+/// `ap_set_module_config`: stores `value` in our slot of a config vector.
+///
+/// # Safety
+/// `vector` must be a live config vector of this generation, and `value`
+/// must live as long as whatever reads the vector.
+pub unsafe fn set_module_config(vector: *mut sys::ap_conf_vector_t, value: *mut std::ffi::c_void) {
+    let index = module_index();
+    debug_assert!(index >= 0);
+    // SAFETY: as in `module_config`; the caller vouches for `value`.
+    unsafe { *(vector as *mut *mut std::ffi::c_void).add(index as usize) = value };
+}

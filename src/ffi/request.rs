@@ -402,15 +402,27 @@ impl Drop for Slots {
     }
 }
 
-/// Pool userdata key of a pool's `Slots`.
+/// Pool userdata key of a pool's `Slots`, for a request without a
+/// `request_config` vector (none of httpd's own; a module's hand-made one).
 const SLOTS_KEY: &CStr = c"rsession:request-slots";
 
 impl<'r> Request<'r> {
+    /// Our entry of `r->request_config` (one pointer per module, indexed by
+    /// module_index: no hashing, unlike pool userdata), which holds this
+    /// request's `Slots` once something was kept. An internal redirect's
+    /// request has a vector of its own, so callers that share state along
+    /// a chain keep it on `initial()`, as before.
     fn slots(&self) -> Option<&'r Slots> {
-        let p = self.pool().userdata(SLOTS_KEY) as *const Slots;
-        // SAFETY: only `slots_or_new` stores under this key, always a
-        // Slots attached to this same pool, so it lives as long as the
-        // pool (and so for 'r).
+        let vector = self.rec().request_config;
+        let p = if vector.is_null() {
+            self.pool().userdata(SLOTS_KEY)
+        } else {
+            // SAFETY: request_config is this live request's vector.
+            unsafe { super::module::module_config(vector) }
+        } as *const Slots;
+        // SAFETY: only `slots_or_new` stores there, always a Slots
+        // attached to this request's pool, so it lives as long as the pool
+        // (and so for 'r).
         unsafe { p.as_ref() }
     }
 
@@ -420,7 +432,14 @@ impl<'r> Request<'r> {
         }
         let pool = self.pool();
         let p = pool.attach(Slots::default());
-        pool.set_userdata(SLOTS_KEY, p as *mut std::ffi::c_void);
+        let vector = self.rec().request_config;
+        if vector.is_null() {
+            pool.set_userdata(SLOTS_KEY, p as *mut std::ffi::c_void);
+        } else {
+            // SAFETY: the vector is this live request's; the Slots lives in
+            // its pool, which outlives the request_rec's use.
+            unsafe { super::module::set_module_config(vector, p as *mut std::ffi::c_void) };
+        }
         // SAFETY: `attach` returned a live pointer owned by the pool.
         unsafe { &*p }
     }

@@ -739,22 +739,31 @@ fn log_lock_timeout(r: Request<'_>, dir: &DirConfig, id: &SessionId) {
 
 /// What the end of the request did with the session, at debug level.
 fn log_outcome(r: Request<'_>, session: &ActiveSession) {
-    let short = session.id().short();
+    // The id is formatted only when the line is logged (rlog! evaluates its
+    // arguments then): this runs on every request.
+    let id = session.id();
     match session.outcome() {
         Outcome::Unchanged => {}
-        Outcome::Kept => rlog!(r, Level::Debug, "session {short}... kept (first write)"),
-        Outcome::Saved => rlog!(r, Level::Debug, "session {short}... saved"),
+        Outcome::Kept => rlog!(
+            r,
+            Level::Debug,
+            "session {}... kept (first write)",
+            id.short()
+        ),
+        Outcome::Saved => rlog!(r, Level::Debug, "session {}... saved", id.short()),
         Outcome::Regenerated(old) => rlog!(
             r,
             Level::Debug,
-            "session {}... regenerated as {short}...",
-            old.short()
+            "session {}... regenerated as {}...",
+            old.short(),
+            id.short()
         ),
-        Outcome::Invalidated => rlog!(r, Level::Debug, "session {short}... invalidated"),
+        Outcome::Invalidated => rlog!(r, Level::Debug, "session {}... invalidated", id.short()),
         Outcome::Discarded => rlog!(
             r,
             Level::Debug,
-            "session {short}... discarded: nothing was written to it"
+            "session {}... discarded: nothing was written to it",
+            id.short()
         ),
     }
 }
@@ -884,8 +893,11 @@ pub fn at_first_output(r: Request<'_>) -> FirstOutput {
 fn drop_commands(r: Request<'_>, header: &str, tag: &str, short: &str, why: &str) {
     let mut lines = 0;
     for table in [r.headers_out(), r.err_headers_out()] {
-        lines += table.get_all(header).len();
-        table.unset(header);
+        let found = table.get_all(header).len();
+        if found > 0 {
+            lines += found;
+            table.unset(header);
+        }
     }
     if lines > 0 {
         rlog!(
@@ -900,8 +912,11 @@ fn save(r: Request<'_>, rs: &mut RequestSession) -> FirstOutput {
     let header = rs.dir.update_header().to_string();
     let mut lines: Vec<String> = Vec::new();
     for table in [r.headers_out(), r.err_headers_out()] {
-        lines.extend(table.get_all(&header).into_iter().map(|v| v.into_owned()));
-        table.unset(&header);
+        let found = table.get_all(&header);
+        if !found.is_empty() {
+            lines.extend(found.into_iter().map(|v| v.into_owned()));
+            table.unset(&header);
+        }
     }
     // The most of an id logs may show; formatted without allocating.
     let id_text = rs.session.id().text();

@@ -295,8 +295,10 @@ impl<'r> Table<'r> {
         }
     }
 
-    /// Every (key, value) entry, in order, without copying.
-    fn raw_entries(&self) -> impl Iterator<Item = (&'r [u8], &'r [u8])> {
+    /// Every (key, value) entry, in order, without copying. The value is
+    /// left as a C string, measured only by callers that want it: most
+    /// look for one key among many entries.
+    fn raw_entries(&self) -> impl Iterator<Item = (&'r [u8], *const c_char)> {
         let (elts, n) = if self.raw.is_null() {
             (std::ptr::null(), 0)
         } else {
@@ -312,7 +314,7 @@ impl<'r> Table<'r> {
         (0..n).filter_map(move |i| {
             // SAFETY: `i < nelts`, within the array (see above).
             let e = unsafe { &*elts.add(i) };
-            (!e.key.is_null()).then(|| (bytes(e.key), bytes(e.val)))
+            (!e.key.is_null()).then(|| (bytes(e.key), e.val as *const c_char))
         })
     }
 
@@ -333,7 +335,8 @@ impl<'r> Table<'r> {
     pub fn get_all(&self, key: &str) -> Vec<Cow<'r, str>> {
         self.raw_entries()
             .filter(|(k, _)| k.eq_ignore_ascii_case(key.as_bytes()))
-            .map(|(_, v)| match std::str::from_utf8(v) {
+            .map(|(_, v)| bytes(v))
+            .map(|v| match std::str::from_utf8(v) {
                 Ok(text) => Cow::Borrowed(text),
                 Err(_) => String::from_utf8_lossy(v),
             })

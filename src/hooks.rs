@@ -66,19 +66,21 @@ struct ChainState(RefCell<RequestState>);
 /// authorization only (the chain had none yet).
 struct PeekState(RefCell<RequestState>);
 
-/// The session state kept on `initial`'s pool, if any. Call it with
-/// `initial()`: subrequests and redirects share the initial request's.
+/// The session state kept on `initial`, if any. Call it with `initial()`:
+/// subrequests and redirects share the initial request's.
 fn session_state(initial: Request<'_>) -> Option<&RefCell<RequestState>> {
     initial.slot::<ChainState>().map(|s| &s.0)
 }
 
-/// Keeps the chain's state on `initial`'s pool; dropped (unlocking the
-/// session) when the pool goes, after logging, even on aborts.
+/// Keeps the chain's state on `initial`; dropped (unlocking the session)
+/// when its pool goes, after logging, even on aborts.
 fn set_session_state(initial: Request<'_>, state: RequestState) -> &RefCell<RequestState> {
     &initial.set_slot(ChainState(RefCell::new(state))).0
 }
 
-/// The session this (sub)request looked at on its own, if any.
+/// The session this (sub)request looked at on its own, if any. Kept on
+/// this request_rec only: a subrequest's internal redirect (an included
+/// CGI's local `Location:`) looks again with its own location's config.
 fn session_peek(r: Request<'_>) -> Option<&RefCell<RequestState>> {
     r.slot::<PeekState>().map(|s| &s.0)
 }

@@ -386,21 +386,41 @@ impl<'r> Table<'r> {
     }
 }
 
-/// The typed slots of one request pool: values of any type, found by
-/// type, dropped (newest first, each under its own panic guard) when the
-/// pool goes, after logging, even on aborts.
-#[derive(Default)]
-struct Slots(RefCell<Vec<Box<dyn Any>>>);
+/// The typed slots of one request: values of any type, found by type,
+/// dropped (newest first, each under its own panic guard) when the
+/// request's pool goes, after logging, even on aborts.
+struct Slots {
+    values: RefCell<Vec<Box<dyn Any>>>,
+    /// The pool it is attached to: a request_rec copied into another pool
+    /// (httpd never does; a module could) shares the vector, not the pool,
+    /// and must not find it.
+    pool: *mut sys::apr_pool_t,
+    /// The `request_config` that points here (null: pool userdata does),
+    /// cleared once the values are gone, so that nothing later in the
+    /// pool's cleanup finds a dropped Slots.
+    vector: *mut sys::ap_conf_vector_t,
+}
 
 impl Drop for Slots {
     fn drop(&mut self) {
         loop {
             // The borrow ends before the value's Drop runs, which may look
             // at the slots again.
-            let Some(value) = self.0.borrow_mut().pop() else {
+            let Some(value) = self.values.borrow_mut().pop() else {
                 break;
             };
             let _ = std::panic::catch_unwind(AssertUnwindSafe(|| drop(value)));
+        }
+        if !self.vector.is_null() {
+            let me = self as *mut Slots as *mut std::ffi::c_void;
+            // SAFETY: the vector lives in the same pool as this Slots, whose
+            // cleanups run before its memory goes; only our entry changes,
+            // and only if it still names this Slots.
+            unsafe {
+                if super::module::module_config(self.vector) == me {
+                    super::module::set_module_config(self.vector, std::ptr::null_mut());
+                }
+            }
         }
     }
 }
@@ -413,8 +433,8 @@ impl<'r> Request<'r> {
     /// Our entry of `r->request_config` (one pointer per module, indexed by
     /// module_index: no hashing, unlike pool userdata), which holds this
     /// request's `Slots` once something was kept. An internal redirect's
-    /// request has a vector of its own, so callers that share state along
-    /// a chain keep it on `initial()`, as before.
+    /// request has a vector of its own (and shares the pool), so callers
+    /// that share state along a chain keep it on `initial()`.
     fn slots(&self) -> Option<&'r Slots> {
         let vector = self.rec().request_config;
         let p = if vector.is_null() {
@@ -424,9 +444,10 @@ impl<'r> Request<'r> {
             unsafe { super::module::module_config(vector) }
         } as *const Slots;
         // SAFETY: only `slots_or_new` stores there, always a Slots
-        // attached to this request's pool, so it lives as long as the pool
-        // (and so for 'r).
-        unsafe { p.as_ref() }
+        // attached to the pool it names, and Slots::drop clears the entry:
+        // a Slots of this request's own pool lives as long as it (so for 'r).
+        let slots = unsafe { p.as_ref() }?;
+        (slots.pool == self.pool().as_ptr()).then_some(slots)
     }
 
     fn slots_or_new(&self) -> &'r Slots {
@@ -434,25 +455,30 @@ impl<'r> Request<'r> {
             return slots;
         }
         let pool = self.pool();
-        let p = pool.attach(Slots::default());
         let vector = self.rec().request_config;
+        let p = pool.attach(Slots {
+            values: RefCell::new(Vec::new()),
+            pool: pool.as_ptr(),
+            vector,
+        });
         if vector.is_null() {
             pool.set_userdata(SLOTS_KEY, p as *mut std::ffi::c_void);
         } else {
             // SAFETY: the vector is this live request's; the Slots lives in
-            // its pool, which outlives the request_rec's use.
+            // its pool and clears the entry when it goes.
             unsafe { super::module::set_module_config(vector, p as *mut std::ffi::c_void) };
         }
         // SAFETY: `attach` returned a live pointer owned by the pool.
         unsafe { &*p }
     }
 
-    /// The value of type `T` kept on this request's pool, if any (the
-    /// newest, if it was set more than once).
+    /// The value of type `T` kept on this request (its `request_rec`, not
+    /// its pool: an internal redirect's request has slots of its own), if
+    /// any (the newest, if it was set more than once).
     pub fn slot<T: 'static>(&self) -> Option<&'r T> {
         let slots = self.slots()?;
         let found = slots
-            .0
+            .values
             .borrow()
             .iter()
             .rev()
@@ -464,13 +490,13 @@ impl<'r> Request<'r> {
         Some(unsafe { &*found })
     }
 
-    /// Keeps `value` on this request's pool, where `slot::<T>()` finds it;
-    /// it is dropped when the pool goes. An earlier value of the type stays
+    /// Keeps `value` on this request, where `slot::<T>()` finds it; it is
+    /// dropped when the request's pool goes. An earlier value of the type stays
     /// alive (and is dropped) with the pool too, but is no longer found.
     pub fn set_slot<T: 'static>(&self, value: T) -> &'r T {
         let boxed = Box::new(value);
         let p: *const T = &*boxed;
-        self.slots_or_new().0.borrow_mut().push(boxed);
+        self.slots_or_new().values.borrow_mut().push(boxed);
         // SAFETY: as in `slot`: the box now belongs to the pool's Slots.
         unsafe { &*p }
     }

@@ -589,3 +589,66 @@ fn a_directory_index_handler_has_one_session_and_loses_no_increment() {
         "no warning on the way: {log}"
     );
 }
+
+#[test]
+fn a_redirected_include_is_authorized_under_its_own_location() {
+    // An included CGI (a subrequest of a page without sessions) that
+    // answers with a local `Location:` is redirected internally. The
+    // redirect's location names another cookie: it must decide with that,
+    // as a direct request there would, not reuse the look the include's own
+    // location took with the visitor's `sid` cookie.
+    let h = server(
+        Mpm::Event,
+        "ScriptAlias /pk/ {ROOT}/pk/\n<Location /pk/>\n  RSession On\n  Require rsession n\n</Location>\n\
+         ScriptAlias /pk2/ {ROOT}/pk2/\n<Location /pk2/>\n  RSession On\n  RSessionCookieName sid2\n  Require rsession n\n</Location>\n",
+    );
+    for (dir, name, script) in [
+        ("pk", "env.cgi", ENV_CGI),
+        (
+            "pk",
+            "redir.cgi",
+            "#!/bin/sh\nprintf 'Location: /pk2/env.cgi\\n\\n'\n",
+        ),
+        ("pk2", "env.cgi", ENV_CGI),
+    ] {
+        let path = h.path(dir).join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::set_permissions(
+            path.parent().unwrap(),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    h.cgi("counter.cgi", harness::scripts::COUNTER_CGI);
+    h.htdoc(
+        "plain/direct.shtml",
+        "<!--#include virtual=\"/pk/env.cgi\" -->\n",
+    );
+    h.htdoc(
+        "plain/redirected.shtml",
+        "<!--#include virtual=\"/pk/redir.cgi\" -->\n",
+    );
+    let pair = get(&h.url("/cgi-bin/counter.cgi"), &[]).cookie_pair();
+    assert!(pair.starts_with("sid="), "{pair}");
+
+    // The include's own location admits the session (it holds n)...
+    let r = get_with_cookie(&h.url("/plain/direct.shtml"), &pair);
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body.contains(&format!("RSESSION_ID={}", id_of(&pair))),
+        "{}",
+        r.body
+    );
+    // ...the redirect's location knows no `sid2` session: refused there,
+    // directly and through the include alike.
+    assert_eq!(get_with_cookie(&h.url("/pk2/env.cgi"), &pair).status, 403);
+    let r = get_with_cookie(&h.url("/plain/redirected.shtml"), &pair);
+    assert_eq!(r.status, 200);
+    assert!(
+        !r.body.contains("RSESSION_"),
+        "the redirected include ran with the other location's session: {}",
+        r.body
+    );
+}

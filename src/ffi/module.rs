@@ -20,16 +20,26 @@ pub fn module_index() -> c_int {
     unsafe { (*addr_of!(rsession_module)).module_index }
 }
 
+/// Where our pointer sits in a config vector: one pointer per loaded
+/// module, indexed by module_index.
+///
+/// # Safety
+/// `vector` must be a live config vector of this generation.
+unsafe fn our_entry(vector: *mut sys::ap_conf_vector_t) -> *mut *mut std::ffi::c_void {
+    let index = module_index();
+    debug_assert!(index >= 0);
+    // SAFETY: the vector holds an entry for every loaded module, ours
+    // included (the caller guarantees it is live).
+    unsafe { (vector as *mut *mut std::ffi::c_void).add(index as usize) }
+}
+
 /// `ap_get_module_config`: our slot in a config vector.
 ///
 /// # Safety
 /// `vector` must be a live config vector of this generation.
 pub unsafe fn module_config(vector: *mut sys::ap_conf_vector_t) -> *mut std::ffi::c_void {
-    let index = module_index();
-    debug_assert!(index >= 0);
-    // SAFETY: config vectors hold one pointer per loaded module, indexed by
-    // module_index (the caller guarantees the vector is live).
-    unsafe { *(vector as *mut *mut std::ffi::c_void).add(index as usize) }
+    // SAFETY: as `our_entry` requires, which the caller guarantees.
+    unsafe { *our_entry(vector) }
 }
 
 /// `ap_set_module_config`: stores `value` in our slot of a config vector.
@@ -38,8 +48,6 @@ pub unsafe fn module_config(vector: *mut sys::ap_conf_vector_t) -> *mut std::ffi
 /// `vector` must be a live config vector of this generation, and `value`
 /// must live as long as whatever reads the vector.
 pub unsafe fn set_module_config(vector: *mut sys::ap_conf_vector_t, value: *mut std::ffi::c_void) {
-    let index = module_index();
-    debug_assert!(index >= 0);
     // SAFETY: as in `module_config`; the caller vouches for `value`.
-    unsafe { *(vector as *mut *mut std::ffi::c_void).add(index as usize) = value };
+    unsafe { *our_entry(vector) = value };
 }

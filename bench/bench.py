@@ -10,6 +10,7 @@ expired sessions, and instructions per request of the module's hot path
 counted by callgrind (repeatable, unlike a clock).
 """
 import argparse
+import atexit
 import grp
 import hashlib
 import http.client
@@ -556,6 +557,16 @@ def write(root, name, text, mode=0o644):
 SAME_COOKIES = "static file, no session, same cookies"
 LUA_PLAIN = "mod_lua handler, no session"
 PHP_PLAIN_ROW = "peer: PHP-FPM, no session"
+# The floors: bench/floor_module.c doing inside httpd only what the row it
+# bounds cannot do without, against the same baseline.
+FLOOR_SCRATCH = "floor: C module, a scratch directory per request only, mod_lua"
+FLOOR_READ_WRITE = "floor: C module, a read+write's store system calls only, mod_lua"
+FLOOR_REDIS = "floor: C module, one Redis GET per request only, static file"
+FLOORS = {
+    FLOOR_SCRATCH: "rsession cookieless, handler writes nothing, mod_lua",
+    FLOOR_READ_WRITE: "rsession read+write via X-RSession, mod_lua, many sessions",
+    FLOOR_REDIS: "rsession Redis store, resumed sessions, static file",
+}
 
 # Every row, in the table's order, with its own baseline: None for a
 # baseline itself, "ceiling" for a row compared with the paired static file
@@ -567,10 +578,13 @@ ROWS = {
     "rsession one session, 16 clients, static file (read-only)": "ceiling",
     LUA_PLAIN: None,
     "rsession read+write via X-RSession, mod_lua, many sessions": LUA_PLAIN,
+    FLOOR_READ_WRITE: LUA_PLAIN,
     "rsession cookieless, handler writes nothing, mod_lua": LUA_PLAIN,
     "rsession cookieless, handler writes nothing, RSessionScratch Off, mod_lua": LUA_PLAIN,
+    FLOOR_SCRATCH: LUA_PLAIN,
     "rsession new session writing one key, mod_lua": LUA_PLAIN,
     "rsession Redis store, resumed sessions, static file": SAME_COOKIES,
+    FLOOR_REDIS: SAME_COOKIES,
     "rsession Redis store read+write via X-RSession, mod_lua, many sessions": LUA_PLAIN,
     "rsession Redis over TLS (rediss), resumed sessions, static file": SAME_COOKIES,
     "rsession Redis Cluster (3 masters), resumed sessions, static file": SAME_COOKIES,
@@ -591,7 +605,8 @@ def selected(name, only):
     substrings (any case), or it is the baseline of a row that does."""
     def named(n):
         return not only or any(o.lower() in n.lower() for o in only)
-    return named(name) or any(named(r) and base == name for r, base in ROWS.items())
+    return (named(name) or any(named(r) and base == name for r, base in ROWS.items())
+            or (name in FLOORS and named(FLOORS[name])))
 
 
 def scenario_rows(args):
@@ -664,16 +679,21 @@ Alias /p/ {ROOT}/htdocs/
     if want(LUA_PLAIN, "rsession read+write via X-RSession, mod_lua, many sessions",
             "rsession cookieless, handler writes nothing, mod_lua", "rsession new session writing one key, mod_lua",
             "rsession cookieless, handler writes nothing, RSessionScratch Off, mod_lua"):
+        floor = floor_module()
         h = Httpd(LUA_SERVER + """
 RSessionStore file:{ROOT}/store
 RSessionScratchRoot {SCRATCH}
-""", modules=["lua"])
+""" + (FLOOR_LUA % floor if floor else ""), modules=["lua"])
         write(h.root, "handler.lua", LUA_HANDLER)
+        if floor:
+            floor_tree(os.path.join(h.root, "floor"), h.scratch + "-floor")
         h.start()
         try:
             add(LUA_PLAIN, lambda: measure(h.url("/lua/plain"), args, cpu=h.cpu_seconds))
             read_write(h.url("/lua/session"), "/lua/session", "rsession read+write via X-RSession, mod_lua, many sessions",
                        h.cpu_seconds, get=h)
+            if floor:
+                add(FLOOR_READ_WRITE, lambda: measure(h.url("/lua/floor-rw"), args, cpu=h.cpu_seconds))
             # Bots and health checks: no cookie, nothing written, nothing kept.
             add("rsession cookieless, handler writes nothing, mod_lua",
                 lambda: measure(h.url("/lua/peek"), args, cpu=h.cpu_seconds))
@@ -681,6 +701,8 @@ RSessionScratchRoot {SCRATCH}
             # mkdir and rmdir cost such a request.
             add("rsession cookieless, handler writes nothing, RSessionScratch Off, mod_lua",
                 lambda: measure(h.url("/lua/peek-bare"), args, cpu=h.cpu_seconds))
+            if floor:
+                add(FLOOR_SCRATCH, lambda: measure(h.url("/lua/floor-scratch"), args, cpu=h.cpu_seconds))
             add("rsession new session writing one key, mod_lua",
                 lambda: measure(h.url("/lua/session"), args, cpu=h.cpu_seconds))
         finally:
@@ -758,6 +780,73 @@ LuaMapHandler ^/lua/peek-bare$ {ROOT}/handler.lua peek
 </Location>
 """
 
+# The floors beside the mod_lua rows (%s: the floor module's path).
+FLOOR_LUA = """
+LoadModule floor_module %s
+LuaMapHandler ^/lua/floor-scratch$ {ROOT}/handler.lua peek
+LuaMapHandler ^/lua/floor-rw$ {ROOT}/handler.lua handle
+<Location /lua/floor-scratch>
+  FloorScratch {SCRATCH}-floor
+</Location>
+<Location /lua/floor-rw>
+  FloorFileRW {ROOT}/floor
+</Location>
+"""
+
+# The Redis floor beside the Redis rows (the module's path, Redis's port).
+FLOOR_REDIS_CONF = """
+LoadModule floor_module %s
+Alias /fr/ {ROOT}/htdocs/
+<Location /fr/>
+  FloorRedis %d
+</Location>
+"""
+
+_floor_build = {}
+
+
+def floor_module():
+    """bench/floor_module.c (with bench/floor.c, which sets up its store)
+    built once per run with apxs's flags; None without apxs
+    (apache2-dev)."""
+    if "module" in _floor_build:
+        return _floor_build["module"]
+    _floor_build["module"] = None
+    cc = shutil.which("cc") or shutil.which("gcc")
+    apxs = shutil.which("apxs") or shutil.which("apxs2")
+    if not (cc and apxs):
+        print("  (apxs or cc missing: the C floors are skipped)", file=sys.stderr)
+        return None
+    def query(var):
+        return subprocess.run([apxs, "-q", var], capture_output=True, text=True, check=True).stdout.split()
+    work = tempfile.mkdtemp(prefix="rsession-floor-module-", dir=BENCH_DIR)
+    os.chmod(work, 0o755)
+    _floor_build["work"] = work
+    atexit.register(shutil.rmtree, work, True)
+    so = os.path.join(work, "mod_floor.so")
+    subprocess.run([cc, "-O2", "-shared", "-fPIC", *query("CFLAGS"), *query("EXTRA_CPPFLAGS"),
+                    "-I" + query("INCLUDEDIR")[0], "-I" + query("APR_INCLUDEDIR")[0],
+                    "-o", so, os.path.join(REPO, "bench/floor_module.c")], check=True)
+    subprocess.run([cc, "-O2", "-o", os.path.join(work, "floor"), os.path.join(REPO, "bench/floor.c")], check=True)
+    _floor_build["module"] = so
+    return so
+
+
+def floor_tree(store, scratch):
+    """The floor's 256 records (made by bench/floor.c as the server's
+    User) and its scratch parent."""
+    www = pwd.getpwnam("www-data")
+    for d in (store, scratch):
+        os.makedirs(d)
+        os.chown(d, www.pw_uid, www.pw_gid)
+
+    def as_www():
+        os.setgid(www.pw_gid)
+        os.setuid(www.pw_uid)
+    subprocess.run([os.path.join(_floor_build["work"], "floor"), store, "256"], preexec_fn=as_www,
+                   capture_output=True, check=True)
+
+
 # A Redis-backed server: static files under /s/ and the mod_lua handlers.
 REDIS_SERVER = LUA_SERVER + """
 RSessionStore %s
@@ -775,8 +864,10 @@ def _redis_rows(args, want, add, read_write):
     tls = "rsession Redis over TLS (rediss), resumed sessions, static file"
     cluster = "rsession Redis Cluster (3 masters), resumed sessions, static file"
 
-    def server(url, name, redis_cpu, rw_name=None):
-        h = Httpd(REDIS_SERVER % url, modules=["alias", "lua"])
+    def server(url, name, redis_cpu, rw_name=None, floor_redis=None):
+        floor = floor_module() if floor_redis and want(FLOOR_REDIS) else None
+        h = Httpd(REDIS_SERVER % url + (FLOOR_REDIS_CONF % (floor, floor_redis.port) if floor else ""),
+                  modules=["alias", "lua"])
         write(h.root, "handler.lua", LUA_HANDLER)
         h.start()
         try:
@@ -784,6 +875,10 @@ def _redis_rows(args, want, add, read_write):
                 cookies = h.cookies(256)
                 add(name, lambda: measure(h.url("/s/index.html"), args, cpu=h.cpu_seconds, side_cpu=redis_cpu,
                                           cookies=cookies))
+                if floor:
+                    floor_redis.cmd("SET floor:record " + "x" * record_length(floor_redis))
+                    add(FLOOR_REDIS, lambda: measure(h.url("/fr/index.html"), args, cpu=h.cpu_seconds,
+                                                     side_cpu=redis_cpu, cookies=cookies))
             if rw_name:
                 read_write(h.url("/lua/session"), "/lua/session", rw_name, h.cpu_seconds, side_cpu=redis_cpu, get=h)
         finally:
@@ -792,7 +887,8 @@ def _redis_rows(args, want, add, read_write):
     if want(resumed, rw):
         redis = Redis()
         try:
-            server("redis://127.0.0.1:%d/0?prefix=bench:" % redis.port, resumed, redis.cpu_seconds, rw)
+            server("redis://127.0.0.1:%d/0?prefix=bench:" % redis.port, resumed, redis.cpu_seconds, rw,
+                   floor_redis=redis)
         finally:
             redis.stop()
     if want(tls):
@@ -876,6 +972,14 @@ Alias /redis/ {ROOT}/htdocs/
         for server in (h, fpm, redis):
             if server:
                 server.stop()
+
+
+def record_length(redis):
+    """The length of one of the sessions' records in `redis` (90 if none
+    is found): the floor's GET reads as many bytes."""
+    key = re.match(rb"\$\d+\r\n(bench:[^\r]*)\r\n", redis.cmd("RANDOMKEY"))
+    length = key and re.match(rb":(\d+)", redis.cmd("STRLEN " + key.group(1).decode()))
+    return int(length.group(1)) if length and int(length.group(1)) > 0 else 90
 
 
 def _redis_ping(port):
@@ -1534,6 +1638,18 @@ def where_the_time_goes(rows, ir, calls, floor):
             return "%.2f" % (machine / (machine + unavoidable[kind]))
         if rows:
             row("best ratio to its own baseline if the module cost only that", "", best)
+    floors = {bound: by[f] for f, bound in FLOORS.items() if f in by}
+    if floors:
+        def measured(r, base, kind, bk):
+            f = r and floors.get(r["name"])
+            if not (f and base):
+                return ""
+            added = " (+%.1f µs)" % (f["cpu_us"] + f.get("side_cpu_us", 0) - base["cpu_us"]) if "cpu_us" in f else ""
+            return "%.2f%s" % (f["rps"] / base["rps"], added)
+        row("measured floor: a C module doing only that inside httpd (bench/floor_module.c), vs own baseline",
+            "", measured)
+        row("this row's rate over its floor's", "",
+            lambda r, b, kind, bk: "%.2f" % (r["rps"] / floors[r["name"]]["rps"]) if r and r["name"] in floors else "")
     return "\n".join(out)
 
 

@@ -22,8 +22,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// Entries examined per pass and store; the next pass resumes after them.
 pub const PASS_BUDGET: usize = 250_000;
 /// A scratch directory without a record is left alone for one interval
-/// (at least this long). Sessions get their record before their
-/// directory, so this only covers clock skew and operators' hands.
+/// (at least this long). A new session's directory comes before its
+/// record, but under a hold (or the store's lock) from the first moment
+/// but one: this covers that moment, clock skew and operators' hands.
 const MIN_ORPHAN_GRACE: Duration = Duration::from_secs(1);
 
 /// One store and the scratch root of the sessions in it.
@@ -260,6 +261,11 @@ fn sweep_orphans(
                 continue;
             }
             if target.store.exists(&id)? {
+                continue;
+            }
+            // A request's new session that is not kept yet: the store knows
+            // nothing of it, its request holds the directory.
+            if target.scratch.is_held_at(shard.as_fd(), &name) {
                 continue;
             }
             // Under the session's lock, so a request creating it now is safe.
@@ -522,6 +528,33 @@ mod tests {
         }
         assert_eq!(total, 5);
         assert_eq!(t.store.count().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_new_sessions_held_directory_is_no_orphan_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = target(dir.path());
+        // What a request that brought no session has: a directory, no
+        // record, no lock in the store.
+        let id = SessionId::generate().unwrap();
+        let (path, hold) = t.scratch.create_held(&id).unwrap();
+        fs::write(path.join("upload.part"), "x").unwrap();
+        assert_eq!(
+            orphans(&t, &mut Cursor::default(), 100, Duration::ZERO)
+                .unwrap()
+                .0,
+            0
+        );
+        assert!(path.join("upload.part").exists());
+        // The request ended without keeping it (it crashed, say): an orphan.
+        drop(hold);
+        assert_eq!(
+            orphans(&t, &mut Cursor::default(), 100, Duration::ZERO)
+                .unwrap()
+                .0,
+            1
+        );
+        assert!(!path.exists());
     }
 
     #[test]

@@ -645,13 +645,10 @@ fn begin(r: Request<'_>, dir: &DirConfig, runtime: &Arc<Runtime>) -> RequestStat
     }
     let e = match result {
         Ok(session) => {
-            if runtime.outage_ended() {
-                rlog!(
-                    r,
-                    Level::Notice,
-                    "RS0013 session store {} is reachable again",
-                    runtime.store.describe()
-                );
+            // A new session nothing was written to yet has not been to the
+            // store (unless a cookie was looked up there): no news of it.
+            if !found.signed.is_empty() || session.is_kept() || session.is_locked() {
+                store_answered(r, runtime);
             }
             let what = if session.is_new() {
                 "created"
@@ -701,8 +698,27 @@ fn begin(r: Request<'_>, dir: &DirConfig, runtime: &Arc<Runtime>) -> RequestStat
             Level::Err,
             "RS0011 no session for this request ({e}); answering {status}"
         );
-    } else if runtime.outage_began() {
-        // One line per outage and process, not one per request.
+    } else {
+        store_unavailable(r, runtime, &e);
+    }
+    RequestState::Failed(status as c_int)
+}
+
+/// The store answered: the end of an outage is logged once.
+fn store_answered(r: Request<'_>, runtime: &Runtime) {
+    if runtime.outage_ended() {
+        rlog!(
+            r,
+            Level::Notice,
+            "RS0013 session store {} is reachable again",
+            runtime.store.describe()
+        );
+    }
+}
+
+/// One line per outage and process, not one per request.
+fn store_unavailable(r: Request<'_>, runtime: &Runtime, e: &SessionError) {
+    if runtime.outage_began() {
         rlog!(
             r,
             Level::Err,
@@ -712,7 +728,6 @@ fn begin(r: Request<'_>, dir: &DirConfig, runtime: &Arc<Runtime>) -> RequestStat
     } else {
         rlog!(r, Level::Debug, "session store still unavailable: {e}");
     }
-    RequestState::Failed(status as c_int)
 }
 
 /// Lock timeouts come in bursts (every request of a stuck session): one
@@ -958,6 +973,11 @@ fn save(r: Request<'_>, rs: &mut RequestSession) -> FirstOutput {
             rs.session.ended_others()
         );
     }
+    if result.is_ok() && rs.session.outcome() == Outcome::Kept {
+        // A new session kept now (the only time such a session reaches the
+        // store under OnWrite).
+        store_answered(r, &rs.runtime);
+    }
     let e = match result {
         Ok(Some(change)) => {
             set_cookie(r, rs, &change);
@@ -993,13 +1013,19 @@ fn save(r: Request<'_>, rs: &mut RequestSession) -> FirstOutput {
         );
         return FirstOutput::Pass;
     }
-    let code = if vanished { "RS0023" } else { "RS0022" };
-    rlog!(
-        r,
-        Level::Err,
-        "{code} session {short}... not saved: {e}; answering {status} instead of {}",
-        r.status()
-    );
+    if matches!(e, SessionError::Store(StoreError::Unavailable(_))) {
+        // A new session's first write is its first visit to the store: in
+        // an outage, every bot that writes would say so otherwise.
+        store_unavailable(r, &rs.runtime, &e);
+    } else {
+        let code = if vanished { "RS0023" } else { "RS0022" };
+        rlog!(
+            r,
+            Level::Err,
+            "{code} session {short}... not saved: {e}; answering {status} instead of {}",
+            r.status()
+        );
+    }
     rs.save_failed = Some(status as c_int);
     FirstOutput::Fail(status as c_int)
 }

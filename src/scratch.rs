@@ -24,18 +24,27 @@
 //! member leaves that `User` cannot remove (a `chmod 700` subdirectory of
 //! another user) is moved to `.reap`, which the parent's reaper empties as
 //! the owners of what is inside (`reaper.rs`).
+//!
+//! A new session that is not kept yet has no record and no lock in its
+//! store (so a request that writes nothing costs the store nothing): its
+//! directory is held instead, by a shared `flock` on the directory itself
+//! for as long as the request has it ([`HeldDir`]). The sweeper leaves a
+//! held directory alone.
 
 use crate::config::value::ScratchGroup;
 use crate::id::{SessionId, ID_TEXT_LEN};
 use crate::safe_fs;
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::statfs::statfs;
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, ErrorKind};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
+use std::sync::OnceLock;
 
 /// Mode of every directory made below the root.
 const DIR_MODE: u32 = 0o700;
@@ -52,7 +61,27 @@ pub struct ScratchRoot {
     store_dir: PathBuf,
     /// `RSessionScratchGroup`'s gid.
     group: Option<u32>,
+    /// `holds_work`, found out on first use (in a child, once the root
+    /// exists).
+    local_locks: OnceLock<bool>,
 }
+
+/// File systems (`statfs`'s `f_type`) whose `flock` every process that
+/// reaches them sees: tmpfs, ramfs, ext2/3/4, XFS, Btrfs, overlayfs, ZFS,
+/// F2FS, bcachefs, ReiserFS, JFS.
+const LOCAL_FILE_SYSTEMS: [i64; 11] = [
+    0x0102_1994,
+    0x8584_58f6,
+    0xef53,
+    0x5846_5342,
+    0x9123_683e,
+    0x794c_7630,
+    0x2fc1_2fc1,
+    0xf2f5_2010,
+    0xca45_1a4e,
+    0x5265_4973,
+    0x3153_464a,
+];
 
 impl ScratchRoot {
     /// The scratch directories under `root` of the sessions of the store
@@ -63,6 +92,7 @@ impl ScratchRoot {
             root,
             store_dir,
             group: None,
+            local_locks: OnceLock::new(),
         }
     }
 
@@ -75,6 +105,7 @@ impl ScratchRoot {
             root,
             store_dir,
             group: Some(group.gid),
+            local_locks: OnceLock::new(),
         }
     }
 
@@ -207,6 +238,66 @@ impl ScratchRoot {
         self.make(id, self.path(id))
     }
 
+    /// For a new session that its store does not know yet: the directory,
+    /// created and held until the returned guard drops, so that the
+    /// sweeper does not take it for an orphan (see the module's notes).
+    /// No guard where the file system has no `flock` for directories (some
+    /// network file systems): the caller must then keep the sweeper away
+    /// with the store's lock.
+    pub fn create_held(&self, id: &SessionId) -> io::Result<(PathBuf, Option<HeldDir>)> {
+        let path = self.create(id)?;
+        if !self.holds_work() {
+            return Ok((path, None));
+        }
+        let opened = match safe_fs::open_dir(&path) {
+            Ok(Some(d)) => d,
+            Ok(None) => return Err(ErrorKind::NotFound.into()),
+            Err(e) => {
+                let _ = self.remove(id);
+                return Err(e);
+            }
+        };
+        match Flock::lock(opened, FlockArg::LockSharedNonblock) {
+            Ok(held) => Ok((path, Some(HeldDir { _lock: held }))),
+            Err(_) => Ok((path, None)),
+        }
+    }
+
+    /// Whether a request may hold the directory `name` of the opened
+    /// `shard` (a new session's, not kept yet): only an exclusive lock the
+    /// sweeper got says no. A link or file in its place is unlinked (no
+    /// request holds that), a directory a handler shut with `chmod` is
+    /// opened up as its removal would; any other failure leaves it for a
+    /// later pass. Where holds do not work (see `holds_work`), the store's
+    /// lock stands in for them and this says no.
+    pub fn is_held_at(&self, shard: BorrowedFd<'_>, name: &OsStr) -> bool {
+        if !self.holds_work() {
+            return false;
+        }
+        match safe_fs::open_dir_repairing(shard, name) {
+            Ok(Some(dir)) => Flock::lock(dir, FlockArg::LockExclusiveNonblock).is_err(),
+            Ok(None) => false,
+            Err(_) => true,
+        }
+    }
+
+    /// Whether this root's file system gives `flock` on directories the
+    /// meaning a hold needs: one lock for every process that can reach the
+    /// directory. True for local file systems. A network file system
+    /// shared by several servers (NFS, CIFS, ...) may take the lock on
+    /// this machine only, so there new sessions take the store's lock
+    /// instead, which every server sees.
+    pub fn holds_work(&self) -> bool {
+        // `f_type` is as wide as the target's C `long` (or narrower).
+        #[allow(clippy::unnecessary_cast)]
+        let local = |s: nix::sys::statfs::Statfs| {
+            LOCAL_FILE_SYSTEMS.contains(&(s.filesystem_type().0 as i64))
+        };
+        *self
+            .local_locks
+            .get_or_init(|| statfs(&self.root).is_ok_and(local))
+    }
+
     /// Removes the directory and everything in it, as its owner: links
     /// inside are removed as links (their targets never touched), and
     /// directories a handler made unreadable or unwritable (`chmod 000`)
@@ -298,6 +389,14 @@ impl ScratchRoot {
         }
         Err(io::Error::other("cannot move the scratch directory"))
     }
+}
+
+/// A new session's directory held by its request: the sweeper leaves it
+/// alone until this drops (closing the descriptor, which is close-on-exec,
+/// so no handler's child keeps it).
+#[derive(Debug)]
+pub struct HeldDir {
+    _lock: Flock<OwnedFd>,
 }
 
 fn is_enotdir(e: &io::Error) -> bool {

@@ -9,6 +9,7 @@ use crate::generation::Runtime;
 use crate::id::SessionId;
 use crate::lock::{self, LockError, SessionLock};
 use crate::record::{encode_data, stamp, Data, Record};
+use crate::scratch::HeldDir;
 use crate::status::Counter;
 use crate::store::{Created, Fence, Loaded, StoreError};
 use crate::update::Command;
@@ -129,6 +130,9 @@ pub struct ActiveSession {
     regenerate: bool,
     state: State,
     scratch_dir: Option<PathBuf>,
+    /// A new session's directory, held while the store knows nothing of
+    /// the session (it has no record and no lock there until kept).
+    scratch_hold: Option<HeldDir>,
     cookie: Option<CookieChange>,
     lock: Option<SessionLock>,
     outcome: Outcome,
@@ -303,6 +307,7 @@ impl ActiveSession {
                 regenerate: false,
                 state: State::Live,
                 scratch_dir,
+                scratch_hold: None,
                 cookie: None,
                 lock,
                 outcome: Outcome::Unchanged,
@@ -349,6 +354,7 @@ impl ActiveSession {
                 regenerate: false,
                 state: State::Live,
                 scratch_dir: dir.scratch().then(|| rt.scratch.path(id)),
+                scratch_hold: None,
                 cookie: None,
                 lock: None,
                 outcome: Outcome::Unchanged,
@@ -357,10 +363,13 @@ impl ActiveSession {
         Ok(None)
     }
 
-    /// A session for a request that brought none. It has an id, a lock and
-    /// (when configured) a scratch directory at once; its record is stored
-    /// now only with `RSessionCreate Always`, else once something is
-    /// written to it (see `save`).
+    /// A session for a request that brought none. It has an id and (when
+    /// configured) a scratch directory at once. With `RSessionCreate
+    /// Always` it is kept and locked now; else the store hears of it only
+    /// once something is written to it (see `save`): until then its
+    /// directory is held against the sweeper instead, and a request that
+    /// writes nothing costs the store nothing (no round trip to Redis, and
+    /// no 503 while the store is down).
     fn create(rt: &Runtime, dir: &DirConfig, now: u64) -> Result<ActiveSession, SessionError> {
         let record = Record {
             grace: dir.effective_touch_interval(),
@@ -377,6 +386,7 @@ impl ActiveSession {
             regenerate: false,
             state: State::Live,
             scratch_dir: None,
+            scratch_hold: None,
             cookie: None,
             lock: None,
             outcome: Outcome::Unchanged,
@@ -386,12 +396,30 @@ impl ActiveSession {
         };
         if dir.create_always() {
             session.keep(rt, true)?;
+            // Nobody else knows the id yet, so this never waits; it keeps
+            // the sweeper away (from its directory too) for the rest of the
+            // request.
+            session.lock = lock_session(rt, dir, &session.id)?;
         }
-        // Nobody else knows the id yet, so this never waits; it keeps the
-        // sweeper away (from its directory too) for the rest of the request.
-        session.lock = lock_session(rt, dir, &session.id)?;
         if dir.scratch() {
-            match rt.scratch.create(&session.id) {
+            let made = match session.kept {
+                true => rt.scratch.create(&session.id),
+                false => rt.scratch.create_held(&session.id).map(|(p, hold)| {
+                    session.scratch_hold = hold;
+                    p
+                }),
+            };
+            if made.is_ok() && !session.kept && session.scratch_hold.is_none() {
+                // No flock for directories here: the store's lock it is.
+                match lock_session(rt, dir, &session.id) {
+                    Ok(lock) => session.lock = lock,
+                    Err(e) => {
+                        let _ = rt.scratch.remove(&session.id);
+                        return Err(e);
+                    }
+                }
+            }
+            match made {
                 Ok(p) => session.scratch_dir = Some(p),
                 Err(e) => {
                     if session.kept {
@@ -454,6 +482,10 @@ impl ActiveSession {
     /// request).
     pub fn is_kept(&self) -> bool {
         self.kept
+    }
+    /// Whether it holds its lock in the store.
+    pub fn is_locked(&self) -> bool {
+        self.lock.is_some()
     }
     pub fn is_read_only(&self) -> bool {
         self.read_only
@@ -648,6 +680,7 @@ impl ActiveSession {
         let result = self.save(rt, dir, now);
         self.state = State::Finished;
         self.lock.take();
+        self.scratch_hold.take();
         result.map(|()| self.cookie.take())
     }
 

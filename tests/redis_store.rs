@@ -294,6 +294,72 @@ fn a_redis_outage_costs_503s_not_hangs_and_service_returns_by_itself() {
     });
 }
 
+/// Issues 14 and 16: under `RSessionCreate OnWrite` a request that brought
+/// no session and writes nothing (a bot, a health check) sends Redis
+/// nothing, and so is served while Redis is down; a request that writes
+/// still cannot have a 200 without its session stored. Before, each such
+/// request cost a lock and a release (two round trips) and got 503 in an
+/// outage.
+#[test]
+fn without_a_session_a_request_that_writes_nothing_needs_no_redis() {
+    let mut redis = Redis::start();
+    // No sweeper: its marker and counting would add commands.
+    let h = node_with(
+        &redis,
+        Mpm::Event,
+        "RSessionGCInterval 0",
+        "RSessionCreate OnWrite",
+    );
+    // Warm up the connections (set-up commands are not counted anyway).
+    get(&h.url("/cgi-bin/counter.cgi"), &[]);
+    let mut m = Monitor::start(&redis);
+    m.sent(&redis);
+    for _ in 0..3 {
+        let r = get(&h.url("/cgi-bin/env.cgi"), &[]);
+        assert!(
+            r.status == 200 && r.set_cookie().is_none() && r.env("RSESSION_DIR").is_some(),
+            "{r:?}"
+        );
+    }
+    assert_eq!(m.sent(&redis), Vec::<String>::new(), "commands sent");
+    let kept = get(&h.url("/cgi-bin/counter.cgi"), &[]);
+    assert!(
+        kept.status == 200 && kept.set_cookie().is_some(),
+        "{kept:?}"
+    );
+    assert!(!m.sent(&redis).is_empty(), "a session kept in Redis");
+    let cookie = kept.cookie_pair();
+    redis.stop();
+    for _ in 0..5 {
+        let r = get(&h.url("/cgi-bin/env.cgi"), &[]);
+        assert_eq!(r.status, 200, "nothing to store, served: {r:?}");
+        for (what, cookie) in [("a write", None), ("a resumed session", Some(&cookie))] {
+            let headers: Vec<(&str, &str)> =
+                cookie.iter().map(|c| ("Cookie", c.as_str())).collect();
+            let path = if cookie.is_some() {
+                "/cgi-bin/env.cgi"
+            } else {
+                "/cgi-bin/counter.cgi"
+            };
+            let r = try_send("GET", &h.url(path), &headers, None).expect("an answer");
+            assert_eq!(
+                (r.status, r.header("Retry-After"), r.set_cookie()),
+                (503, Some("1"), None),
+                "{what} while Redis is down: {r:?}"
+            );
+        }
+    }
+    // The bots served meanwhile say nothing of the store: one line per
+    // outage and process, no "reachable again", no error per refused write.
+    let log = h.error_log();
+    let outage_lines = log.matches("RS0012").count();
+    assert!(
+        (1..10).contains(&outage_lines),
+        "{outage_lines} RS0012 lines"
+    );
+    assert!(!log.contains("RS0013") && !log.contains("RS0022"), "{log}");
+}
+
 #[test]
 fn a_stall_during_lock_or_unlock_leaves_no_lock_behind() {
     let redis = Redis::start();

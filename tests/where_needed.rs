@@ -5,9 +5,10 @@
 mod harness;
 
 use harness::http::{get, get_with_cookie};
-use harness::scripts::{COUNTER_CGI, ENV_CGI};
-use harness::{Httpd, Options};
-use std::path::Path;
+use harness::scripts::{COUNTER_CGI, ENV_CGI, HOLD_CGI};
+use harness::{wait_for, Httpd, Options};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Leaves a file in its scratch directory and writes no data.
 const UPLOAD_CGI: &str = r#"#!/bin/sh
@@ -279,4 +280,60 @@ fn a_reboot_that_keeps_the_records_keeps_the_sessions() {
     let r = get_with_cookie(&h.url("/cgi-bin/counter.cgi"), &cookie);
     assert_eq!(r.body.trim(), "2", "the session survived the reboot: {r:?}");
     assert!(r.set_cookie().is_none());
+}
+
+/// A cookieless request that runs long, with the sweeper running every
+/// second: its new session is not in the store yet (no record, and under
+/// OnWrite no lock there either), so only the hold on its scratch
+/// directory keeps the sweeper from taking the directory for an orphan
+/// while the handler still writes into it. With `RSessionLock Off` the
+/// directory was swept under the running handler before (its session,
+/// kept at the end, then lacked what the handler had written).
+#[test]
+fn a_long_request_without_a_session_keeps_its_scratch_directory_through_sweeps() {
+    let h = Httpd::start(Options {
+        create_always: false,
+        fragment: "RSessionGCInterval 1\n<Location /cgi-bin/>\n  RSession On\n</Location>\n\
+                   <Location /cgi-bin/hold-unlocked.cgi>\n  RSessionLock Off\n</Location>"
+            .to_string(),
+        ..Options::default()
+    });
+    h.cgi("env.cgi", ENV_CGI);
+    h.cgi("hold.cgi", HOLD_CGI);
+    h.cgi("hold-unlocked.cgi", HOLD_CGI);
+    for cgi in ["hold.cgi", "hold-unlocked.cgi"] {
+        let url = h.url(&format!("/cgi-bin/{cgi}"));
+        // Not scoped: should the directory go, the handler never ends and
+        // the failed test must not wait for it.
+        let request = std::thread::spawn(move || get(&url, &[]));
+        let pid_file = wait_for("the handler to start", Duration::from_secs(10), || {
+            entries_below(&h.path("logs/rsession-scratch"))
+                .into_iter()
+                .find(|e| e.ends_with("/holder.pid"))
+        });
+        let dir = Path::new(&pid_file).parent().unwrap().to_path_buf();
+        let started = Instant::now();
+        let sweeps = |h: &Httpd| h.error_log().matches("RS0040 sweep of file:").count();
+        let before = sweeps(&h);
+        // Passes that ran once the directory was past the orphans' grace
+        // (one second, the interval).
+        wait_for("two sweeps past the grace", Duration::from_secs(40), || {
+            (sweeps(&h) >= before + 3 && started.elapsed() > Duration::from_secs(2)).then_some(())
+        });
+        assert!(
+            dir.join("holder.pid").exists(),
+            "{cgi}: the running request's directory was swept"
+        );
+        std::fs::remove_file(dir.join("holder.pid")).unwrap();
+        std::fs::write(dir.join("release"), "").unwrap();
+        let r = request.join().unwrap();
+        assert_eq!(r.status, 200, "{cgi}: {r:?}");
+        let again = get_with_cookie(&h.url("/cgi-bin/env.cgi"), &r.cookie_pair());
+        assert_eq!(
+            again.env("RSESSION_DIR").map(PathBuf::from),
+            Some(dir.clone()),
+            "{cgi}: kept, with its directory"
+        );
+        assert!(dir.join("release").exists(), "{cgi}: with what was in it");
+    }
 }

@@ -562,6 +562,9 @@ PHP_PLAIN_ROW = "peer: PHP-FPM, no session"
 FLOOR_SCRATCH = "floor: C module, a scratch directory per request only, mod_lua"
 FLOOR_READ_WRITE = "floor: C module, a read+write's store system calls only, mod_lua"
 FLOOR_REDIS = "floor: C module, one Redis GET per request only, static file"
+# Bots on a Redis farm: a new session nothing is written to never reaches
+# Redis.
+REDIS_COOKIELESS = "rsession Redis store cookieless, handler writes nothing, mod_lua"
 FLOORS = {
     FLOOR_SCRATCH: "rsession cookieless, handler writes nothing, mod_lua",
     FLOOR_READ_WRITE: "rsession read+write via X-RSession, mod_lua, many sessions",
@@ -586,6 +589,7 @@ ROWS = {
     "rsession Redis store, resumed sessions, static file": SAME_COOKIES,
     FLOOR_REDIS: SAME_COOKIES,
     "rsession Redis store read+write via X-RSession, mod_lua, many sessions": LUA_PLAIN,
+    REDIS_COOKIELESS: LUA_PLAIN,
     "rsession Redis over TLS (rediss), resumed sessions, static file": SAME_COOKIES,
     "rsession Redis Cluster (3 masters), resumed sessions, static file": SAME_COOKIES,
     "peer: mod_session_cookie, static file": "ceiling",
@@ -881,10 +885,11 @@ def _redis_rows(args, want, add, read_write):
                                                      side_cpu=redis_cpu, cookies=cookies))
             if rw_name:
                 read_write(h.url("/lua/session"), "/lua/session", rw_name, h.cpu_seconds, side_cpu=redis_cpu, get=h)
+                add(REDIS_COOKIELESS, lambda: measure(h.url("/lua/peek"), args, cpu=h.cpu_seconds, side_cpu=redis_cpu))
         finally:
             h.stop()
 
-    if want(resumed, rw):
+    if want(resumed, rw, REDIS_COOKIELESS):
         redis = Redis()
         try:
             server("redis://127.0.0.1:%d/0?prefix=bench:" % redis.port, resumed, redis.cpu_seconds, rw,

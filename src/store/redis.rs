@@ -242,11 +242,14 @@ impl Pool {
         let mut stale = Vec::new();
         let conn = {
             let mut idle = self.idle.lock();
-            let (keep, old): (Vec<Conn>, Vec<Conn>) = std::mem::take(&mut *idle)
-                .into_iter()
-                .partition(|c| c.epoch == epoch);
-            *idle = keep;
-            stale.extend(old);
+            // Stale ones only after a failover: no new vectors per request.
+            if idle.iter().any(|c| c.epoch != epoch) {
+                let (keep, old): (Vec<Conn>, Vec<Conn>) = std::mem::take(&mut *idle)
+                    .into_iter()
+                    .partition(|c| c.epoch == epoch);
+                *idle = keep;
+                stale.extend(old);
+            }
             idle.pop()
         };
         stale.into_iter().for_each(|c| self.discard(c));

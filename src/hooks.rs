@@ -973,9 +973,14 @@ fn save(r: Request<'_>, rs: &mut RequestSession) -> FirstOutput {
             rs.session.ended_others()
         );
     }
-    if result.is_ok() && rs.session.outcome() == Outcome::Kept {
-        // A new session kept now (the only time such a session reaches the
-        // store under OnWrite).
+    if result.is_ok()
+        && !matches!(
+            rs.session.outcome(),
+            Outcome::Unchanged | Outcome::Discarded
+        )
+    {
+        // Written to the store (for a new session under OnWrite, its first
+        // visit there).
         store_answered(r, &rs.runtime);
     }
     let e = match result {
@@ -1013,9 +1018,10 @@ fn save(r: Request<'_>, rs: &mut RequestSession) -> FirstOutput {
         );
         return FirstOutput::Pass;
     }
-    if matches!(e, SessionError::Store(StoreError::Unavailable(_))) {
+    if rs.session.is_new() && matches!(e, SessionError::Store(StoreError::Unavailable(_))) {
         // A new session's first write is its first visit to the store: in
-        // an outage, every bot that writes would say so otherwise.
+        // an outage, every bot that writes would say so otherwise. (A
+        // resumed session's lost change is logged with its id, below.)
         store_unavailable(r, &rs.runtime, &e);
     } else {
         let code = if vanished { "RS0023" } else { "RS0022" };

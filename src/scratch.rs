@@ -34,6 +34,7 @@
 use crate::config::value::ScratchGroup;
 use crate::id::{SessionId, ID_TEXT_LEN};
 use crate::safe_fs;
+use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::statfs::statfs;
 use std::ffi::{OsStr, OsString};
@@ -263,21 +264,20 @@ impl ScratchRoot {
         }
     }
 
-    /// Whether a request may hold the directory `name` of the opened
-    /// `shard` (a new session's, not kept yet): only an exclusive lock the
-    /// sweeper got says no. A link or file in its place is unlinked (no
-    /// request holds that), a directory a handler shut with `chmod` is
-    /// opened up as its removal would; any other failure leaves it for a
-    /// later pass. Where holds do not work (see `holds_work`), the store's
-    /// lock stands in for them and this says no.
+    /// Whether a request holds the directory `name` of the opened `shard`
+    /// (a new session's, not kept yet): only a lock that would block says
+    /// so. A link or file in its place is unlinked (no request holds that)
+    /// and a directory a handler shut with `chmod` is opened up, as its
+    /// removal would. Any other failure says no: the store's lock then
+    /// decides, and the removal reports what stays (where holds do not
+    /// work, new sessions take that lock; see `holds_work`).
     pub fn is_held_at(&self, shard: BorrowedFd<'_>, name: &OsStr) -> bool {
-        if !self.holds_work() {
-            return false;
-        }
         match safe_fs::open_dir_repairing(shard, name) {
-            Ok(Some(dir)) => Flock::lock(dir, FlockArg::LockExclusiveNonblock).is_err(),
-            Ok(None) => false,
-            Err(_) => true,
+            Ok(Some(dir)) => matches!(
+                Flock::lock(dir, FlockArg::LockExclusiveNonblock),
+                Err((_, Errno::EWOULDBLOCK))
+            ),
+            Ok(None) | Err(_) => false,
         }
     }
 
@@ -288,14 +288,19 @@ impl ScratchRoot {
     /// this machine only, so there new sessions take the store's lock
     /// instead, which every server sees.
     pub fn holds_work(&self) -> bool {
-        // `f_type` is as wide as the target's C `long` (or narrower).
-        #[allow(clippy::unnecessary_cast)]
-        let local = |s: nix::sys::statfs::Statfs| {
-            LOCAL_FILE_SYSTEMS.contains(&(s.filesystem_type().0 as i64))
-        };
-        *self
-            .local_locks
-            .get_or_init(|| statfs(&self.root).is_ok_and(local))
+        if let Some(known) = self.local_locks.get() {
+            return *known;
+        }
+        // Only an answer is kept: a root that is briefly missing (an
+        // operator remaking it) is asked again next time. `f_type` is a C
+        // `long` on most targets and 32 bits wide on some; the magic
+        // numbers are 32-bit.
+        match statfs(&self.root) {
+            Ok(s) => *self.local_locks.get_or_init(|| {
+                LOCAL_FILE_SYSTEMS.contains(&i64::from(s.filesystem_type().0 as u32))
+            }),
+            Err(_) => false,
+        }
     }
 
     /// Removes the directory and everything in it, as its owner: links
@@ -434,6 +439,33 @@ mod tests {
         let root = dir.join("scratch");
         fs::create_dir(&root).unwrap();
         ScratchRoot::new(root, "file:/store")
+    }
+
+    #[test]
+    fn only_a_live_hold_reads_as_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = scratch(dir.path());
+        assert!(
+            scratch.holds_work(),
+            "the tests' temporary directory is local"
+        );
+        let id = SessionId::generate().unwrap();
+        let (path, hold) = scratch.create_held(&id).unwrap();
+        assert!(hold.is_some());
+        let text = id.text();
+        let shard = scratch.open_shard(OsStr::new(&text[..2])).unwrap().unwrap();
+        let name = OsStr::new(&*text);
+        assert!(scratch.is_held_at(shard.as_fd(), name));
+        // The sweeper's own attempt took nothing away from the holder.
+        assert!(scratch.is_held_at(shard.as_fd(), name));
+        drop(hold);
+        assert!(!scratch.is_held_at(shard.as_fd(), name));
+        // A link planted in a directory's place is nobody's hold, and goes.
+        fs::remove_dir(&path).unwrap();
+        std::os::unix::fs::symlink(dir.path(), &path).unwrap();
+        assert!(!scratch.is_held_at(shard.as_fd(), name));
+        assert!(fs::symlink_metadata(&path).is_err());
+        assert!(dir.path().join("scratch").exists());
     }
 
     #[test]

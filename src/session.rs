@@ -402,15 +402,21 @@ impl ActiveSession {
             session.lock = lock_session(rt, dir, &session.id)?;
         }
         if dir.scratch() {
-            let made = match session.kept {
-                true => rt.scratch.create(&session.id),
-                false => rt.scratch.create_held(&session.id).map(|(p, hold)| {
+            let held = !session.kept && rt.scratch.holds_work();
+            if !session.kept && !held {
+                // No holds on this file system: the store's lock keeps the
+                // sweeper away, taken before the directory exists.
+                session.lock = lock_session(rt, dir, &session.id)?;
+            }
+            let made = match held {
+                false => rt.scratch.create(&session.id),
+                true => rt.scratch.create_held(&session.id).map(|(p, hold)| {
                     session.scratch_hold = hold;
                     p
                 }),
             };
-            if made.is_ok() && !session.kept && session.scratch_hold.is_none() {
-                // No flock for directories here: the store's lock it is.
+            if made.is_ok() && held && session.scratch_hold.is_none() {
+                // The flock was refused after all: the store's lock it is.
                 match lock_session(rt, dir, &session.id) {
                     Ok(lock) => session.lock = lock,
                     Err(e) => {

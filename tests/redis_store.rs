@@ -299,7 +299,8 @@ fn a_redis_outage_costs_503s_not_hangs_and_service_returns_by_itself() {
 /// nothing, and so is served while Redis is down; a request that writes
 /// still cannot have a 200 without its session stored. Before, each such
 /// request cost a lock and a release (two round trips) and got 503 in an
-/// outage.
+/// outage. (The harness's scratch root is on a local file system; on NFS a
+/// new session takes its lock in Redis, and this does not hold.)
 #[test]
 fn without_a_session_a_request_that_writes_nothing_needs_no_redis() {
     let mut redis = Redis::start();

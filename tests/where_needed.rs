@@ -288,7 +288,8 @@ fn a_reboot_that_keeps_the_records_keeps_the_sessions() {
 /// directory keeps the sweeper from taking the directory for an orphan
 /// while the handler still writes into it. With `RSessionLock Off` the
 /// directory was swept under the running handler before (its session,
-/// kept at the end, then lacked what the handler had written).
+/// kept at the end, then lacked what the handler had written). Needs a
+/// scratch root on a local file system, as the harness's is.
 #[test]
 fn a_long_request_without_a_session_keeps_its_scratch_directory_through_sweeps() {
     let h = Httpd::start(Options {

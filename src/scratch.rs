@@ -70,7 +70,7 @@ pub struct ScratchRoot {
 /// File systems (`statfs`'s `f_type`) whose `flock` every process that
 /// reaches them sees: tmpfs, ramfs, ext2/3/4, XFS, Btrfs, overlayfs, ZFS,
 /// F2FS, bcachefs, ReiserFS, JFS.
-const LOCAL_FILE_SYSTEMS: [i64; 11] = [
+const LOCAL_FILE_SYSTEMS: [u32; 11] = [
     0x0102_1994,
     0x8584_58f6,
     0xef53,
@@ -294,11 +294,11 @@ impl ScratchRoot {
         // Only an answer is kept: a root that is briefly missing (an
         // operator remaking it) is asked again next time. `f_type` is a C
         // `long` on most targets and 32 bits wide on some; the magic
-        // numbers are 32-bit.
+        // numbers are 32-bit either way.
         match statfs(&self.root) {
-            Ok(s) => *self.local_locks.get_or_init(|| {
-                LOCAL_FILE_SYSTEMS.contains(&i64::from(s.filesystem_type().0 as u32))
-            }),
+            Ok(s) => *self
+                .local_locks
+                .get_or_init(|| LOCAL_FILE_SYSTEMS.contains(&(s.filesystem_type().0 as u32))),
             Err(_) => false,
         }
     }

@@ -53,7 +53,7 @@ fn main() {
         // Only what the FFI layer calls: a small, reviewable surface.
         .allowlist_function(
             "ap_log_rerror_|ap_log_error_|ap_get_request_module_loglevel|ap_get_server_module_loglevel\
-             |apr_pool_cleanup_register|apr_pool_cleanup_null|apr_pstrmemdup|apr_pool_userdata_get|apr_pool_userdata_setn|apr_pool_userdata_set\
+             |apr_pool_cleanup_register|apr_pool_cleanup_null|apr_palloc|apr_pstrmemdup|apr_pool_userdata_get|apr_pool_userdata_setn|apr_pool_userdata_set\
              |apr_table_elts|apr_table_get|apr_table_set|apr_table_setn|apr_table_add|apr_table_addn|apr_table_unset\
              |ap_run_http_scheme|ap_add_output_filter_handle|ap_remove_output_filter|ap_pass_brigade|ap_set_content_type|ap_rwrite\
              |ap_runtime_dir_relative|ap_state_query|ap_auth_type|ap_set_config_vectors\

@@ -42,7 +42,7 @@ pub fn cookie_header(data: &[u8]) {
 /// commands.
 pub fn update_header(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    for cmd in update::parse([text.as_ref()]).into_iter().flatten() {
+    for cmd in update::parse([text.as_ref()]).flatten() {
         match cmd {
             Command::Set(pairs) => {
                 assert!(!pairs.is_empty() && pairs.iter().all(|(k, _)| !k.is_empty()))

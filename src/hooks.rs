@@ -788,10 +788,11 @@ fn log_outcome(r: Request<'_>, session: &ActiveSession) {
 /// Notes, environment and (optionally) forwarded request headers.
 fn expose(r: Request<'_>, dir: &DirConfig, session: &ActiveSession) {
     let id = session.id().text();
+    let id: &str = &id;
     let scratch = session.scratch_dir().map(|p| p.as_os_str().as_bytes());
     let new = if session.is_new() { "1" } else { "0" };
     let notes = r.notes();
-    notes.set("rsession-id", &*id);
+    notes.set("rsession-id", id);
     notes.set("rsession-new", new);
     match &scratch {
         Some(path) => notes.set("rsession-dir", path),
@@ -800,7 +801,7 @@ fn expose(r: Request<'_>, dir: &DirConfig, session: &ActiveSession) {
     let data = session.encoded_data();
     if dir.env() {
         let env = r.subprocess_env();
-        env.set("RSESSION_ID", &*id);
+        env.set("RSESSION_ID", id);
         env.set("RSESSION_NEW", new);
         if data.len() <= crate::expose::MAX_EXPORTABLE_DATA {
             env.set("RSESSION_DATA", &data);
@@ -823,7 +824,7 @@ fn expose(r: Request<'_>, dir: &DirConfig, session: &ActiveSession) {
     }
     if dir.forward_headers() {
         let headers = r.headers_in();
-        headers.set("X-RSession-Id", &*id);
+        headers.set("X-RSession-Id", id);
         headers.set("X-RSession-Data", &data);
         if let Some(path) = &scratch {
             headers.set("X-RSession-Dir", path);
@@ -926,20 +927,22 @@ fn drop_commands(r: Request<'_>, header: &str, tag: &str, short: &str, why: &str
 }
 
 fn save(r: Request<'_>, rs: &mut RequestSession) -> FirstOutput {
-    let header = rs.dir.update_header().to_string();
-    let mut lines: Vec<String> = Vec::new();
-    for table in [r.headers_out(), r.err_headers_out()] {
-        let found = table.get_all(&header);
-        if !found.is_empty() {
-            lines.extend(found.into_iter().map(|v| v.into_owned()));
-            table.unset(&header);
-        }
+    let header = rs.dir.update_header();
+    // The values stay in the request's pool after the unset: the commands
+    // borrow them.
+    let (out, err) = (r.headers_out(), r.err_headers_out());
+    let (out_lines, err_lines) = (out.get_all(header), err.get_all(header));
+    if !out_lines.is_empty() {
+        out.unset(header);
+    }
+    if !err_lines.is_empty() {
+        err.unset(header);
     }
     // The most of an id logs may show; formatted without allocating.
     let id_text = rs.session.id().text();
     let short = &id_text[..8];
     let mut commands = Vec::new();
-    for parsed in update::parse(lines.iter().map(String::as_str)) {
+    for parsed in update::parse(out_lines.iter().chain(&err_lines).map(|line| line.as_ref())) {
         match parsed {
             Ok(c) => commands.push(c),
             Err(why) => rlog!(

@@ -41,6 +41,37 @@ impl SessionId {
     }
 }
 
+/// Hashes session ids for in-process maps without SipHash: an id in such
+/// a map is random (drawn here, or signed by us), so nobody can choose ids
+/// that collide, and its bytes need only be folded together.
+#[derive(Clone, Copy, Default)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn write_usize(&mut self, word: usize) {
+        self.write_u64(word as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// For `HashMap<SessionId, _, BuildIdHasher>`.
+pub type BuildIdHasher = std::hash::BuildHasherDefault<IdHasher>;
+
 /// The text form on the stack: ids are formatted on every request, so
 /// without `fmt` machinery or allocation.
 #[derive(Clone, Copy)]

@@ -93,6 +93,15 @@ impl Interim {
         }
     }
 
+    /// As `new`, reusing this parser's buffers.
+    pub fn restart(&mut self, header: &str) {
+        self.header.clear();
+        self.header
+            .extend(header.bytes().map(|b| b.to_ascii_lowercase()));
+        self.phase = Phase::Start;
+        self.held.clear();
+    }
+
     /// Nothing more will be changed: the rest passes untouched.
     pub fn is_done(&self) -> bool {
         self.phase == Phase::Done
@@ -260,6 +269,36 @@ mod tests {
             assert_eq!(out, want, "split at {split}");
             assert_eq!(events.len(), 2, "split at {split}");
             assert!(p.is_done(), "the 200 ends the watch");
+        }
+    }
+
+    #[test]
+    fn a_restarted_parser_is_a_new_one() {
+        // One that stopped holding half a block, and one that was done.
+        for first in [
+            &b"HTTP/1.1 103 Early\r\nX-Old: 1"[..],
+            b"HTTP/1.1 200 OK\r\n\r\n",
+        ] {
+            let (_, _, mut p) = run(&[first]);
+            p.restart("X-Other");
+            let mut out = Vec::new();
+            let mut removed = Vec::new();
+            p.feed(
+                b"HTTP/1.1 101 Up\r\nX-RSession: set a=1\r\nx-other: set b=2\r\n\r\nws",
+                &mut out,
+                &mut |e| {
+                    removed.push(e);
+                    Vec::new()
+                },
+            );
+            assert_eq!(out, b"HTTP/1.1 101 Up\r\nX-RSession: set a=1\r\n\r\nws");
+            assert_eq!(
+                removed,
+                vec![Event::Block {
+                    status: 101,
+                    removed: 1
+                }]
+            );
         }
     }
 

@@ -3,7 +3,7 @@
 //! gate first (woken at once on release), so only one of them at a time
 //! polls the store's cross-process lock.
 
-use crate::id::SessionId;
+use crate::id::{BuildIdHasher, SessionId};
 use crate::store::{Fence, HeldLock, Loaded, SessionStore, StoreError};
 use parking_lot::{Mutex, RawMutex};
 use std::collections::HashMap;
@@ -32,8 +32,17 @@ fn stopping() -> bool {
 /// Waits are sliced so that a shutting-down process notices within this.
 const WAIT_SLICE: Duration = Duration::from_millis(100);
 
-/// Per-process gates of the sessions that some thread holds or awaits.
-static GATES: LazyLock<Mutex<HashMap<SessionId, Gate>>> = LazyLock::new(Default::default);
+/// Per-process gates of the sessions that some thread holds or awaits, in
+/// several maps so that threads of different sessions rarely meet on one
+/// mutex.
+static GATES: LazyLock<[Mutex<GateMap>; GATE_MAPS]> =
+    LazyLock::new(|| std::array::from_fn(|_| Mutex::default()));
+const GATE_MAPS: usize = 16;
+type GateMap = HashMap<SessionId, Gate, BuildIdHasher>;
+
+fn gates(id: &SessionId) -> parking_lot::MutexGuard<'static, GateMap> {
+    GATES[usize::from(id.shard()) % GATE_MAPS].lock()
+}
 
 #[derive(Debug)]
 pub enum LockError {
@@ -90,12 +99,12 @@ pub fn take_unshared(
 }
 
 fn gate_for(id: &SessionId) -> Gate {
-    GATES.lock().entry(*id).or_default().clone()
+    gates(id).entry(*id).or_default().clone()
 }
 
 /// Forgets the gate once nobody holds or awaits it.
 fn release_gate(id: &SessionId) {
-    let mut gates = GATES.lock();
+    let mut gates = gates(id);
     if gates.get(id).is_some_and(|g| Arc::strong_count(g) == 1) {
         gates.remove(id);
     }
@@ -234,7 +243,7 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(50));
         assert_waiter_gets_it_after_release(&store, &id, || drop(first));
         assert!(
-            GATES.lock().get(&id).is_none(),
+            gates(&id).get(&id).is_none(),
             "gates are forgotten when free"
         );
     }
@@ -250,7 +259,7 @@ mod tests {
                 (l.waited, l.wait)
             });
             // The waiter holds the gate too (map, holder, waiter)...
-            while GATES.lock().get(&id).map_or(0, Arc::strong_count) < 3 {
+            while gates(&id).get(&id).map_or(0, Arc::strong_count) < 3 {
                 std::thread::yield_now();
             }
             // ...and is released well within one WAIT_SLICE.
@@ -270,7 +279,7 @@ mod tests {
             .unwrap()
             .expect("a new id is free");
         assert!(
-            GATES.lock().get(&id).is_none(),
+            gates(&id).get(&id).is_none(),
             "no gate for an id nobody knows"
         );
         // The sweeper (another thread) and other requests are kept out...
@@ -287,7 +296,7 @@ mod tests {
         ));
         // ...until it goes; the waiter's gate is forgotten after it.
         assert_waiter_gets_it_after_release(&store, &id, || drop(held));
-        assert!(GATES.lock().get(&id).is_none());
+        assert!(gates(&id).get(&id).is_none());
     }
 
     #[test]

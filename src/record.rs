@@ -126,9 +126,20 @@ fn deadline(accessed: u64, created: u64, idle: u64, lifetime: u64, grace: u64) -
 /// control character stays percent-encoded, so the result is safe in an
 /// environment variable or a header.
 pub fn encode_data(data: &Data) -> String {
-    form_urlencoded::Serializer::new(String::new())
+    form_urlencoded::Serializer::new(String::with_capacity(encoded_len(data)))
         .extend_pairs(data.iter())
         .finish()
+}
+
+/// The length of `encode_data(data)`, counted without building it.
+pub fn encoded_len(data: &Data) -> usize {
+    fn escaped(text: &str) -> usize {
+        form_urlencoded::byte_serialize(text.as_bytes())
+            .map(str::len)
+            .sum()
+    }
+    let pairs: usize = data.iter().map(|(k, v)| escaped(k) + 1 + escaped(v)).sum();
+    pairs + data.len().saturating_sub(1)
 }
 
 #[cfg(test)]
@@ -188,5 +199,20 @@ mod tests {
         d.insert("a".into(), "1&2=3\r\n".into());
         d.insert("ü".into(), "✓".into());
         assert_eq!(encode_data(&d), "a=1%262%3D3%0D%0A&b=x+y&%C3%BC=%E2%9C%93");
+    }
+
+    #[test]
+    fn the_counted_length_is_the_encoded_one() {
+        let mut d = Data::new();
+        assert_eq!(encoded_len(&d), 0);
+        for (k, v) in [
+            ("n", "5"),
+            ("empty", ""),
+            ("a b", "x&y=z\r\n"),
+            ("ü", "✓ %"),
+        ] {
+            d.insert(k.into(), v.into());
+            assert_eq!(encoded_len(&d), encode_data(&d).len(), "{d:?}");
+        }
     }
 }

@@ -138,13 +138,14 @@ impl ScratchRoot {
     /// on every request.
     pub fn path(&self, id: &SessionId) -> PathBuf {
         let text = id.text();
+        let text: &str = &text;
         let base = self.store_dir.as_os_str();
         let mut path = OsString::with_capacity(base.len() + 4 + ID_TEXT_LEN);
         path.push(base);
         path.push("/");
         path.push(&text[..2]);
         path.push("/");
-        path.push(&*text);
+        path.push(text);
         PathBuf::from(path)
     }
 

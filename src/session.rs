@@ -8,11 +8,12 @@ use crate::cookie::Candidates;
 use crate::generation::Runtime;
 use crate::id::SessionId;
 use crate::lock::{self, LockError, SessionLock};
-use crate::record::{encode_data, stamp, Data, Record};
+use crate::record::{encode_data, encoded_len, stamp, Data, Record};
 use crate::scratch::HeldDir;
 use crate::status::Counter;
 use crate::store::{Created, Fence, Loaded, StoreError};
 use crate::update::Command;
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -585,20 +586,17 @@ impl ActiveSession {
         value: Option<&str>,
         max_size: usize,
     ) -> Result<(), &'static str> {
-        self.apply_one(max_size, |data| match value {
-            Some(v) => {
-                data.insert(key.to_string(), v.to_string());
-            }
-            None => {
-                data.remove(key);
-            }
-        })
+        let value = value.map(Cow::Borrowed);
+        self.apply_one(max_size, std::iter::once((Cow::Borrowed(key), value)))
     }
 
-    fn apply_one(
+    /// Applies `edits` in order (a value to set, or `None` to remove the
+    /// key) to the data in place, and puts back what they replaced if the
+    /// result would exceed `max_size`: the data is never copied whole.
+    fn apply_one<'a>(
         &mut self,
         max_size: usize,
-        change: impl FnOnce(&mut Data),
+        edits: impl IntoIterator<Item = (Cow<'a, str>, Option<Cow<'a, str>>)>,
     ) -> Result<(), &'static str> {
         if self.state != State::Live {
             return Err("the session is no longer live");
@@ -606,15 +604,43 @@ impl ActiveSession {
         if self.read_only {
             return Err("a static file sees the session read-only");
         }
-        let mut data = self.record.data.clone();
-        change(&mut data);
-        if data == self.record.data {
-            return Ok(());
+        let data = &mut self.record.data;
+        // Each edit's key with the value it replaced (`None`: absent); the
+        // first beside the rest, as most commands make one edit.
+        let mut first: Option<(Cow<'a, str>, Option<String>)> = None;
+        let mut undo: Vec<(Cow<'a, str>, Option<String>)> = Vec::new();
+        for (key, value) in edits {
+            let before = match value {
+                Some(value) => match data.get_mut(key.as_ref()) {
+                    Some(current) if *current == *value => continue,
+                    Some(current) => Some(std::mem::replace(current, value.into_owned())),
+                    None => {
+                        data.insert(key.clone().into_owned(), value.into_owned());
+                        None
+                    }
+                },
+                None => match data.remove(key.as_ref()) {
+                    Some(removed) => Some(removed),
+                    None => continue,
+                },
+            };
+            match first {
+                None => first = Some((key, before)),
+                Some(_) => undo.push((key, before)),
+            }
         }
-        if encode_data(&data).len() > max_size {
+        let Some(first) = first else {
+            return Ok(());
+        };
+        if encoded_len(data) > max_size {
+            for (key, before) in undo.into_iter().rev().chain([first]) {
+                match before {
+                    Some(value) => data.insert(key.into_owned(), value),
+                    None => data.remove(key.as_ref()),
+                };
+            }
             return Err("the data would exceed RSessionMaxDataSize");
         }
-        self.record.data = data;
         self.data_changed = true;
         Ok(())
     }
@@ -623,7 +649,7 @@ impl ActiveSession {
     /// `invalidate` takes effect. Returns why each refused command failed.
     pub fn apply(
         &mut self,
-        commands: &[Command],
+        commands: &[Command<'_>],
         max_size: usize,
         server_error: bool,
     ) -> Vec<&'static str> {
@@ -633,14 +659,16 @@ impl ActiveSession {
                 Command::Invalidate => self.invalidate(),
                 Command::InvalidateUser => self.request_invalidate_user(),
                 _ if server_error => Err("changes sent with a 5xx response are discarded"),
-                Command::Set(pairs) => self.apply_one(max_size, |d| {
-                    d.extend(pairs.iter().cloned());
-                }),
-                Command::Unset(keys) => self.apply_one(max_size, |d| {
-                    for k in keys {
-                        d.remove(k);
-                    }
-                }),
+                Command::Set(pairs) => self.apply_one(
+                    max_size,
+                    pairs
+                        .iter()
+                        .map(|(k, v)| (Cow::Borrowed(k.as_ref()), Some(Cow::Borrowed(v.as_ref())))),
+                ),
+                Command::Unset(keys) => self.apply_one(
+                    max_size,
+                    keys.iter().map(|k| (Cow::Borrowed(k.as_ref()), None)),
+                ),
                 Command::Regenerate => self.request_regenerate(),
             };
             if let Err(why) = result {
@@ -964,12 +992,53 @@ mod tests {
         let mut s = start(&f, &Candidates::default(), 1000);
         s.apply(&[Command::Set(vec![("a".into(), "1".into())])], 10, false);
         let refused = s.apply(
-            &[Command::Set(vec![("b".into(), "x".repeat(20))])],
+            &[Command::Set(vec![("b".into(), "x".repeat(20).into())])],
             10,
             false,
         );
         assert_eq!(refused.len(), 1);
         assert_eq!(s.encoded_data(), "a=1");
+    }
+
+    #[test]
+    fn a_refused_command_puts_back_every_key_it_touched() {
+        let f = fixture();
+        let mut s = start(&f, &Candidates::default(), 1000);
+        s.apply(
+            &[Command::Set(vec![
+                ("a".into(), "1".into()),
+                ("b".into(), "2".into()),
+            ])],
+            30,
+            false,
+        );
+        let refused = s.apply(
+            &[
+                Command::Set(vec![
+                    ("a".into(), "x".into()),
+                    ("c".into(), "new".into()),
+                    ("a".into(), "y".into()),
+                    ("b".into(), "z".repeat(40).into()),
+                ]),
+                Command::Unset(vec!["b".into()]),
+                Command::Set(vec![("a".into(), "1".into())]),
+            ],
+            30,
+            false,
+        );
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(
+            s.encoded_data(),
+            "a=1",
+            "the unset still applied; a=1 is no change"
+        );
+        assert!(s.has_changes());
+        let mut same = start(&f, &Candidates::default(), 1000);
+        same.apply(&[Command::Set(vec![("k".into(), "v".into())])], 30, false);
+        let before = same.encoded_data();
+        same.set_value("k", Some("v"), 30).unwrap();
+        same.set_value("gone", None, 30).unwrap();
+        assert_eq!(same.encoded_data(), before);
     }
 
     #[test]

@@ -2,10 +2,14 @@
 //! `regenerate`, `invalidate-user`, one per header line or joined by commas. A bad command is
 //! a value (`Rejected`), never an error: it is logged and ignored.
 
+use std::borrow::Cow;
+
+/// Keys and values borrow from the header line unless percent-decoding
+/// changed them: most commands copy nothing until the session takes them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    Set(Vec<(String, String)>),
-    Unset(Vec<String>),
+pub enum Command<'a> {
+    Set(Vec<(Cow<'a, str>, Cow<'a, str>)>),
+    Unset(Vec<Cow<'a, str>>),
     Invalidate,
     Regenerate,
     /// End every session of this session's user (`RSessionUser`).
@@ -17,23 +21,37 @@ pub enum Command {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected(pub &'static str);
 
-/// Parses every header line in order.
-pub fn parse<'a>(lines: impl IntoIterator<Item = &'a str>) -> Vec<Result<Command, Rejected>> {
+/// Parses every header line, one command after another, in order.
+pub fn parse<'a>(
+    lines: impl IntoIterator<Item = &'a str>,
+) -> impl Iterator<Item = Result<Command<'a>, Rejected>> {
     lines
         .into_iter()
         .flat_map(|line| line.split(','))
         .map(str::trim)
         .filter(|c| !c.is_empty())
         .map(parse_command)
-        .collect()
 }
 
-fn parse_command(text: &str) -> Result<Command, Rejected> {
+/// The verbs, matched without regard to ASCII case.
+const VERBS: [&str; 5] = [
+    "set",
+    "unset",
+    "invalidate",
+    "regenerate",
+    "invalidate-user",
+];
+
+fn parse_command(text: &str) -> Result<Command<'_>, Rejected> {
     let (verb, args) = match text.split_once([' ', '\t']) {
         Some((v, a)) => (v, a.trim()),
         None => (text, ""),
     };
-    match verb.to_ascii_lowercase().as_str() {
+    let verb = VERBS
+        .into_iter()
+        .find(|known| known.eq_ignore_ascii_case(verb))
+        .unwrap_or("");
+    match verb {
         "set" => {
             let mut pairs = Vec::new();
             for segment in args.split('&').filter(|s| !s.is_empty()) {
@@ -52,7 +70,7 @@ fn parse_command(text: &str) -> Result<Command, Rejected> {
             Ok(Command::Set(pairs))
         }
         "unset" => {
-            let keys: Vec<String> = args
+            let keys: Vec<Cow<'_, str>> = args
                 .split('&')
                 .filter(|s| !s.is_empty())
                 .map(|s| decode_pair(s).0)
@@ -76,10 +94,9 @@ fn parse_command(text: &str) -> Result<Command, Rejected> {
 }
 
 /// Percent-decodes one `key=value` segment (`+` is a space, as in forms).
-fn decode_pair(segment: &str) -> (String, String) {
+fn decode_pair(segment: &str) -> (Cow<'_, str>, Cow<'_, str>) {
     form_urlencoded::parse(segment.as_bytes())
         .next()
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .unwrap_or_default()
 }
 
@@ -87,13 +104,17 @@ fn decode_pair(segment: &str) -> (String, String) {
 mod tests {
     use super::*;
 
-    fn set(pairs: &[(&str, &str)]) -> Command {
+    fn set<'a>(pairs: &[(&'a str, &'a str)]) -> Command<'a> {
         Command::Set(
             pairs
                 .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .map(|&(k, v)| (Cow::Borrowed(k), Cow::Borrowed(v)))
                 .collect(),
         )
+    }
+
+    fn parse<'a>(lines: impl IntoIterator<Item = &'a str>) -> Vec<Result<Command<'a>, Rejected>> {
+        super::parse(lines).collect()
     }
 
     #[test]

@@ -71,8 +71,16 @@ impl InterimWatch {
             return;
         }
         self.armed.set(initial.as_ptr());
-        *self.parser.borrow_mut() = Some(Interim::new(header));
-        *self.header.borrow_mut() = header.to_string();
+        // The connection's earlier requests leave their buffers to reuse.
+        let mut parser = self.parser.borrow_mut();
+        match parser.as_mut() {
+            Some(parser) => parser.restart(header),
+            None => *parser = Some(Interim::new(header)),
+        }
+        drop(parser);
+        let mut name = self.header.borrow_mut();
+        name.clear();
+        name.push_str(header);
         initial.pool().attach(Disarm {
             watch: self,
             request: initial.as_ptr(),
@@ -85,11 +93,10 @@ impl InterimWatch {
     }
 
     fn disarm_raw(&self, request: *mut sys::request_rec) {
+        // The parser stays for the connection's next request to restart:
+        // nothing reads it while the watch is disarmed.
         if self.armed.get() == request {
             self.armed.set(std::ptr::null_mut());
-            if let Ok(mut p) = self.parser.try_borrow_mut() {
-                *p = None;
-            }
         }
     }
 

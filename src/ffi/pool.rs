@@ -24,6 +24,19 @@ extern "C" fn drop_boxed<T>(data: *mut c_void) -> sys::apr_status_t {
     sys::STATUS_SUCCESS
 }
 
+/// What `apr_palloc` guarantees (APR_ALIGN_DEFAULT).
+const POOL_ALIGN: usize = 8;
+
+extern "C" fn drop_in_pool<T>(data: *mut c_void) -> sys::apr_status_t {
+    // A panicking Drop must not unwind into APR.
+    let _ = std::panic::catch_unwind(|| {
+        // SAFETY: `data` holds the T `attach` wrote into pool memory, and
+        // this cleanup runs exactly once, before the pool frees that memory.
+        unsafe { std::ptr::drop_in_place(data as *mut T) };
+    });
+    sys::STATUS_SUCCESS
+}
+
 impl<'p> Pool<'p> {
     /// # Safety
     /// `raw` must be a live pool that outlives `'p`.
@@ -40,7 +53,30 @@ impl<'p> Pool<'p> {
 
     /// Moves `value` into memory the pool owns: it is dropped when the pool
     /// is cleared or destroyed. The pointer stays valid until then.
+    /// Values that fit the pool's alignment live in its own memory (no
+    /// heap allocation per request); others are boxed.
     pub fn attach<T: 'static>(&self, value: T) -> *mut T {
+        let size = std::mem::size_of::<T>();
+        if std::mem::align_of::<T>() <= POOL_ALIGN && size > 0 {
+            // SAFETY: the pool is live; APR returns `size` bytes aligned to
+            // POOL_ALIGN (or null, without an abort function).
+            let ptr = unsafe { sys::apr_palloc(self.as_ptr(), size) } as *mut T;
+            if !ptr.is_null() {
+                // SAFETY: `ptr` is valid, aligned and unused memory for a T;
+                // `drop_in_pool::<T>` matches it, and APR runs cleanups
+                // before it frees the pool's memory.
+                unsafe {
+                    ptr.write(value);
+                    sys::apr_pool_cleanup_register(
+                        self.as_ptr(),
+                        ptr as *const c_void,
+                        Some(drop_in_pool::<T>),
+                        Some(sys::apr_pool_cleanup_null),
+                    );
+                }
+                return ptr;
+            }
+        }
         let ptr = Box::into_raw(Box::new(value));
         // SAFETY: the pool is live; `drop_boxed::<T>` matches the pointer's
         // type, and `apr_pool_cleanup_null` is APR's no-op child cleanup.

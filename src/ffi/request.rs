@@ -273,10 +273,6 @@ pub struct Table<'r> {
     _life: PhantomData<&'r sys::apr_table_t>,
 }
 
-fn c(s: &str) -> Option<CString> {
-    CString::new(s).ok()
-}
-
 /// The bytes of a C string (empty for NULL).
 fn bytes<'a>(p: *const c_char) -> &'a [u8] {
     if p.is_null() {
@@ -359,10 +355,14 @@ impl<'r> Table<'r> {
     }
 
     pub fn unset(&self, key: &str) {
-        if let Some(k) = c(key) {
-            // SAFETY: live table, NUL-terminated key.
-            unsafe { sys::apr_table_unset(self.raw, k.as_ptr()) };
+        // No key of a table holds a NUL: such a key names nothing here.
+        if key.as_bytes().contains(&0) {
+            return;
         }
+        // A copy in the pool, not a CString: no allocation to free.
+        let k = self.copy(key.as_bytes());
+        // SAFETY: live table, NUL-terminated key.
+        unsafe { sys::apr_table_unset(self.raw, k) };
     }
 
     /// Removes every entry whose key `reserved` says is ours; returns how

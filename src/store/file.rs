@@ -84,24 +84,37 @@ pub struct FileStore {
 
 /// Idle lock-file descriptions kept per shard and process...
 const IDLE_LOCK_FILES: usize = 8;
-/// ...and in all, per store and process: 256 shards times 8 would let a
-/// busy child keep 2,048 descriptors open, more than a 1,024-file limit.
-/// A child rarely holds locks in one shard at once, so about one per shard
-/// keeps nearly every lock from opening a file.
-const IDLE_LOCK_FILES_TOTAL: usize = 256;
+/// ...and in all, per store and process. A save holds two descriptions of
+/// its shard's lock file at once (the session's byte and the saver's), so
+/// two per shard keep nearly every lock from opening a file: 512 in all,
+/// as long as that is at most a quarter of the process's descriptor limit
+/// (apache2ctl raises it to 8,192). Under a 1,024-file limit, 256.
+const IDLE_LOCK_FILES_TOTAL: usize = 2 * SHARDS;
+const IDLE_LOCK_FILES_FLOOR: usize = 64;
+
+/// The idle descriptions a process may keep under its descriptor limit.
+fn idle_lock_files_total() -> usize {
+    use nix::sys::resource::{getrlimit, Resource};
+    let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
+    usize::try_from(soft / 4)
+        .unwrap_or(usize::MAX)
+        .clamp(IDLE_LOCK_FILES_FLOOR, IDLE_LOCK_FILES_TOTAL)
+}
 
 /// Idle lock-file descriptions by shard, with their total bounded.
 #[derive(Debug)]
 struct LockFilePool {
     shards: Vec<Mutex<Vec<File>>>,
     idle: AtomicUsize,
+    most_idle: usize,
 }
 
 impl LockFilePool {
-    fn new() -> LockFilePool {
+    fn new(most_idle: usize) -> LockFilePool {
         LockFilePool {
             shards: (0..=255u8).map(|_| Mutex::new(Vec::new())).collect(),
             idle: AtomicUsize::new(0),
+            most_idle,
         }
     }
 
@@ -118,7 +131,7 @@ impl LockFilePool {
         if idle.len() >= IDLE_LOCK_FILES {
             return;
         }
-        if self.idle.fetch_add(1, Ordering::Relaxed) >= IDLE_LOCK_FILES_TOTAL {
+        if self.idle.fetch_add(1, Ordering::Relaxed) >= self.most_idle {
             self.idle.fetch_sub(1, Ordering::Relaxed);
             return;
         }
@@ -236,7 +249,7 @@ impl FileStore {
         Ok(FileStore {
             root,
             can_exchange: AtomicBool::new(true),
-            lock_files: Arc::new(LockFilePool::new()),
+            lock_files: Arc::new(LockFilePool::new(idle_lock_files_total())),
             sweep_workers: sweep_workers(),
         })
     }
@@ -444,12 +457,13 @@ impl FileStore {
         name: impl FnOnce(&str, &mut std::ffi::OsString),
     ) -> PathBuf {
         let text = id.text();
+        let text: &str = &text;
         let mut path = std::ffi::OsString::with_capacity(self.root.as_os_str().len() + 48);
         path.push(self.root.as_os_str());
         path.push("/");
         path.push(&text[..2]);
         path.push("/");
-        name(&text, &mut path);
+        name(text, &mut path);
         PathBuf::from(path)
     }
 
@@ -506,18 +520,19 @@ impl FileStore {
     }
 
     /// Writes `bytes` over the start of `file` (now `len` long), padding
-    /// with spaces (which JSON ignores) up to its length instead of
-    /// truncating.
-    fn overwrite(file: &File, len: u64, bytes: &[u8], expires: SystemTime) -> std::io::Result<()> {
-        let len = len as usize;
-        if bytes.len() >= len {
-            file.write_all_at(bytes, 0)?;
-        } else {
-            let mut padded = Vec::with_capacity(len);
-            padded.extend_from_slice(bytes);
-            padded.resize(len, b' ');
-            file.write_all_at(&padded, 0)?;
+    /// them in place with spaces (which JSON ignores) up to its length
+    /// instead of truncating.
+    fn overwrite(
+        file: &File,
+        len: u64,
+        bytes: &mut Vec<u8>,
+        expires: SystemTime,
+    ) -> std::io::Result<()> {
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        if bytes.len() < len {
+            bytes.resize(len, b' ');
         }
+        file.write_all_at(bytes, 0)?;
         file.set_modified(expires)
     }
 
@@ -647,8 +662,11 @@ impl SessionStore for FileStore {
     }
 
     fn load(&self, id: &SessionId) -> Result<Option<Record>, StoreError> {
-        match read_small(&self.record_path(id)) {
-            Ok(bytes) => super::decode_stored(Some(&bytes), id, || self.root.display().to_string()),
+        let decode = |bytes: &[u8]| {
+            super::decode_stored(Some(bytes), id, || self.root.display().to_string())
+        };
+        match read_small(&self.record_path(id), decode) {
+            Ok(decoded) => decoded,
             Err(e) if shard_missing(&e) || shard_broken(&e) => Ok(None),
             Err(e) if safe_fs::is_not_regular(&e) || e.kind() == ErrorKind::InvalidData => Err(
                 corrupt(format!("{}... in {}", id.short(), self.root.display()))(e),
@@ -666,7 +684,7 @@ impl SessionStore for FileStore {
         record: &Record,
         _fence: Option<&Fence>,
     ) -> Result<(), StoreError> {
-        let bytes = record.encode();
+        let mut bytes = record.encode();
         let expires = expiry_time(record);
         if !self.can_exchange.load(Ordering::Relaxed) {
             return self.save_by_rename(id, &bytes, expires);
@@ -674,29 +692,30 @@ impl SessionStore for FileStore {
         let _saving = self
             .lock_byte(id, id.lock_offset() | SAVER_BYTES, true)
             .map_err(self.io("cannot lock the session's spare record"))?;
-        let (spare, len) = match open_shared_with_len(&self.spare_path(id)) {
+        let spare_path = self.spare_path(id);
+        let (spare, len) = match open_shared_with_len(&spare_path) {
             Ok(opened) => opened,
             // No shard: no record either.
             Err(e) if shard_missing(&e) || shard_broken(&e) => return Err(StoreError::Vanished),
             Err(e) => return Err(self.io("cannot open the spare record")(e)),
         };
-        Self::overwrite(&spare, len, &bytes, expires)
+        Self::overwrite(&spare, len, &mut bytes, expires)
             .map_err(self.io("cannot write session record"))?;
         match renameat2(
             AT_FDCWD,
-            &self.spare_path(id),
+            &spare_path,
             AT_FDCWD,
             &self.record_path(id),
             RenameFlags::RENAME_EXCHANGE,
         ) {
             Ok(()) => Ok(()),
             Err(nix::errno::Errno::ENOENT) => {
-                let _ = safe_fs::remove_entry(&self.spare_path(id));
+                let _ = safe_fs::remove_entry(&spare_path);
                 Err(StoreError::Vanished)
             }
             Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOSYS) => {
                 self.can_exchange.store(false, Ordering::Relaxed);
-                let _ = safe_fs::remove_entry(&self.spare_path(id));
+                let _ = safe_fs::remove_entry(&spare_path);
                 self.save_by_rename(id, &bytes, expires)
             }
             Err(e) => Err(self.io("cannot replace session record")(e.into())),
@@ -999,7 +1018,8 @@ fn open_shared_with_len(path: &Path) -> std::io::Result<(File, u64)> {
 
 /// Reads a record, usually small, with one `read` after the `fstat` that
 /// proves it a regular file: a short read of a regular file means its end.
-fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
+/// A record that fits the stack buffer reaches `use_bytes` from there.
+fn read_small<T>(path: &Path, use_bytes: impl FnOnce(&[u8]) -> T) -> std::io::Result<T> {
     use std::io::Read;
     let (file, len) = safe_fs::open_regular_noatime(path, OpenOptions::new().read(true))?;
     if len > MAX_RECORD {
@@ -1011,11 +1031,12 @@ fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
     let mut file = file.take(MAX_RECORD);
     let mut first = [0u8; 2048];
     let n = file.read(&mut first)?;
-    let mut buf = first[..n].to_vec();
-    if n == first.len() {
-        file.read_to_end(&mut buf)?;
+    if n < first.len() {
+        return Ok(use_bytes(&first[..n]));
     }
-    Ok(buf)
+    let mut buf = first.to_vec();
+    file.read_to_end(&mut buf)?;
+    Ok(use_bytes(&buf))
 }
 
 /// True while the process that wrote a temporary file may still be
@@ -1245,7 +1266,7 @@ mod tests {
     #[test]
     fn idle_lock_files_stay_bounded_per_shard_and_in_all() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = LockFilePool::new();
+        let pool = LockFilePool::new(IDLE_LOCK_FILES_TOTAL);
         let open = || File::open(dir.path()).unwrap();
         for _ in 0..IDLE_LOCK_FILES + 3 {
             pool.give_back(7, open());

@@ -492,3 +492,109 @@ fn a_full_store_answers_503_names_the_store_and_recovers() {
     assert_eq!(back.status, 200, "service is back when space returns");
     drop(h);
 }
+
+/// Holds its request until the test creates `release` in the scratch
+/// directory, then writes; `holder.pid` says it has started.
+const HOLD_THEN_WRITE_CGI: &str = harness::scripts::HOLD_CGI;
+
+/// Every name below the file store that is a temporary (`.tmp-*`).
+fn temporaries(h: &Httpd) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut todo = vec![h.path("logs/rsession")];
+    while let Some(dir) = todo.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(e.path());
+            } else if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                found.push(e.path().display().to_string());
+            }
+        }
+    }
+    found
+}
+
+/// One session written at once by a locked location (through its spare
+/// file) and by an `RSessionLock Off` one (through temporaries of its own):
+/// every save answers 200, the record stays whole and nothing is left
+/// behind.
+#[test]
+fn locked_and_unlocked_saves_of_one_session_keep_it_whole() {
+    let h = server(Options {
+        fragment: "<Location /cgi-bin/counter-unlocked.cgi>\n  RSessionLock Off\n</Location>"
+            .into(),
+        ..Options::default()
+    });
+    h.cgi("counter-unlocked.cgi", COUNTER_CGI);
+    let cookie = get(&h.url("/cgi-bin/counter.cgi"), &[]).cookie_pair();
+    std::thread::scope(|s| {
+        for cgi in [
+            "counter.cgi",
+            "counter-unlocked.cgi",
+            "counter.cgi",
+            "counter-unlocked.cgi",
+        ] {
+            let (url, cookie) = (h.url(&format!("/cgi-bin/{cgi}")), &cookie);
+            s.spawn(move || {
+                for _ in 0..40 {
+                    let r = get_with_cookie(&url, cookie);
+                    assert_eq!(r.status, 200, "{cgi}: {r:?}");
+                    assert!(r.body.trim().parse::<u64>().is_ok(), "{cgi}: {r:?}");
+                    assert!(r.set_cookie().is_none(), "{cgi}: the session stayed: {r:?}");
+                }
+            });
+        }
+    });
+    let r = get_with_cookie(&h.url("/cgi-bin/counter.cgi"), &cookie);
+    assert!(r.body.trim().parse::<u64>().unwrap() > 1, "{r:?}");
+    assert!(r.set_cookie().is_none(), "{r:?}");
+    assert_eq!(temporaries(&h), Vec::<String>::new());
+    assert!(h.crash_lines().is_empty(), "{:?}", h.crash_lines());
+}
+
+/// A request under `RSessionLock Off` that loaded its session before
+/// another request invalidated it does not bring the session back when
+/// it saves: it answers 503 and the old cookie gets a fresh session.
+#[test]
+fn an_unlocked_save_after_invalidate_does_not_bring_the_session_back() {
+    let h = server(Options {
+        fragment: "<Location /cgi-bin/hold-unlocked.cgi>\n  RSessionLock Off\n</Location>".into(),
+        ..Options::default()
+    });
+    h.cgi("hold-unlocked.cgi", HOLD_THEN_WRITE_CGI);
+    let first = get(&h.url("/cgi-bin/counter.cgi"), &[]);
+    let cookie = first.cookie_pair();
+    let id = harness::id_of(&cookie);
+    let dir = h.scratch_dir(&id);
+    let url = h.url("/cgi-bin/hold-unlocked.cgi");
+    let held = {
+        let cookie = cookie.clone();
+        // Not scoped: a failed test must not wait for the handler.
+        std::thread::spawn(move || get_with_cookie(&url, &cookie))
+    };
+    wait_for(
+        "the unlocked handler to start",
+        Duration::from_secs(10),
+        || dir.join("holder.pid").exists().then_some(()),
+    );
+    let bye = get(
+        &h.url("/cgi-bin/echo.cgi"),
+        &[("Cookie", &cookie), ("X-Cmd", "invalidate")],
+    );
+    assert_eq!(bye.status, 200, "{bye:?}");
+    assert!(!h.record(&id).exists(), "invalidated");
+    // The handler only waits for the name: give it one where its
+    // directory was.
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("release"), "").unwrap();
+    // www-data's, as its own directory was: the sweeper can remove it.
+    for path in [dir.clone(), dir.join("release")] {
+        std::os::unix::fs::chown(path, Some(33), Some(33)).unwrap();
+    }
+    let r = held.join().unwrap();
+    assert_eq!(r.status, 503, "its change could not be kept: {r:?}");
+    assert!(!h.record(&id).exists(), "not brought back");
+    let after = get_with_cookie(&h.url("/cgi-bin/counter.cgi"), &cookie);
+    assert_eq!(after.body.trim(), "1", "a fresh session: {after:?}");
+    assert!(after.set_cookie().is_some(), "{after:?}");
+    assert_eq!(temporaries(&h), Vec::<String>::new());
+}

@@ -5,9 +5,9 @@
 //!                       kernel's per-directory locking across directories)
 //!   <id>                the record: JSON, mode 0600, mtime = its expiry
 //!   <id>.spare          the previous version, reused for the next write
-//!   .locks              byte-range locks: per session, one byte for its lock
-//!                       and one that lets a single saver at a time use its spare
-//!   .tmp-<id>-<pid>-<n> temporaries (only where the kernel cannot swap)
+//!   .locks              byte-range locks: one byte per session, its lock
+//!   .tmp-<id>-<pid>-<n> new versions written without the session's lock
+//!                       (RSessionLock Off), or where the kernel cannot swap
 //! .sweeper-<tag>        admits one sweeper per scratch root (tag: its path)
 //! users/<kk>/<key>/<id> the user index (invalidate-user): one empty file
 //!                       per session of a user, under a hash of the scope
@@ -23,10 +23,11 @@
 //! FIFO or link planted as a record reads as corrupt, one planted as a lock
 //! or spare file is set aside and the file made anew.
 //!
-//! A save writes the spare file in place and swaps it with the record in one
-//! `renameat2(RENAME_EXCHANGE)`: readers see the old or the new record, never
-//! a torn one, and no inode is created or freed (on many file systems the
-//! costly part). Records carry their expiry moment as mtime, so a sweeper
+//! A save under the session's lock writes the spare file in place and swaps
+//! it with the record in one `renameat2(RENAME_EXCHANGE)`: readers see the
+//! old or the new record, never a torn one, and no inode is created or freed
+//! (on many file systems the costly part). A save without the lock writes a
+//! temporary of its own and swaps that in, so two savers never share a file. Records carry their expiry moment as mtime, so a sweeper
 //! finds expired sessions with one `stat` per entry (and an operator with
 //! `find -mmin`).
 //!
@@ -84,37 +85,25 @@ pub struct FileStore {
 
 /// Idle lock-file descriptions kept per shard and process...
 const IDLE_LOCK_FILES: usize = 8;
-/// ...and in all, per store and process. A save holds two descriptions of
-/// its shard's lock file at once (the session's byte and the saver's), so
-/// two per shard keep nearly every lock from opening a file: 512 in all,
-/// as long as that is at most a quarter of the process's descriptor limit
-/// (apache2ctl raises it to 8,192). Under a 1,024-file limit, 256.
-const IDLE_LOCK_FILES_TOTAL: usize = 2 * SHARDS;
-const IDLE_LOCK_FILES_FLOOR: usize = 64;
-
-/// The idle descriptions a process may keep under its descriptor limit.
-fn idle_lock_files_total() -> usize {
-    use nix::sys::resource::{getrlimit, Resource};
-    let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
-    usize::try_from(soft / 4)
-        .unwrap_or(usize::MAX)
-        .clamp(IDLE_LOCK_FILES_FLOOR, IDLE_LOCK_FILES_TOTAL)
-}
+/// ...and in all, per store and process: 256 shards times 8 would let a
+/// busy child keep 2,048 descriptors open, more than a 1,024-file limit.
+/// A request holds one description (its session's lock) at a time, and a
+/// child rarely holds locks in one shard at once, so about one per shard
+/// keeps nearly every lock from opening a file.
+const IDLE_LOCK_FILES_TOTAL: usize = 256;
 
 /// Idle lock-file descriptions by shard, with their total bounded.
 #[derive(Debug)]
 struct LockFilePool {
     shards: Vec<Mutex<Vec<File>>>,
     idle: AtomicUsize,
-    most_idle: usize,
 }
 
 impl LockFilePool {
-    fn new(most_idle: usize) -> LockFilePool {
+    fn new() -> LockFilePool {
         LockFilePool {
             shards: (0..=255u8).map(|_| Mutex::new(Vec::new())).collect(),
             idle: AtomicUsize::new(0),
-            most_idle,
         }
     }
 
@@ -131,7 +120,7 @@ impl LockFilePool {
         if idle.len() >= IDLE_LOCK_FILES {
             return;
         }
-        if self.idle.fetch_add(1, Ordering::Relaxed) >= self.most_idle {
+        if self.idle.fetch_add(1, Ordering::Relaxed) >= IDLE_LOCK_FILES_TOTAL {
             self.idle.fetch_sub(1, Ordering::Relaxed);
             return;
         }
@@ -165,14 +154,16 @@ struct RangeLock {
     range: libc::flock,
     shard: usize,
     pool: Arc<LockFilePool>,
+    /// Tells `save` that its caller holds the session's lock (a kernel
+    /// lock is never lost while its holder lives, so it proves no more).
+    fence: Fence,
 }
 
-impl HeldLock for RangeLock {}
-
-/// Offsets at or above this (session offsets are below 2^62) serialise the
-/// savers of a session, which may run without the session lock
-/// (RSessionLock Off) but must never write its spare file at once.
-const SAVER_BYTES: u64 = 1 << 62;
+impl HeldLock for RangeLock {
+    fn fence(&self) -> Option<&Fence> {
+        Some(&self.fence)
+    }
+}
 
 fn write_lock_at(offset: u64) -> libc::flock {
     libc::flock {
@@ -249,7 +240,7 @@ impl FileStore {
         Ok(FileStore {
             root,
             can_exchange: AtomicBool::new(true),
-            lock_files: Arc::new(LockFilePool::new(idle_lock_files_total())),
+            lock_files: Arc::new(LockFilePool::new()),
             sweep_workers: sweep_workers(),
         })
     }
@@ -536,6 +527,57 @@ impl FileStore {
         file.set_modified(expires)
     }
 
+    /// A name for a new version of `id`'s record, unique to this process
+    /// and call (`.tmp-<id>-<pid>-<n>`: a sweeper removes those whose
+    /// writer is gone).
+    fn temp_path(&self, id: &SessionId) -> PathBuf {
+        let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
+        self.in_shard(id, |text, p| {
+            p.push(TEMP_PREFIX);
+            p.push(text);
+            p.push(format!("-{}-{seq}", std::process::id()));
+        })
+    }
+
+    /// A new temporary (never an existing file: something planted under
+    /// the name makes it try the next) holding `bytes`, with its mtime at
+    /// `expires`. Nothing stays behind if writing fails.
+    fn write_temp(
+        &self,
+        id: &SessionId,
+        bytes: &[u8],
+        expires: SystemTime,
+    ) -> std::io::Result<PathBuf> {
+        let mut attempts = 0;
+        loop {
+            let path = self.temp_path(id);
+            let created = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(safe_fs::HOSTILE_OPEN_FLAGS)
+                .open(&path);
+            let file = match created {
+                Ok(file) => file,
+                Err(e) if e.kind() == ErrorKind::AlreadyExists && attempts < 3 => {
+                    attempts += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            return match file
+                .write_all_at(bytes, 0)
+                .and_then(|()| file.set_modified(expires))
+            {
+                Ok(()) => Ok(path),
+                Err(e) => {
+                    let _ = safe_fs::remove_entry(&path);
+                    Err(e)
+                }
+            };
+        }
+    }
+
     /// The old way, for file systems without RENAME_EXCHANGE.
     fn save_by_rename(
         &self,
@@ -543,37 +585,18 @@ impl FileStore {
         bytes: &[u8],
         expires: SystemTime,
     ) -> Result<(), StoreError> {
-        let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
-        let temp = self.in_shard(id, |text, p| {
-            p.push(TEMP_PREFIX);
-            p.push(text);
-            p.push(format!("-{}-{seq}", std::process::id()));
-        });
-        let write = || -> std::io::Result<()> {
-            let f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(safe_fs::HOSTILE_OPEN_FLAGS)
-                .open(&temp)?;
-            f.write_all_at(bytes, 0)?;
-            f.set_modified(expires)?;
-            fs::rename(&temp, self.record_path(id))
-        };
-        write().map_err(|e| {
+        let temp = self
+            .write_temp(id, bytes, expires)
+            .map_err(self.io("cannot write session record"))?;
+        fs::rename(&temp, self.record_path(id)).map_err(|e| {
             let _ = safe_fs::remove_entry(&temp);
             self.io("cannot replace session record")(e)
         })
     }
 
     /// Locks one byte of the shard's lock file through a pooled
-    /// description: `Ok(None)` when taken and `wait` is false.
-    fn lock_byte(
-        &self,
-        id: &SessionId,
-        offset: u64,
-        wait: bool,
-    ) -> std::io::Result<Option<RangeLock>> {
+    /// description, without waiting: `Ok(None)` when it is taken.
+    fn lock_byte(&self, id: &SessionId, offset: u64) -> std::io::Result<Option<RangeLock>> {
         let shard = id.shard() as usize;
         let file = match self.lock_files.take(shard) {
             Some(f) => f,
@@ -581,11 +604,7 @@ impl FileStore {
         };
         let range = write_lock_at(offset);
         let locked = loop {
-            let attempt = match wait {
-                true => fcntl(&file, FcntlArg::F_OFD_SETLKW(&range)),
-                false => fcntl(&file, FcntlArg::F_OFD_SETLK(&range)),
-            };
-            match attempt {
+            match fcntl(&file, FcntlArg::F_OFD_SETLK(&range)) {
                 Err(nix::errno::Errno::EINTR) => continue,
                 other => break other,
             }
@@ -596,6 +615,7 @@ impl FileStore {
                 range,
                 shard,
                 pool: self.lock_files.clone(),
+                fence: Fence::new(String::new()),
             })),
             Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EACCES) => {
                 // This description holds nothing: it can serve again.
@@ -675,50 +695,71 @@ impl SessionStore for FileStore {
         }
     }
 
-    /// Writes the spare and swaps it in. A record that vanished meanwhile
-    /// (invalidated, or swept while unlocked) is not resurrected.
-    /// Kernel locks are never lost while their holder lives: no fence.
+    /// Writes a whole new version beside the record and swaps it in with
+    /// one `renameat2(RENAME_EXCHANGE)`, which fails if the record vanished
+    /// meanwhile (invalidated, or swept while unlocked): never resurrected.
+    /// Under the session's lock (a `fence`), the version is written into
+    /// the spare file in place, as no other holder of that lock can be
+    /// writing it; without the lock (`RSessionLock Off`), into a temporary
+    /// of its own, so that no two savers ever share a file.
     fn save(
         &self,
         id: &SessionId,
         record: &Record,
-        _fence: Option<&Fence>,
+        fence: Option<&Fence>,
     ) -> Result<(), StoreError> {
         let mut bytes = record.encode();
         let expires = expiry_time(record);
         if !self.can_exchange.load(Ordering::Relaxed) {
             return self.save_by_rename(id, &bytes, expires);
         }
-        let _saving = self
-            .lock_byte(id, id.lock_offset() | SAVER_BYTES, true)
-            .map_err(self.io("cannot lock the session's spare record"))?;
-        let spare_path = self.spare_path(id);
-        let (spare, len) = match open_shared_with_len(&spare_path) {
-            Ok(opened) => opened,
+        let lasting = fence.is_some();
+        let written = if lasting {
+            let spare = self.spare_path(id);
+            open_shared_with_len(&spare)
+                .and_then(|(file, len)| Self::overwrite(&file, len, &mut bytes, expires))
+                .map(|()| spare)
+        } else {
+            self.write_temp(id, &bytes, expires)
+        };
+        let version = match written {
+            Ok(version) => version,
             // No shard: no record either.
             Err(e) if shard_missing(&e) || shard_broken(&e) => return Err(StoreError::Vanished),
-            Err(e) => return Err(self.io("cannot open the spare record")(e)),
+            Err(e) => return Err(self.io("cannot write session record")(e)),
         };
-        Self::overwrite(&spare, len, &mut bytes, expires)
-            .map_err(self.io("cannot write session record"))?;
-        match renameat2(
+        let swapped = renameat2(
             AT_FDCWD,
-            &spare_path,
+            &version,
             AT_FDCWD,
             &self.record_path(id),
             RenameFlags::RENAME_EXCHANGE,
-        ) {
-            Ok(()) => Ok(()),
+        );
+        // A temporary now holds the old version (or, if the swap failed,
+        // the new one): it goes either way. The spare stays for next time.
+        let discard = || {
+            if !lasting || swapped.is_err() {
+                let _ = safe_fs::remove_entry(&version);
+            }
+        };
+        match swapped {
+            Ok(()) => {
+                discard();
+                Ok(())
+            }
             Err(nix::errno::Errno::ENOENT) => {
-                let _ = safe_fs::remove_entry(&spare_path);
+                discard();
                 Err(StoreError::Vanished)
             }
             Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOSYS) => {
                 self.can_exchange.store(false, Ordering::Relaxed);
-                let _ = safe_fs::remove_entry(&spare_path);
+                discard();
                 self.save_by_rename(id, &bytes, expires)
             }
-            Err(e) => Err(self.io("cannot replace session record")(e.into())),
+            Err(e) => {
+                discard();
+                Err(self.io("cannot replace session record")(e.into()))
+            }
         }
     }
 
@@ -731,7 +772,7 @@ impl SessionStore for FileStore {
         id: &SessionId,
         _ttl: Duration,
     ) -> Result<Option<Box<dyn HeldLock>>, StoreError> {
-        match self.lock_byte(id, id.lock_offset(), false) {
+        match self.lock_byte(id, id.lock_offset()) {
             Ok(held) => Ok(held.map(|l| Box::new(l) as Box<dyn HeldLock>)),
             Err(e) => Err(self.io("cannot lock session")(e)),
         }
@@ -1106,6 +1147,72 @@ mod tests {
         s.delete(&id, None).unwrap();
         assert!(matches!(s.save(&id, &r, None), Err(StoreError::Vanished)));
         assert!(!s.exists(&id).unwrap());
+        let lock = s.try_lock(&id, Duration::from_secs(5)).unwrap().unwrap();
+        assert!(matches!(
+            s.save(&id, &r, lock.fence()),
+            Err(StoreError::Vanished)
+        ));
+        assert!(!s.exists(&id).unwrap());
+        assert_eq!(leftovers(&s, &id), Vec::<String>::new());
+    }
+
+    /// What the shard of `id` holds besides its lock file.
+    fn leftovers(s: &FileStore, id: &SessionId) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(s.shard_path(id.shard()))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .filter(|n| n != LOCKS)
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn saves_without_the_lock_never_share_the_spare_with_the_holder() {
+        let (_d, s) = store();
+        let id = SessionId::generate().unwrap();
+        s.create(&id, &Record::new(10, 60, 0)).unwrap();
+        // A temporary's name planted ahead of the next saves is skipped.
+        let next = TEMP_SEQ.load(Ordering::Relaxed);
+        for seq in next..next + 2 {
+            let name = format!("{TEMP_PREFIX}{}-{}-{seq}", &*id.text(), std::process::id());
+            fs::write(s.shard_path(id.shard()).join(name), b"planted").unwrap();
+        }
+        std::thread::scope(|t| {
+            // One holder of the session's lock saving through the spare...
+            t.spawn(|| {
+                let lock = s.try_lock(&id, Duration::from_secs(5)).unwrap().unwrap();
+                for i in 0..200 {
+                    let mut r = Record::new(10, 60, 0);
+                    r.data.insert("held".into(), "h".repeat(i % 61));
+                    s.save(&id, &r, lock.fence()).unwrap();
+                    assert!(s.load(&id).unwrap().is_some(), "always a whole record");
+                }
+            });
+            // ...and savers under RSessionLock Off at the same time.
+            for n in 0..3 {
+                let s = &s;
+                t.spawn(move || {
+                    for i in 0..200 {
+                        let mut r = Record::new(10, 60, 0);
+                        r.data.insert("off".into(), "o".repeat((n * 7 + i) % 97));
+                        s.save(&id, &r, None).unwrap();
+                        assert!(s.load(&id).unwrap().is_some(), "always a whole record");
+                    }
+                });
+            }
+        });
+        let left = leftovers(&s, &id);
+        let text = id.text().to_string();
+        assert!(left.contains(&text), "{left:?}");
+        assert!(left.contains(&format!("{text}{SPARE_SUFFIX}")), "{left:?}");
+        assert_eq!(
+            left.iter().filter(|n| n.starts_with(TEMP_PREFIX)).count(),
+            2,
+            "only the planted names stay: {left:?}"
+        );
     }
 
     #[test]
@@ -1266,7 +1373,7 @@ mod tests {
     #[test]
     fn idle_lock_files_stay_bounded_per_shard_and_in_all() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = LockFilePool::new(IDLE_LOCK_FILES_TOTAL);
+        let pool = LockFilePool::new();
         let open = || File::open(dir.path()).unwrap();
         for _ in 0..IDLE_LOCK_FILES + 3 {
             pool.give_back(7, open());

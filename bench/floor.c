@@ -10,9 +10,9 @@
  *          request does with RSessionLock On)
  * new:     exclusive create + write + futimens + close of a record, and
  *          mkdir of the scratch directory              (a new session)
- * write:   resumed, plus a later save (the spare exists): the saver's byte lock, open + fstat +
- *          pwrite + futimens + close of the spare, renameat2(EXCHANGE) of
- *          spare and record, unlock                    (read+write)
+ * write:   resumed, plus a later save under that lock (the spare exists):
+ *          open + fstat + pwrite + futimens + close of the spare,
+ *          renameat2(EXCHANGE) of spare and record, unlock (read+write)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -114,7 +114,6 @@ int main(int argc, char **argv) {
             int s = i % 256;
             off_t at = offset_of(i);
             lock_and_read(locks[s], dir, i, path, sizeof path);
-            lock_byte(locks[s], F_WRLCK, at | (1LL << 62));
             snprintf(spare, sizeof spare, "%s.spare", path);
             int fd = open(spare, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
             if (fd < 0) die("open spare");
@@ -123,7 +122,6 @@ int main(int argc, char **argv) {
             if (futimens(fd, expiry) != 0) die("futimens");
             if (syscall(SYS_renameat2, AT_FDCWD, spare, AT_FDCWD, path, RENAME_EXCHANGE) != 0) die("renameat2");
             close(fd);
-            lock_byte(locks[s], F_UNLCK, at | (1LL << 62));
             lock_byte(locks[s], F_UNLCK, at);
         }
     }

@@ -13,9 +13,9 @@
  *                     a cookieless request that writes nothing (SPEC §3)
  *   FloorFileRW DIR   in fixups: bench/floor.c's "write" sequence on one of
  *                     the 256 records `floor DIR 256` left in DIR (OFD lock
- *                     byte, open + read + close of the record, the saver's
- *                     byte, open + fstat + pwrite + futimens of the spare,
- *                     renameat2(EXCHANGE), close, unlocks): a read+write
+ *                     byte, open + read + close of the record, open + fstat
+ *                     + pwrite + futimens of the spare, renameat2(EXCHANGE),
+ *                     close, unlock): a read+write
  *                     request's store system calls, inside httpd
  *
  * No error handling beyond stopping the request with 500: it is a
@@ -182,7 +182,6 @@ static int file_read_write(request_rec *r, const char *dir)
     ok = fd >= 0 && read(fd, buf, sizeof buf) > 0;
     if (fd >= 0)
         close(fd);
-    ok = ok && lock_byte(lock_fd, F_WRLCK, at | (1LL << 62)) == 0;
     fd = ok ? open(spare, O_RDWR | O_CREAT | O_CLOEXEC, 0600) : -1;
     ok = fd >= 0 && fstat(fd, &st) == 0 &&
          pwrite(fd, RECORD, sizeof RECORD - 1, 0) == (ssize_t)(sizeof RECORD - 1) &&
@@ -190,7 +189,6 @@ static int file_read_write(request_rec *r, const char *dir)
          syscall(SYS_renameat2, AT_FDCWD, spare, AT_FDCWD, path, RENAME_EXCHANGE) == 0;
     if (fd >= 0)
         close(fd);
-    lock_byte(lock_fd, F_UNLCK, at | (1LL << 62));
     lock_byte(lock_fd, F_UNLCK, at);
     return ok;
 }

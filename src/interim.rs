@@ -7,6 +7,9 @@
 //! session's lock). The first non-1xx status line ends the watch, and so
 //! does anything that is not a well-formed interim block.
 
+/// Buffer space a reused parser keeps between requests.
+const KEPT_CAPACITY: usize = 8 * 1024;
+
 /// A 1xx header block larger than this is not held back for inspection
 /// (httpd's own limits on a backend's header fields are far below it).
 pub const MAX_BLOCK: usize = 1 << 20;
@@ -100,6 +103,10 @@ impl Interim {
             .extend(header.bytes().map(|b| b.to_ascii_lowercase()));
         self.phase = Phase::Start;
         self.held.clear();
+        // A connection lives long: what a large block grew is not kept.
+        if self.held.capacity() > KEPT_CAPACITY {
+            self.held = Vec::new();
+        }
     }
 
     /// Nothing more will be changed: the rest passes untouched.
@@ -270,6 +277,17 @@ mod tests {
             assert_eq!(events.len(), 2, "split at {split}");
             assert!(p.is_done(), "the 200 ends the watch");
         }
+    }
+
+    #[test]
+    fn a_restarted_parser_gives_back_what_a_large_block_took() {
+        let mut block = b"HTTP/1.1 103 Early\r\nX-Big: ".to_vec();
+        block.resize(MAX_BLOCK + 10, b'a');
+        let (out, events, mut p) = run(&[&block]);
+        assert_eq!(out, block);
+        assert_eq!(events, vec![Event::TooLarge]);
+        p.restart("X-RSession");
+        assert!(p.held.capacity() <= KEPT_CAPACITY);
     }
 
     #[test]

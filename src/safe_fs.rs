@@ -18,11 +18,11 @@ use nix::fcntl::{openat, renameat, renameat2, OFlag, RenameFlags, AT_FDCWD};
 use nix::sys::stat::{fchmod, fchmodat, fstat, fstatat, mkdirat, FchmodatFlags, FileStat, Mode};
 use nix::unistd::{fchown, unlinkat, Gid, Uid, UnlinkatFlags};
 use std::ffi::{OsStr, OsString};
-use std::fs::{File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -76,7 +76,7 @@ pub fn open_regular(path: &Path, options: &OpenOptions) -> io::Result<File> {
 
 /// `open_regular`, also returning the file's length (from the same `fstat`).
 pub fn open_regular_with_len(path: &Path, options: &OpenOptions) -> io::Result<(File, u64)> {
-    open_regular_flagged(path, options, 0)
+    open_regular_flagged(path, options, 0).map(|(f, meta)| (f, meta.len()))
 }
 
 /// `open_regular_with_len` for reading without updating the file's access
@@ -88,9 +88,14 @@ pub fn open_regular_noatime(path: &Path, options: &OpenOptions) -> io::Result<(F
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => open_regular_flagged(path, options, 0),
         other => other,
     }
+    .map(|(f, meta)| (f, meta.len()))
 }
 
-fn open_regular_flagged(path: &Path, options: &OpenOptions, extra: i32) -> io::Result<(File, u64)> {
+fn open_regular_flagged(
+    path: &Path,
+    options: &OpenOptions,
+    extra: i32,
+) -> io::Result<(File, fs::Metadata)> {
     let mut options = options.clone();
     options.custom_flags(HOSTILE_OPEN_FLAGS | extra);
     let file = match options.open(path) {
@@ -107,7 +112,7 @@ fn open_regular_flagged(path: &Path, options: &OpenOptions, extra: i32) -> io::R
     let meta = file.metadata()?;
     let kind = meta.file_type();
     if kind.is_file() {
-        return Ok((file, meta.len()));
+        return Ok((file, meta));
     }
     Err(not_regular(if kind.is_dir() {
         "a directory"
@@ -296,6 +301,9 @@ pub fn is_a_directory(e: &io::Error) -> bool {
 pub struct Shared {
     pub file: File,
     pub len: u64,
+    /// Its hard links: more than one means another name reaches the same
+    /// file (planted with `ln`), so writing it writes that name too.
+    pub links: u64,
 }
 
 /// Opens (creating, 0600, never truncating) a file that several holders
@@ -310,8 +318,14 @@ pub fn open_shared(path: &Path) -> io::Result<Shared> {
         .truncate(false)
         .mode(0o600);
     for _ in 0..3 {
-        match open_regular_with_len(path, &options) {
-            Ok((file, len)) => return Ok(Shared { file, len }),
+        match open_regular_flagged(path, &options, 0) {
+            Ok((file, meta)) => {
+                return Ok(Shared {
+                    file,
+                    len: meta.len(),
+                    links: meta.nlink(),
+                })
+            }
             Err(e) if is_not_regular(&e) => {
                 set_aside_unless(path, is_regular)?;
             }

@@ -641,7 +641,14 @@ impl ActiveSession {
             }
             return Err("the data would exceed RSessionMaxDataSize");
         }
-        self.data_changed = true;
+        // Changed unless every key touched holds what it held before its
+        // first edit (`set a=x&a=1` with `a=1` needs no save).
+        let edited: Vec<_> = std::iter::once(&first).chain(&undo).collect();
+        let changed = edited.iter().enumerate().any(|(i, (key, before))| {
+            !edited[..i].iter().any(|(earlier, _)| earlier == key)
+                && data.get(key.as_ref()).map(String::as_str) != before.as_deref()
+        });
+        self.data_changed |= changed;
         Ok(())
     }
 
@@ -1315,6 +1322,20 @@ mod tests {
         let mut t = start(&f, &Candidates::default(), 1000);
         t.apply(&[Command::Invalidate], 1000, false);
         assert!(t.has_changes());
+        // Edits that end where they began change nothing.
+        let mut z = start(&f, &Candidates::default(), 1000);
+        z.set_value("a", Some("x"), 1000).unwrap();
+        let mut resumed_like = z;
+        resumed_like.data_changed = false;
+        resumed_like.apply(
+            &[Command::Set(vec![
+                ("a".into(), "y".into()),
+                ("a".into(), "x".into()),
+            ])],
+            1000,
+            false,
+        );
+        assert!(!resumed_like.has_changes(), "set a=y&a=x with a=x");
     }
 
     /// The ids the index lists for `user` under the fixture's scope.

@@ -6,8 +6,9 @@
 //!   <id>                the record: JSON, mode 0600, mtime = its expiry
 //!   <id>.spare          the previous version, reused for the next write
 //!   .locks              byte-range locks: one byte per session, its lock
-//!   .tmp-<id>-<pid>-<n> new versions written without the session's lock
+//!   .tmp-<id>-<pid>-<r> new versions written without the session's lock
 //!                       (RSessionLock Off), or where the kernel cannot swap
+//!                       (`r` random: nobody can plant the names to come)
 //! .sweeper-<tag>        admits one sweeper per scratch root (tag: its path)
 //! users/<kk>/<key>/<id> the user index (invalidate-user): one empty file
 //!                       per session of a user, under a hash of the scope
@@ -27,7 +28,10 @@
 //! it with the record in one `renameat2(RENAME_EXCHANGE)`: readers see the
 //! old or the new record, never a torn one, and no inode is created or freed
 //! (on many file systems the costly part). A save without the lock writes a
-//! temporary of its own and swaps that in, so two savers never share a file. Records carry their expiry moment as mtime, so a sweeper
+//! temporary of its own and swaps that in, so two savers never share a file.
+//! A spare with another name (a hard link) is never written in place, and
+//! one far longer than the record is cut down. Records carry their expiry
+//! moment as mtime, so a sweeper
 //! finds expired sessions with one `stat` per entry (and an operator with
 //! `find -mmin`).
 //!
@@ -63,6 +67,9 @@ const LOCKS: &str = ".locks";
 const SWEEPER_LOCK: &str = ".sweeper-";
 /// The largest record read; anything bigger is not one of ours.
 const MAX_RECORD: u64 = 16 << 20;
+/// How much longer than the record the spare may be before a save cuts it
+/// down instead of padding.
+const SPARE_SLACK: u64 = 4096;
 /// Directory of the user index.
 const USERS: &str = "users";
 /// Temporary files younger than this are left alone: a write may still be
@@ -144,9 +151,6 @@ fn shard_missing(e: &std::io::Error) -> bool {
 fn shard_broken(e: &std::io::Error) -> bool {
     e.raw_os_error() == Some(libc::ENOTDIR)
 }
-
-/// Makes temporary names unique per thread.
-static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// A held OFD lock: closing the descriptor releases it.
 struct RangeLock {
@@ -512,31 +516,37 @@ impl FileStore {
 
     /// Writes `bytes` over the start of `file` (now `len` long), padding
     /// them in place with spaces (which JSON ignores) up to its length
-    /// instead of truncating.
+    /// instead of truncating. A file much longer than the record (a large
+    /// record shrank, or something planted) is cut to it first, so neither
+    /// the padding nor later writes stay large.
     fn overwrite(
         file: &File,
         len: u64,
         bytes: &mut Vec<u8>,
         expires: SystemTime,
     ) -> std::io::Result<()> {
-        let len = usize::try_from(len).unwrap_or(usize::MAX);
-        if bytes.len() < len {
-            bytes.resize(len, b' ');
+        let wanted = bytes.len() as u64;
+        if len > wanted.saturating_add(SPARE_SLACK) {
+            file.set_len(wanted)?;
+        } else if wanted < len {
+            bytes.resize(len as usize, b' ');
         }
         file.write_all_at(bytes, 0)?;
         file.set_modified(expires)
     }
 
-    /// A name for a new version of `id`'s record, unique to this process
-    /// and call (`.tmp-<id>-<pid>-<n>`: a sweeper removes those whose
-    /// writer is gone).
-    fn temp_path(&self, id: &SessionId) -> PathBuf {
-        let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
-        self.in_shard(id, |text, p| {
+    /// A name for a new version of `id`'s record (`.tmp-<id>-<pid>-<r>`:
+    /// a sweeper removes those whose writer is gone). `r` is random, so
+    /// that nobody who can list the shard can plant the names to come.
+    fn temp_path(&self, id: &SessionId) -> std::io::Result<PathBuf> {
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).map_err(std::io::Error::other)?;
+        let nonce = u64::from_ne_bytes(nonce);
+        Ok(self.in_shard(id, |text, p| {
             p.push(TEMP_PREFIX);
             p.push(text);
-            p.push(format!("-{}-{seq}", std::process::id()));
-        })
+            p.push(format!("-{}-{nonce:016x}", std::process::id()));
+        }))
     }
 
     /// A new temporary (never an existing file: something planted under
@@ -550,7 +560,7 @@ impl FileStore {
     ) -> std::io::Result<PathBuf> {
         let mut attempts = 0;
         loop {
-            let path = self.temp_path(id);
+            let path = self.temp_path(id)?;
             let created = OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -578,20 +588,31 @@ impl FileStore {
         }
     }
 
-    /// The old way, for file systems without RENAME_EXCHANGE.
+    /// The old way, for file systems without RENAME_EXCHANGE. A plain
+    /// rename would make a record deleted meanwhile anew, so the record
+    /// must still be there just before it; a delete that lands between
+    /// that check and the rename (microseconds) is the one case where such
+    /// a file system can bring a session back.
     fn save_by_rename(
         &self,
         id: &SessionId,
         bytes: &[u8],
         expires: SystemTime,
     ) -> Result<(), StoreError> {
-        let temp = self
-            .write_temp(id, bytes, expires)
-            .map_err(self.io("cannot write session record"))?;
-        fs::rename(&temp, self.record_path(id)).map_err(|e| {
+        let temp = match self.write_temp(id, bytes, expires) {
+            Ok(temp) => temp,
+            Err(e) if shard_missing(&e) || shard_broken(&e) => return Err(StoreError::Vanished),
+            Err(e) => return Err(self.io("cannot write session record")(e)),
+        };
+        let record = self.record_path(id);
+        let replaced = match fs::symlink_metadata(&record) {
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(StoreError::Vanished),
+            _ => fs::rename(&temp, &record).map_err(self.io("cannot replace session record")),
+        };
+        if replaced.is_err() {
             let _ = safe_fs::remove_entry(&temp);
-            self.io("cannot replace session record")(e)
-        })
+        }
+        replaced
     }
 
     /// Locks one byte of the shard's lock file through a pooled
@@ -632,6 +653,21 @@ impl FileStore {
             Ok(()) => Ok(Some(FileLock { file })),
             Err(fs::TryLockError::WouldBlock) => Ok(None),
             Err(fs::TryLockError::Error(e)) => Err(self.io("cannot lock")(e)),
+        }
+    }
+
+    /// One read of `id`'s record.
+    fn load_once(&self, id: &SessionId) -> Result<Option<Record>, StoreError> {
+        let decode = |bytes: &[u8]| {
+            super::decode_stored(Some(bytes), id, || self.root.display().to_string())
+        };
+        match read_small(&self.record_path(id), decode) {
+            Ok(decoded) => decoded,
+            Err(e) if shard_missing(&e) || shard_broken(&e) => Ok(None),
+            Err(e) if safe_fs::is_not_regular(&e) || e.kind() == ErrorKind::InvalidData => Err(
+                corrupt(format!("{}... in {}", id.short(), self.root.display()))(e),
+            ),
+            Err(e) => Err(self.io("cannot read session record")(e)),
         }
     }
 
@@ -682,19 +718,15 @@ impl SessionStore for FileStore {
     }
 
     fn load(&self, id: &SessionId) -> Result<Option<Record>, StoreError> {
-        let decode = |bytes: &[u8]| {
-            super::decode_stored(Some(bytes), id, || self.root.display().to_string())
-        };
-        match read_small(&self.record_path(id), decode) {
-            Ok(decoded) => decoded,
-            Err(e) if shard_missing(&e) || shard_broken(&e) => Ok(None),
-            Err(e) if safe_fs::is_not_regular(&e) || e.kind() == ErrorKind::InvalidData => Err(
-                corrupt(format!("{}... in {}", id.short(), self.root.display()))(e),
-            ),
-            Err(e) => Err(self.io("cannot read session record")(e)),
+        match self.load_once(id) {
+            // A reader without the session's lock may have opened the
+            // record just before a save swapped it out, and so be reading
+            // the spare as the next save rewrites it in place: read the
+            // record as it is now before calling it corrupt.
+            Err(StoreError::Corrupt(_)) => self.load_once(id),
+            loaded => loaded,
         }
     }
-
     /// Writes a whole new version beside the record and swaps it in with
     /// one `renameat2(RENAME_EXCHANGE)`, which fails if the record vanished
     /// meanwhile (invalidated, or swept while unlocked): never resurrected.
@@ -713,12 +745,23 @@ impl SessionStore for FileStore {
         if !self.can_exchange.load(Ordering::Relaxed) {
             return self.save_by_rename(id, &bytes, expires);
         }
-        let lasting = fence.is_some();
+        let mut lasting = fence.is_some();
         let written = if lasting {
             let spare = self.spare_path(id);
-            open_shared_with_len(&spare)
-                .and_then(|(file, len)| Self::overwrite(&file, len, &mut bytes, expires))
-                .map(|()| spare)
+            match safe_fs::open_shared(&spare) {
+                Ok(found) if found.links == 1 => {
+                    Self::overwrite(&found.file, found.len, &mut bytes, expires).map(|()| spare)
+                }
+                // Another name for the same file (`ln`): writing it in
+                // place would write that name too (the record itself,
+                // say). It goes, and this save uses a temporary.
+                Ok(_) => {
+                    lasting = false;
+                    safe_fs::remove_entry(&spare)
+                        .and_then(|()| self.write_temp(id, &bytes, expires))
+                }
+                Err(e) => Err(e),
+            }
         } else {
             self.write_temp(id, &bytes, expires)
         };
@@ -1052,11 +1095,6 @@ fn open_shared(path: &Path) -> std::io::Result<File> {
     safe_fs::open_shared(path).map(|s| s.file)
 }
 
-/// `open_shared`, with the file's length (from the same `fstat`).
-fn open_shared_with_len(path: &Path) -> std::io::Result<(File, u64)> {
-    safe_fs::open_shared(path).map(|s| (s.file, s.len))
-}
-
 /// Reads a record, usually small, with one `read` after the `fstat` that
 /// proves it a regular file: a short read of a regular file means its end.
 /// A record that fits the stack buffer reaches `use_bytes` from there.
@@ -1174,9 +1212,8 @@ mod tests {
         let (_d, s) = store();
         let id = SessionId::generate().unwrap();
         s.create(&id, &Record::new(10, 60, 0)).unwrap();
-        // A temporary's name planted ahead of the next saves is skipped.
-        let next = TEMP_SEQ.load(Ordering::Relaxed);
-        for seq in next..next + 2 {
+        // Files planted under temporaries' names are left alone.
+        for seq in 0..2 {
             let name = format!("{TEMP_PREFIX}{}-{}-{seq}", &*id.text(), std::process::id());
             fs::write(s.shard_path(id.shard()).join(name), b"planted").unwrap();
         }
@@ -1213,6 +1250,91 @@ mod tests {
             2,
             "only the planted names stay: {left:?}"
         );
+    }
+
+    #[test]
+    fn planted_temporary_names_cannot_stop_a_save() {
+        let (_d, s) = store();
+        let id = SessionId::generate().unwrap();
+        s.create(&id, &Record::new(10, 60, 0)).unwrap();
+        // Every name a counter of this process would come to next.
+        let shard = s.shard_path(id.shard());
+        for seq in 0..5000 {
+            let name = format!("{TEMP_PREFIX}{}-{}-{seq}", &*id.text(), std::process::id());
+            fs::write(shard.join(name), b"").unwrap();
+        }
+        let mut r = Record::new(10, 60, 0);
+        r.data.insert("k".into(), "v".into());
+        s.save(&id, &r, None).unwrap();
+        assert_eq!(s.load(&id).unwrap(), Some(r));
+    }
+
+    #[test]
+    fn the_rename_fallback_does_not_resurrect_a_deleted_record() {
+        let (_d, s) = store();
+        s.can_exchange.store(false, Ordering::Relaxed);
+        let id = SessionId::generate().unwrap();
+        let r = Record::new(10, 60, 0);
+        s.create(&id, &r).unwrap();
+        let lock = s.try_lock(&id, Duration::from_secs(5)).unwrap().unwrap();
+        // Invalidated (or swept, or logged out everywhere) meanwhile.
+        s.delete(&id, None).unwrap();
+        for fence in [lock.fence(), None] {
+            assert!(matches!(s.save(&id, &r, fence), Err(StoreError::Vanished)));
+            assert_eq!(s.load(&id).unwrap(), None);
+            assert_eq!(leftovers(&s, &id), Vec::<String>::new());
+        }
+        // A shard that is gone altogether is the same.
+        drop(lock);
+        fs::remove_dir_all(s.shard_path(id.shard())).unwrap();
+        assert!(matches!(s.save(&id, &r, None), Err(StoreError::Vanished)));
+    }
+
+    #[test]
+    fn a_spare_linked_to_the_record_is_not_written_in_place() {
+        use std::os::unix::fs::MetadataExt;
+        let (_d, s) = store();
+        let id = SessionId::generate().unwrap();
+        let mut r = Record::new(10, 60, 0);
+        s.create(&id, &r).unwrap();
+        let lock = s.try_lock(&id, Duration::from_secs(5)).unwrap().unwrap();
+        s.save(&id, &r, lock.fence()).unwrap();
+        // `ln <id> <id>.spare`: both names are the live record.
+        fs::remove_file(s.spare_path(&id)).unwrap();
+        fs::hard_link(s.record_path(&id), s.spare_path(&id)).unwrap();
+        r.data.insert("k".into(), "v".into());
+        s.save(&id, &r, lock.fence()).unwrap();
+        assert_eq!(s.load(&id).unwrap(), Some(r.clone()));
+        // The record was swapped in whole, not rewritten under a reader:
+        // it is a file of its own again.
+        assert_eq!(fs::metadata(s.record_path(&id)).unwrap().nlink(), 1);
+        r.data.insert("k".into(), "w".into());
+        s.save(&id, &r, lock.fence()).unwrap();
+        assert_eq!(s.load(&id).unwrap(), Some(r));
+    }
+
+    #[test]
+    fn a_spare_far_longer_than_the_record_is_cut_down() {
+        let (_d, s) = store();
+        let id = SessionId::generate().unwrap();
+        let mut r = Record::new(10, 60, 0);
+        s.create(&id, &r).unwrap();
+        let lock = s.try_lock(&id, Duration::from_secs(5)).unwrap().unwrap();
+        // A large spare, sparse as a planted one would be (or what a
+        // record that shrank leaves).
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(s.spare_path(&id))
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        r.data.insert("k".into(), "v".into());
+        s.save(&id, &r, lock.fence()).unwrap();
+        assert_eq!(s.load(&id).unwrap(), Some(r.clone()));
+        let len = fs::metadata(s.record_path(&id)).unwrap().len();
+        assert_eq!(len, r.encode().len() as u64);
     }
 
     #[test]

@@ -642,12 +642,15 @@ impl ActiveSession {
             return Err("the data would exceed RSessionMaxDataSize");
         }
         // Changed unless every key touched holds what it held before its
-        // first edit (`set a=x&a=1` with `a=1` needs no save).
-        let edited: Vec<_> = std::iter::once(&first).chain(&undo).collect();
-        let changed = edited.iter().enumerate().any(|(i, (key, before))| {
-            !edited[..i].iter().any(|(earlier, _)| earlier == key)
-                && data.get(key.as_ref()).map(String::as_str) != before.as_deref()
-        });
+        // first edit (`set a=x&a=1` with `a=1` needs no save). One edit
+        // that was not skipped above is always a change.
+        let edited = |i: usize| if i == 0 { &first } else { &undo[i - 1] };
+        let changed = undo.is_empty()
+            || (0..=undo.len()).any(|i| {
+                let (key, before) = edited(i);
+                !(0..i).any(|j| edited(j).0 == *key)
+                    && data.get(key.as_ref()).map(String::as_str) != before.as_deref()
+            });
         self.data_changed |= changed;
         Ok(())
     }

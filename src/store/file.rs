@@ -25,12 +25,16 @@
 //! or spare file is set aside and the file made anew.
 //!
 //! A save under the session's lock writes the spare file in place and swaps
-//! it with the record in one `renameat2(RENAME_EXCHANGE)`: readers see the
-//! old or the new record, never a torn one, and no inode is created or freed
-//! (on many file systems the costly part). A save without the lock writes a
+//! it with the record in one `renameat2(RENAME_EXCHANGE)`: a crash leaves
+//! the old or the new record, never a torn one, and no inode is created or
+//! freed (on many file systems the costly part). A reader without the lock
+//! (a static file, `RSessionLock Off`) that opened the record just before
+//! two saves may catch the spare, that inode now, being rewritten: a read
+//! that does not parse is read again. Nothing is fsynced: after a power
+//! failure a session may come back older, or unreadable (a fresh session). A save without the lock writes a
 //! temporary of its own and swaps that in, so two savers never share a file.
-//! A spare with another name (a hard link) is never written in place, and
-//! one far longer than the record is cut down. Records carry their expiry
+//! A spare with another name (a hard link), or far longer than the record,
+//! is replaced rather than written in place. Records carry their expiry
 //! moment as mtime, so a sweeper
 //! finds expired sessions with one `stat` per entry (and an operator with
 //! `find -mmin`).
@@ -67,8 +71,8 @@ const LOCKS: &str = ".locks";
 const SWEEPER_LOCK: &str = ".sweeper-";
 /// The largest record read; anything bigger is not one of ours.
 const MAX_RECORD: u64 = 16 << 20;
-/// How much longer than the record the spare may be before a save cuts it
-/// down instead of padding.
+/// How much longer than the record the spare may be and still be padded
+/// and reused; a longer one is replaced.
 const SPARE_SLACK: u64 = 4096;
 /// Directory of the user index.
 const USERS: &str = "users";
@@ -514,21 +518,16 @@ impl FileStore {
         move |source| io_error(format!("{what} in {}", self.root.display()))(source)
     }
 
-    /// Writes `bytes` over the start of `file` (now `len` long), padding
-    /// them in place with spaces (which JSON ignores) up to its length
-    /// instead of truncating. A file much longer than the record (a large
-    /// record shrank, or something planted) is cut to it first, so neither
-    /// the padding nor later writes stay large.
+    /// Writes `bytes` over the start of `file` (now `len` long, at most
+    /// `SPARE_SLACK` longer than `bytes`), padding them in place with
+    /// spaces (which JSON ignores) up to its length instead of truncating.
     fn overwrite(
         file: &File,
         len: u64,
         bytes: &mut Vec<u8>,
         expires: SystemTime,
     ) -> std::io::Result<()> {
-        let wanted = bytes.len() as u64;
-        if len > wanted.saturating_add(SPARE_SLACK) {
-            file.set_len(wanted)?;
-        } else if wanted < len {
+        if (bytes.len() as u64) < len {
             bytes.resize(len as usize, b' ');
         }
         file.write_all_at(bytes, 0)?;
@@ -605,9 +604,16 @@ impl FileStore {
             Err(e) => return Err(self.io("cannot write session record")(e)),
         };
         let record = self.record_path(id);
+        let gone = |e: &std::io::Error| shard_missing(e) || shard_broken(e);
         let replaced = match fs::symlink_metadata(&record) {
-            Err(e) if e.kind() == ErrorKind::NotFound => Err(StoreError::Vanished),
-            _ => fs::rename(&temp, &record).map_err(self.io("cannot replace session record")),
+            Err(e) if gone(&e) => Err(StoreError::Vanished),
+            _ => fs::rename(&temp, &record).map_err(|e| {
+                if gone(&e) {
+                    StoreError::Vanished
+                } else {
+                    self.io("cannot replace session record")(e)
+                }
+            }),
         };
         if replaced.is_err() {
             let _ = safe_fs::remove_entry(&temp);
@@ -749,12 +755,18 @@ impl SessionStore for FileStore {
         let written = if lasting {
             let spare = self.spare_path(id);
             match safe_fs::open_shared(&spare) {
-                Ok(found) if found.links == 1 => {
+                Ok(found)
+                    if found.links == 1
+                        && found.len <= (bytes.len() as u64).saturating_add(SPARE_SLACK) =>
+                {
                     Self::overwrite(&found.file, found.len, &mut bytes, expires).map(|()| spare)
                 }
                 // Another name for the same file (`ln`): writing it in
                 // place would write that name too (the record itself,
-                // say). It goes, and this save uses a temporary.
+                // say). Or far longer than the record (a large one shrank,
+                // or a planted sparse file): padding it would be as large.
+                // It goes, and this save uses a temporary; the next makes
+                // a new spare.
                 Ok(_) => {
                     lasting = false;
                     safe_fs::remove_entry(&spare)
@@ -1119,7 +1131,7 @@ fn read_small<T>(path: &Path, use_bytes: impl FnOnce(&[u8]) -> T) -> std::io::Re
 }
 
 /// True while the process that wrote a temporary file may still be
-/// writing it (names end in `-PID-SEQ`).
+/// writing it (names end in `-PID-RANDOM`).
 fn writer_alive(temp_name: &str) -> bool {
     match temp_name
         .rsplit('-')
@@ -1314,7 +1326,7 @@ mod tests {
     }
 
     #[test]
-    fn a_spare_far_longer_than_the_record_is_cut_down() {
+    fn a_spare_far_longer_than_the_record_is_not_padded_to_it() {
         let (_d, s) = store();
         let id = SessionId::generate().unwrap();
         let mut r = Record::new(10, 60, 0);
@@ -1335,6 +1347,13 @@ mod tests {
         assert_eq!(s.load(&id).unwrap(), Some(r.clone()));
         let len = fs::metadata(s.record_path(&id)).unwrap().len();
         assert_eq!(len, r.encode().len() as u64);
+        // The next save makes a spare of its own and reuses it after.
+        for v in ["w", "x"] {
+            r.data.insert("k".into(), v.into());
+            s.save(&id, &r, lock.fence()).unwrap();
+            assert_eq!(s.load(&id).unwrap(), Some(r.clone()));
+            assert!(fs::metadata(s.spare_path(&id)).unwrap().len() < 4096);
+        }
     }
 
     #[test]

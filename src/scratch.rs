@@ -40,7 +40,7 @@ use nix::sys::statfs::statfs;
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, ErrorKind};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -259,8 +259,11 @@ impl ScratchRoot {
                 return Err(e);
             }
         };
-        match Flock::lock(opened, FlockArg::LockSharedNonblock) {
-            Ok(held) => Ok((path, Some(HeldDir { _lock: held }))),
+        // A std `File`'s lock goes with its descriptor: dropping it is one
+        // `close`, where nix's `Flock` would first `flock(LOCK_UN)`.
+        let held = std::fs::File::from(opened);
+        match held.try_lock_shared() {
+            Ok(()) => Ok((path, Some(HeldDir { _held: held }))),
             Err(_) => Ok((path, None)),
         }
     }
@@ -398,11 +401,11 @@ impl ScratchRoot {
 }
 
 /// A new session's directory held by its request: the sweeper leaves it
-/// alone until this drops (closing the descriptor, which is close-on-exec,
-/// so no handler's child keeps it).
+/// alone until this drops (closing the descriptor, which releases the
+/// shared `flock`; it is close-on-exec, so no handler's child keeps it).
 #[derive(Debug)]
 pub struct HeldDir {
-    _lock: Flock<OwnedFd>,
+    _held: std::fs::File,
 }
 
 fn is_enotdir(e: &io::Error) -> bool {

@@ -122,7 +122,7 @@ void rsession_brigade_append(apr_bucket_brigade *bb, apr_bucket *e)
 
 const command_rec rsession_cmds[] = {
     RS_TAKE1("RSession", RS_SVDH, "On|Off: sessions for requests under this container (default Off)"),
-    RS_TAKE1("RSessionStore", RS_SV, "file:/abs/path or redis://[:password@]host[:port][/db][?prefix=P&timeout=MS] (default file: under DefaultRuntimeDir/rsession)"),
+    RS_TAKE1("RSessionStore", RS_SV, "file:/abs/path, redis://[user@]host[:port][/db][?password_file=/path&prefix=P&timeout=MS], rediss://, unix:, redis-sentinel://, redis-cluster:// (default file: under DefaultRuntimeDir/rsession)"),
     AP_INIT_ITERATE("RSessionSecret", rsession_cmd_secret, NULL, RS_SV,
                     "HMAC keys, literal or file:/path; the first signs, all verify (default: generated, kept in DefaultRuntimeDir/rsession.key)"),
     RS_TAKE1("RSessionCookieName", RS_SVDH, "cookie name (default sid); a __Host- name forces Secure, Path=/ and no Domain"),

@@ -66,10 +66,15 @@ pub struct HostDefaults {
     pub key_file: PathBuf,
 }
 
+/// An opened store and its counters.
+type SharedStore = (Arc<dyn SessionStore>, Arc<Stats>);
+
 /// Shares one opened store (and its counters) among virtual hosts that name
-/// the same URL.
+/// the same URL, credentials, TLS files and timeout included (its printed
+/// form leaves those out, so two hosts that differ only there each get
+/// their own).
 pub struct Builder {
-    stores: HashMap<String, (Arc<dyn SessionStore>, Arc<Stats>)>,
+    stores: Vec<(StoreUrl, SharedStore)>,
     /// Generated keys by file, read or made once per startup.
     generated_keys: HashMap<PathBuf, Vec<u8>>,
     make_stats: Box<dyn Fn(&str) -> Stats>,
@@ -86,7 +91,7 @@ impl Builder {
     /// URL (the host puts them in memory shared across child processes).
     pub fn with_stats(make_stats: Box<dyn Fn(&str) -> Stats>) -> Builder {
         Builder {
-            stores: HashMap::new(),
+            stores: Vec::new(),
             generated_keys: HashMap::new(),
             make_stats,
         }
@@ -104,12 +109,13 @@ impl Builder {
             .store
             .clone()
             .unwrap_or_else(|| StoreUrl::File(host.store_dir.clone()));
-        let (store, stats) = match self.stores.get(&url.to_string()) {
+        let known = self.stores.iter().find(|(known, _)| *known == url);
+        let (store, stats) = match known.map(|(_, shared)| shared) {
             Some(shared) => shared.clone(),
             None => {
                 let opened = store::open(&url).map_err(|e| format!("RSessionStore {url}: {e}"))?;
                 let shared = (opened, Arc::new((self.make_stats)(&url.to_string())));
-                self.stores.insert(url.to_string(), shared.clone());
+                self.stores.push((url.clone(), shared.clone()));
                 shared
             }
         };
@@ -311,5 +317,32 @@ mod tests {
             a.store.describe(),
             format!("file:{}", host.store_dir.display())
         );
+    }
+
+    #[test]
+    fn vhosts_whose_redis_urls_differ_only_where_it_is_not_shown_do_not_share() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostDefaults {
+            store_dir: dir.path().join("store"),
+            scratch_root: dir.path().join("scratch"),
+            key_file: dir.path().join("key"),
+        };
+        let conf = |url: &str| {
+            let mut c = ServerConfig::default();
+            c.set("RSessionStore", url, false).unwrap();
+            c.set("RSessionSecret", "a-secret-of-enough-length", false)
+                .unwrap();
+            c
+        };
+        let mut builder = Builder::default();
+        let mut build = |url: &str| builder.build(&conf(url), &host, "a").unwrap();
+        let shop = build("redis://app:one@127.0.0.1:1/0?timeout=500");
+        let same = build("redis://app:one@127.0.0.1:1/0?timeout=500");
+        let other_password = build("redis://app:two@127.0.0.1:1/0?timeout=500");
+        let other_timeout = build("redis://app:one@127.0.0.1:1/0?timeout=900");
+        assert_eq!(shop.store.describe(), other_password.store.describe());
+        assert!(Arc::ptr_eq(&shop.store, &same.store));
+        assert!(!Arc::ptr_eq(&shop.store, &other_password.store));
+        assert!(!Arc::ptr_eq(&shop.store, &other_timeout.store));
     }
 }

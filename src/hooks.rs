@@ -131,12 +131,19 @@ fn server_state(r: Request<'_>) -> &ServerState {
 }
 
 /// The argument as UTF-8 (configs are text; anything else is refused).
+/// Such a value is not repeated in the error: it may be a secret or a
+/// URL with a password, saved in another encoding.
 fn argument<'a>(name: &str, arg: Option<&'a CStr>) -> Result<&'a str, ConfigError> {
     let Some(raw) = arg else {
         return Err(ConfigError::new(name, "", "a value"));
     };
-    raw.to_str()
-        .map_err(|_| ConfigError::new(name, &raw.to_string_lossy(), "UTF-8 text"))
+    raw.to_str().map_err(|_| {
+        ConfigError::new(
+            name,
+            "(not shown)",
+            "UTF-8 text (the config file holds other bytes on this line)",
+        )
+    })
 }
 
 /// Every `RSession*` line: applies it to the container's DirConfig or the
@@ -1109,9 +1116,19 @@ fn cookie_line(r: Request<'_>, rs: &RequestSession, change: &CookieChange) -> St
 
 /// A handler's response made with a kept session in hand is personal:
 /// shared caches must not store it, unless the handler said otherwise
-/// (its own Cache-Control stays). Static files keep their caching.
+/// (its own Cache-Control stays). Static files keep their caching, except
+/// where the session decided who may see them (`AuthType RSession`,
+/// `Require rsession`): a shared cache would hand such a file to anyone,
+/// as the credentials ride in a cookie, not in `Authorization`.
 fn mark_private(r: Request<'_>, session: &ActiveSession) {
-    if session.is_read_only() || !session.is_kept() {
+    let personal = if session.is_read_only() {
+        is_rsession_auth(r)
+            || r.dir_config::<DirConfig>()
+                .is_some_and(DirConfig::uses_authz)
+    } else {
+        session.is_kept()
+    };
+    if !personal {
         return;
     }
     let (out, err) = (r.headers_out(), r.err_headers_out());
@@ -1478,4 +1495,20 @@ pub fn api_regenerate(r: Request<'_>) -> sys::apr_status_t {
         Err(_) => sys::STATUS_EGENERAL,
     })
     .unwrap_or(sys::STATUS_ENOENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_that_is_not_utf8_is_not_repeated() {
+        // A secret saved in Latin-1.
+        let raw = std::ffi::CString::new(b"Geheimnis-schl\xfcssel-0123".to_vec()).unwrap();
+        let e = argument("RSessionSecret", Some(&raw))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("RSessionSecret"), "{e}");
+        assert!(!e.contains("Geheimnis"), "{e}");
+    }
 }

@@ -134,6 +134,30 @@ pub fn read_regular(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// A configured file read by the parent at startup (a secret, a password,
+/// a PEM file): links are followed, as operators link such files into
+/// place, but what was opened is what is checked (a regular file, at most
+/// `max` bytes) and returned with its mode bits, and a FIFO swapped in
+/// never blocks the config check.
+pub fn read_config_file(path: &Path, max: u64) -> io::Result<(Vec<u8>, u32)> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(not_regular("a FIFO, socket, device or directory"));
+    }
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if meta.len() > max || bytes.len() as u64 > max {
+        return Err(io::Error::new(ErrorKind::InvalidData, "file is too large"));
+    }
+    Ok((bytes, meta.permissions().mode() & 0o7777))
+}
+
 fn dir_flags() -> OFlag {
     OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK
 }

@@ -127,6 +127,7 @@ ScriptAlias /admin/ {{ROOT}}/cgi-bin/
         "local/index.html",
         "expr/index.html",
         "basic/index.html",
+        "public/page.html",
     ] {
         h.htdoc(page, "<p>protected</p>\n");
     }
@@ -217,6 +218,16 @@ fn visitors_sign_in_and_come_back_as_their_user() {
         (page.status, page.body.as_str()),
         (200, "<p>protected</p>\n")
     );
+    // A file only ann may see must not reach a shared cache (her cookie,
+    // not an Authorization header, let her in); a public one keeps its
+    // caching, session or not.
+    assert_eq!(page.header("Cache-Control"), Some("private"), "{page:?}");
+    let admin_only = get_with_cookie(&h.url("/either/index.html"), &sign_in(&h, "bo", "admin"));
+    assert_eq!(admin_only.status, 200, "{admin_only:?}");
+    assert_eq!(admin_only.header("Cache-Control"), Some("private"));
+    let public = get_with_cookie(&h.url("/public/page.html"), &cookie);
+    assert_eq!(public.status, 200, "{public:?}");
+    assert_eq!(public.header("Cache-Control"), None, "{public:?}");
     let who = get_with_cookie(&h.url("/private/cgi/who.cgi"), &cookie);
     assert_eq!(who.status, 200, "{who:?}");
     assert_eq!(who.env("REMOTE_USER").as_deref(), Some("ann"));

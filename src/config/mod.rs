@@ -8,7 +8,7 @@ pub mod value;
 use crate::cookie::{CookieAttrs, SameSite};
 use crate::error::ConfigError;
 use crate::store::StoreUrl;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use value::{CreateMode, SecureMode};
 
@@ -184,6 +184,11 @@ impl DirConfig {
     }
     /// Whether the session must be resolved before authorization (the
     /// caller adds `AuthType RSession`, which mod_authn_core keeps).
+    /// Whether a `Require rsession` line applies here.
+    pub fn uses_authz(&self) -> bool {
+        self.uses_authz == Some(true)
+    }
+
     pub fn needs_early_session(&self) -> bool {
         self.user_key.is_some() || self.uses_authz == Some(true)
     }
@@ -296,11 +301,12 @@ pub fn is_server_directive(directive: &str) -> bool {
 
 /// Shortest literal secret accepted: anything shorter is guessable.
 const MIN_SECRET_LEN: usize = 16;
+/// Largest `file:` secret read (a key, not a document).
+const MAX_SECRET_FILE: u64 = 64 * 1024;
 
 /// A literal secret, or `file:/path` naming a file that only its owner can
 /// read (its trailing newline is not part of the key).
 pub fn secret(directive: &str, value: &str) -> Result<Vec<u8>, ConfigError> {
-    use std::os::unix::fs::PermissionsExt;
     let Some(path) = value.strip_prefix("file:") else {
         if value.len() < MIN_SECRET_LEN {
             return Err(ConfigError::new(
@@ -315,23 +321,22 @@ pub fn secret(directive: &str, value: &str) -> Result<Vec<u8>, ConfigError> {
     if !path.starts_with('/') {
         return fail("file: followed by an absolute path".into());
     }
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
+    let (mut key, mode) = match crate::safe_fs::read_config_file(Path::new(path), MAX_SECRET_FILE) {
+        Ok(read) => read,
+        Err(e) if crate::safe_fs::is_not_regular(&e) => return fail("a regular file".into()),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            return fail(format!("a secret file of at most {MAX_SECRET_FILE} bytes"))
+        }
         Err(e) => return fail(format!("a readable secret file ({e})")),
     };
-    if !meta.is_file() {
-        return fail("a regular file".into());
-    }
-    if meta.permissions().mode() & 0o044 != 0 {
+    // Readable by others, it is no secret; writable by them, they choose
+    // the key.
+    if mode & 0o066 != 0 {
         return fail(format!(
-            "a secret file readable only by its owner (it is mode {:o}; chmod 600 it)",
-            meta.permissions().mode() & 0o777
+            "a secret file readable and writable only by its owner (it is mode {:o}; chmod 600 it)",
+            mode & 0o777
         ));
     }
-    let mut key = match std::fs::read(path) {
-        Ok(k) => k,
-        Err(e) => return fail(format!("a readable secret file ({e})")),
-    };
     while key.last().is_some_and(|&c| c == b'\n' || c == b'\r') {
         key.pop();
     }
@@ -493,10 +498,32 @@ mod tests {
         );
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
         let err = secret("RSessionSecret", &format!("file:{path}")).unwrap_err();
-        assert!(
-            err.to_string().contains("readable only by its owner"),
-            "{err}"
+        assert!(err.to_string().contains("only by its owner"), "{err}");
+        // Writable by the group: someone else would choose the key.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o620)).unwrap();
+        assert!(secret("RSessionSecret", &format!("file:{path}")).is_err());
+        // Linked into place: the file reached is what is checked and read.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert_eq!(
+            secret("RSessionSecret", &format!("file:{}", link.display())).unwrap(),
+            b"file-secret-value"
         );
+        // A FIFO is refused without waiting for a writer; so is a huge file.
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(
+            &fifo,
+            nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+        )
+        .unwrap();
+        assert!(secret("RSessionSecret", &format!("file:{}", fifo.display())).is_err());
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'k'; 1 << 20]).unwrap();
+        std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let err = secret("RSessionSecret", &format!("file:{}", big.display())).unwrap_err();
+        assert!(err.to_string().contains("at most"), "{err}");
         assert!(secret("RSessionSecret", "file:/nonexistent/key").is_err());
         assert!(secret("RSessionSecret", "file:relative").is_err());
     }

@@ -128,13 +128,27 @@ impl fmt::Display for RedisNode {
 }
 
 /// A URL with its credentials blanked, for error messages. Everything up
-/// to the last '@' goes, since a malformed URL may have one anywhere.
+/// to the last '@' goes, since a malformed URL (a mistyped scheme, a '?'
+/// in a password) may have one anywhere; only a scheme stays.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            format!("{}://(credentials hidden){}", &url[..s], &url[at..])
+    let Some(at) = url.rfind('@') else {
+        return url.to_string();
+    };
+    let scheme = url[..at].find(':').map(|c| &url[..c]).filter(|s| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    });
+    match scheme {
+        Some(s) => {
+            let sep = if url[s.len()..].starts_with("://") {
+                "://"
+            } else {
+                ":"
+            };
+            format!("{s}{sep}(credentials hidden){}", &url[at..])
         }
-        _ => url.to_string(),
+        None => format!("(credentials hidden){}", &url[at..]),
     }
 }
 
@@ -167,7 +181,16 @@ enum RedisScheme {
 
 fn parse_form(rest: &str, scheme: RedisScheme, tls: bool) -> Result<RedisUrl, String> {
     let (main, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let params = Params::parse(query, scheme == RedisScheme::Unix)?;
+    // An '@' after the '?' most likely ends credentials whose password
+    // holds a '?': the "query" is then the password's tail, not to be
+    // repeated in an error.
+    let params = Params::parse(query, scheme == RedisScheme::Unix).map_err(|why| {
+        if query.contains('@') {
+            "query parameters as documented (a '?', '&' or '#' in a password is written %3F, %26, %23)".to_string()
+        } else {
+            why
+        }
+    })?;
     let mut url = RedisUrl {
         mode: RedisMode::Single,
         nodes: Vec::new(),
@@ -206,9 +229,9 @@ fn parse_form(rest: &str, scheme: RedisScheme, tls: bool) -> Result<RedisUrl, St
                 }
                 url.password = Some(percent_decode(p).ok_or("a password with valid %-escapes")?);
             } else if params.password_file.is_none() {
-                return Err(format!(
-                    "user:password@ (a user name alone, '{user}@', needs password_file=/path)"
-                ));
+                // Not repeated: what stands before the '@' may be a
+                // password written without its user.
+                return Err("user:password@ or :password@ (a user name alone before the '@' needs password_file=/path)".into());
             }
         }
         let (hosts, path) = located.split_once('/').unwrap_or((located, ""));
@@ -293,7 +316,11 @@ fn parse_host(host: &str, default_port: u16) -> Result<RedisNode, String> {
         None => default_port,
         Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad)?,
     };
-    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':');
+    // A ':' belongs in an IPv6 address, which is written in brackets.
+    let bracketed = host.starts_with('[');
+    let valid = |c: char| {
+        c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') || (bracketed && c == ':')
+    };
     if name.is_empty() || !name.chars().all(valid) {
         return Err(bad());
     }
@@ -320,8 +347,11 @@ fn percent_decode(s: &str) -> Option<String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+            let hex = bytes.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
             i += 3;
         } else {
             out.push(bytes[i]);
@@ -421,7 +451,15 @@ fn read_pem(path: &Path, param: &str, kind: PemKind) -> Result<PemFile, String> 
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let shown = path.display();
-    let pem = read_small(path).map_err(|e| format!("{param}={shown} to be {e}"))?;
+    let (pem, mode) = read_small(path).map_err(|e| format!("{param}={shown} to be {e}"))?;
+    // Debian keeps keys 0640 root:ssl-cert; one anybody can read is a
+    // leaked key.
+    if kind == PemKind::Key && mode & 0o004 != 0 {
+        return Err(format!(
+            "{param}={shown} not readable by everyone (it is mode {:o}; chmod o-r it)",
+            mode & 0o777
+        ));
+    }
     let ok = match kind {
         PemKind::Certificates => {
             let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&pem).collect();
@@ -446,38 +484,31 @@ fn read_pem(path: &Path, param: &str, kind: PemKind) -> Result<PemFile, String> 
 /// fill the config check.
 const MAX_FILE: u64 = 1 << 20;
 
-/// A regular file's contents, up to `MAX_FILE`; the error completes "to
-/// be …".
-fn read_small(path: &Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let meta = std::fs::metadata(path).map_err(|e| format!("readable ({e})"))?;
-    if !meta.is_file() {
-        return Err("a regular file".into());
-    }
-    if meta.len() > MAX_FILE {
-        return Err(format!("at most {MAX_FILE} bytes"));
-    }
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_FILE + 1).read_to_end(&mut bytes))
-        .map_err(|e| format!("readable ({e})"))?;
-    Ok(bytes)
+/// A regular file's contents (up to `MAX_FILE`) and mode; the error
+/// completes "to be …".
+fn read_small(path: &Path) -> Result<(Vec<u8>, u32), String> {
+    crate::safe_fs::read_config_file(path, MAX_FILE).map_err(|e| {
+        if crate::safe_fs::is_not_regular(&e) {
+            "a regular file".to_string()
+        } else if e.kind() == std::io::ErrorKind::InvalidData {
+            format!("at most {MAX_FILE} bytes")
+        } else {
+            format!("readable ({e})")
+        }
+    })
 }
 
-/// The password in `path`, a file only its owner can read (like
+/// The password in `path`, a file only its owner can read or write (like
 /// `RSessionSecret file:`), without its trailing newline.
 fn read_password_file(path: &Path) -> Result<String, String> {
-    use std::os::unix::fs::PermissionsExt;
     let shown = path.display();
-    let meta = std::fs::metadata(path)
-        .map_err(|e| format!("password_file={shown} to be readable ({e})"))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o044 != 0 {
+    let (bytes, mode) = read_small(path).map_err(|e| format!("password_file={shown} to be {e}"))?;
+    if mode & 0o066 != 0 {
         return Err(format!(
-            "password_file={shown} readable only by its owner (it is mode {mode:o}; chmod 600 it)"
+            "password_file={shown} readable and writable only by its owner (it is mode {:o}; chmod 600 it)",
+            mode & 0o777
         ));
     }
-    let bytes = read_small(path).map_err(|e| format!("password_file={shown} to be {e}"))?;
     let mut text = String::from_utf8(bytes)
         .map_err(|_| format!("password_file={shown} to hold UTF-8 text"))?;
     while text.ends_with('\n') || text.ends_with('\r') {
@@ -626,6 +657,88 @@ mod tests {
         let e = err(&url);
         assert!(e.contains("only by its owner") && e.contains("644"), "{e}");
         assert!(!e.contains("hunter2"));
+        // Writable by the group: someone else chooses the password.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o620)).unwrap();
+        assert!(err(&url).contains("620"));
+        // Linked into place (as secret mounts are): what is opened counts.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let linked = ok(&format!("redis://app@h?password_file={}", link.display()));
+        assert_eq!(linked.password.as_deref(), Some("hunter2"));
+        // A FIFO, even one mode 0600, is refused at once, not waited on.
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(
+            &fifo,
+            nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+        )
+        .unwrap();
+        let e = err(&format!("redis://app@h?password_file={}", fifo.display()));
+        assert!(e.contains("a regular file"), "{e}");
+    }
+
+    #[test]
+    fn a_key_file_anybody_can_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(
+            &cert,
+            "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &key,
+            "-----BEGIN PRIVATE KEY-----\nMA==\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let url = format!(
+            "rediss://h?cert_file={}&key_file={}",
+            cert.display(),
+            key.display()
+        );
+        let e = err(&url);
+        assert!(e.contains("key_file") && e.contains("644"), "{e}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(!err_or_ok_message(&url).contains("not readable by everyone"));
+    }
+
+    /// The error, or "" for an accepted URL.
+    fn err_or_ok_message(s: &str) -> String {
+        match parse(s) {
+            Some(Err(e)) => e,
+            _ => String::new(),
+        }
+    }
+
+    #[test]
+    fn errors_never_repeat_what_may_be_a_password() {
+        // A '?' in the password ends the URL's path early.
+        for url in [
+            "redis://app:pa?zq9@h",
+            "redis://app:pa?zq9&x@h",
+            "redis://app:p?zq9=1@h",
+        ] {
+            let e = err(url);
+            assert!(!e.contains("zq9"), "{url}: {e}");
+            assert!(e.contains("%3F"), "{e}");
+        }
+        // A password written without its user.
+        let e = err("redis://s3cret@h");
+        assert!(!e.contains("s3cret"), "{e}");
+        // Malformed schemes still hide everything before the '@'.
+        for url in ["redis:/app:pw@h", "app:pw@10.0.0.5", "//:pw@h"] {
+            assert!(!redact(url).contains("pw"), "{url}: {}", redact(url));
+        }
+        assert_eq!(redact("redis:/app:pw@h"), "redis:(credentials hidden)@h");
+    }
+
+    #[test]
+    fn escapes_and_hosts_are_strict() {
+        assert!(err("redis://:%+1@h").contains("%-escapes"));
+        assert!(err("redis://h:1:2").contains("host[:port]"));
+        assert!(err("redis://::1").contains("host[:port]"));
+        assert_eq!(ok("redis://[::1]:7000").nodes, vec![tcp("::1", 7000)]);
     }
 
     #[test]

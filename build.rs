@@ -63,7 +63,7 @@ fn main() {
              |apr_os_file_get",
         )
         .allowlist_type("ap_input_mode_t|apr_read_type_e|rsession_bucket_kind_e|request_rec|server_rec|conn_rec|cmd_parms|command_rec|module|ap_filter_t|apr_bucket_brigade|apr_table_t|apr_pool_t|apr_status_t|unixd_config_rec|ap_conf_vector_t|apr_array_header_t|apr_table_entry_t")
-        .allowlist_var("ap_unixd_config|rsession_cmds|rsession_out_filter_handle|rsession_interim_filter_handle|rsession_body_filter_handle|HTTP_OK|HTTP_SERVICE_UNAVAILABLE|HTTP_MOVED_TEMPORARILY|HTTP_UNAUTHORIZED|AP_FILTER_ERROR|MODULE_MAGIC_NUMBER_MAJOR|MODULE_MAGIC_NUMBER_MINOR|MODULE_MAGIC_COOKIE|OK|DECLINED|HTTP_INTERNAL_SERVER_ERROR|APR_SUCCESS|APR_EGENERAL|APR_ENOENT|APR_EINVAL|APLOG_[A-Z0-9]+|AP_SQ_MAIN_STATE|AP_SQ_MS_CREATE_PRE_CONFIG")
+        .allowlist_var("ap_unixd_config|rsession_cmds|rsession_out_filter_handle|rsession_interim_filter_handle|rsession_body_filter_handle|HTTP_OK|HTTP_SERVICE_UNAVAILABLE|HTTP_MOVED_TEMPORARILY|HTTP_UNAUTHORIZED|HTTP_FORBIDDEN|AP_FILTER_ERROR|MODULE_MAGIC_NUMBER_MAJOR|MODULE_MAGIC_NUMBER_MINOR|MODULE_MAGIC_COOKIE|OK|DECLINED|HTTP_INTERNAL_SERVER_ERROR|APR_SUCCESS|APR_EGENERAL|APR_ENOENT|APR_EINVAL|APLOG_[A-Z0-9]+|AP_SQ_MAIN_STATE|AP_SQ_MS_CREATE_PRE_CONFIG")
         .generate()
         .expect("bindgen failed on c_shim/wrapper.h");
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR set by cargo"));

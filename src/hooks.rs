@@ -510,10 +510,21 @@ pub fn fixups(r: Request<'_>) -> c_int {
                 return status;
             }
             let fresh = begin(r, dir, runtime);
+            let stale = user_changed(r, dir, &fresh);
             if let Some(state) = session_state(initial) {
                 if let Ok(mut state) = state.try_borrow_mut() {
                     *state = fresh;
                 }
+            }
+            if stale {
+                // Authorization let in a user the locked session no longer
+                // names (signed out meanwhile): its decision does not hold.
+                rlog!(
+                    r,
+                    Level::Info,
+                    "the session's user changed between authorization and the handler; answering 403"
+                );
+                return sys::HTTP_FORBIDDEN as c_int;
             }
         }
     }
@@ -1338,6 +1349,24 @@ fn set_user(r: Request<'_>, dir: &DirConfig, session: &ActiveSession) {
             session.id().short()
         ),
     }
+}
+
+/// Whether `r->user`, set from the session read for authorization, is not
+/// the user of `fresh`, the same chain's session read again under its lock.
+fn user_changed(r: Request<'_>, dir: &DirConfig, fresh: &RequestState) -> bool {
+    let (Some(key), Some(decided)) = (dir.user_key(), r.user()) else {
+        return false;
+    };
+    if r.auth_type().is_some() && !is_rsession_auth(r) {
+        return false; // another module's user, not the session's
+    }
+    let now = match fresh {
+        RequestState::Active(rs) => {
+            crate::auth::user_of(rs.session.data(), key).and_then(Result::ok)
+        }
+        RequestState::Failed(_) => return false, // answered with its own status
+    };
+    now != Some(decided.as_ref())
 }
 
 /// The session `r`'s authorization looks at: its chain's, or the one a

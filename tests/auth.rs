@@ -512,3 +512,77 @@ fn log_out_everywhere_reaches_every_server_sharing_redis() {
     let sets = redis.cmd(&["KEYS", "auth:user:*"]);
     assert_eq!(sets.lines().count(), 1, "only bob's index is left: {sets}");
 }
+
+/// Holds the session's lock until the test lets it go, then signs out.
+const SLOW_LOGOUT_CGI: &str = r#"#!/bin/sh
+touch "$RSESSION_DIR/started"
+i=0
+while [ ! -e "$RSESSION_DIR/go" ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done
+rm -f "$RSESSION_DIR/started" "$RSESSION_DIR/go"
+printf 'Content-Type: text/plain\nX-RSession: unset user\n\nsigned out\n'
+"#;
+
+#[test]
+fn a_sign_out_between_authorization_and_the_handler_refuses_the_request() {
+    // A CGI known as one only from its name is authorized as a static file
+    // (read-only, without the lock) and then runs with the session locked.
+    let h = Httpd::start(Options {
+        fragment: r#"RSessionUser user
+RSessionLockTimeout 20
+LogLevel authz_core:debug
+<Location />
+  RSession On
+</Location>
+<Location /private/>
+  AuthType RSession
+  Require valid-user
+</Location>
+<Directory {ROOT}/htdocs/private/h>
+  Options +ExecCGI
+  AddHandler cgi-script .cgi
+</Directory>
+"#
+        .into(),
+        modules: MODULES.to_vec(),
+        ..Options::default()
+    });
+    h.cgi("login.cgi", LOGIN_CGI);
+    h.cgi("slow-logout.cgi", SLOW_LOGOUT_CGI);
+    h.htdoc("private/h/who.cgi", WHO_CGI);
+    std::fs::set_permissions(
+        h.path("htdocs/private/h/who.cgi"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let cookie = sign_in(&h, "ann", "");
+    let dir = h.scratch_dir(&id_of(&cookie));
+    let before = get_with_cookie(&h.url("/private/h/who.cgi"), &cookie);
+    assert_eq!(before.env("REMOTE_USER").as_deref(), Some("ann"));
+
+    std::thread::scope(|s| {
+        let logout = s.spawn(|| get_with_cookie(&h.url("/cgi-bin/slow-logout.cgi"), &cookie));
+        wait_for(
+            "the sign-out to hold the lock",
+            Duration::from_secs(10),
+            || dir.join("started").exists().then_some(()),
+        );
+        let granted_before = h.error_log().matches("granted").count();
+        let who = s.spawn(|| get_with_cookie(&h.url("/private/h/who.cgi"), &cookie));
+        // Authorized (on ann, read without the lock), now waiting for it.
+        wait_for(
+            "authorization of the second request",
+            Duration::from_secs(10),
+            || (h.error_log().matches("granted").count() > granted_before).then_some(()),
+        );
+        std::fs::write(dir.join("go"), "").unwrap();
+        assert_eq!(logout.join().unwrap().status, 200);
+        let who = who.join().unwrap();
+        assert_eq!(who.status, 403, "{who:?}");
+        assert!(!who.body.contains("REMOTE_USER=ann"), "{who:?}");
+    });
+    // Signed out: the next request is sent to sign in.
+    assert_eq!(
+        get_with_cookie(&h.url("/private/h/who.cgi"), &cookie).status,
+        401
+    );
+}

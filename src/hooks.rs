@@ -631,6 +631,13 @@ fn begin_static(r: Request<'_>, dir: &DirConfig, runtime: &Arc<Runtime>) -> Opti
                 save_failed: None,
             }))
         }),
+        // Where the session decides who may see the file, an outage cannot
+        // mean "no user": that would send signed-in visitors to sign in.
+        Err(e) if e.http_status() == 503 && (dir.uses_authz() || is_rsession_auth(r)) => {
+            r.err_headers_out().set("Retry-After", "1");
+            store_unavailable(r, runtime, &e);
+            Some(RequestState::Failed(503))
+        }
         Err(e) => {
             rlog!(
                 r,
@@ -907,6 +914,9 @@ pub fn at_first_output(r: Request<'_>) -> FirstOutput {
             let id_text = rs.session.id().text();
             let tag = if r.is_main() { "RS0082" } else { "RS0080" };
             drop_commands(r, rs.dir.update_header(), tag, &id_text[..8], why);
+            if let Some(own) = own_update_header(r, &rs.dir) {
+                drop_commands(r, own, tag, &id_text[..8], why);
+            }
             FirstOutput::Pass
         }
         RequestState::Failed(_) => {
@@ -944,8 +954,31 @@ fn drop_commands(r: Request<'_>, header: &str, tag: &str, short: &str, why: &str
     }
 }
 
+/// The update header this response's own location names, where it names
+/// one other than `chain`'s (the location the session began in: an
+/// internal redirect or ErrorDocument may be configured otherwise).
+fn own_update_header<'r>(r: Request<'r>, chain: &DirConfig) -> Option<&'r str> {
+    r.dir_config::<DirConfig>()
+        .filter(|own| own.enabled())
+        .map(DirConfig::update_header)
+        .filter(|own| !own.eq_ignore_ascii_case(chain.update_header()))
+}
+
 fn save(r: Request<'_>, rs: &mut RequestSession) -> FirstOutput {
-    let header = rs.dir.update_header();
+    // This response's handler writes under its own location's header name;
+    // lines under the first location's name are removed, not applied.
+    let own = own_update_header(r, &rs.dir);
+    if own.is_some() {
+        let id_text = rs.session.id().text();
+        drop_commands(
+            r,
+            rs.dir.update_header(),
+            "RS0086",
+            &id_text[..8],
+            "this response's location reads another RSessionUpdateHeader",
+        );
+    }
+    let header = own.unwrap_or(rs.dir.update_header());
     // The values stay in the request's pool after the unset: the commands
     // borrow them.
     let (out, err) = (r.headers_out(), r.err_headers_out());
@@ -1437,12 +1470,17 @@ pub fn authz_check(r: Request<'_>, terms: &Vec<crate::auth::Term>) -> c_int {
             return AUTHZ_GENERAL_ERROR;
         }
     }
-    let holds = decision_state(r).is_some_and(|state| {
-        state.try_borrow().is_ok_and(|s| match &*s {
-            RequestState::Active(rs) => crate::auth::require_holds(terms, rs.session.data()),
-            RequestState::Failed(_) => false,
+    let holds = decision_state(r).map(|state| {
+        state.try_borrow().map_or(Some(false), |s| match &*s {
+            RequestState::Active(rs) => Some(crate::auth::require_holds(terms, rs.session.data())),
+            RequestState::Failed(_) => None,
         })
     });
+    // A session that could not be read decides nothing, not even for
+    // `Require not rsession …`.
+    let Some(holds) = holds.unwrap_or(Some(false)) else {
+        return AUTHZ_GENERAL_ERROR;
+    };
     if holds {
         return AUTHZ_GRANTED;
     }

@@ -564,15 +564,26 @@ impl ActiveSession {
                 break;
             }
             for id in fresh {
-                // Not under its lock: a request holding it finds its
-                // session gone when it saves (and answers 503).
-                rt.store.delete(&id, None)?;
-                let _ = rt.scratch.remove(&id);
-                index.remove(&key, &id)?;
-                rt.stats.bump(Counter::Invalidated);
-                rt.stats.sessions_removed(1);
-                self.ended_others += 1;
                 ended.insert(id);
+                // An entry left behind (a crash between a user change's
+                // two index updates) must not end another user's session:
+                // only a record stored under this user goes.
+                let theirs = match rt.store.load(&id) {
+                    Ok(Some(record)) => record.user.as_deref() == Some(user.as_str()),
+                    Ok(None) => false,
+                    Err(StoreError::Corrupt(_)) => true,
+                    Err(e) => return Err(e.into()),
+                };
+                if theirs {
+                    // Not under its lock: a request holding it finds its
+                    // session gone when it saves (and answers 503).
+                    rt.store.delete(&id, None)?;
+                    let _ = rt.scratch.remove(&id);
+                    rt.stats.bump(Counter::Invalidated);
+                    rt.stats.sessions_removed(1);
+                    self.ended_others += 1;
+                }
+                index.remove(&key, &id)?;
             }
         }
         Ok(())
@@ -1444,6 +1455,27 @@ mod tests {
         assert!(f.rt.store.load(&bob).unwrap().is_some());
         assert_eq!(indexed(&f, "bob"), vec![bob]);
         assert_eq!(f.rt.stats.live(), 1);
+    }
+
+    #[test]
+    fn a_stale_index_entry_does_not_end_another_users_session() {
+        let mut f = fixture();
+        f.conf.set("RSessionUser", "user").unwrap();
+        let ann = signed_in(&f, "ann", 1000);
+        let bob = signed_in(&f, "bob", 1000);
+        // Left in ann's list by a crash between a user change's two steps.
+        let key = user_index_key(&f.rt.scope, "ann");
+        f.rt.store.user_index().unwrap().add(&key, &bob).unwrap();
+        let mut s = start(&f, &cookies(&f, &ann), 1001);
+        s.apply(&[Command::InvalidateUser], 1000, false);
+        s.finish(&f.rt, &f.conf, 1001).unwrap();
+        assert_eq!(s.ended_others(), 0);
+        assert!(
+            f.rt.store.load(&bob).unwrap().is_some(),
+            "bob is still signed in"
+        );
+        assert!(indexed(&f, "ann").is_empty(), "the stale entry went");
+        assert_eq!(indexed(&f, "bob"), vec![bob]);
     }
 
     #[test]

@@ -586,3 +586,34 @@ LogLevel authz_core:debug
         401
     );
 }
+
+#[test]
+fn an_outage_answers_503_on_protected_static_files_not_a_sign_in() {
+    let mut redis = Redis::start_persistent();
+    let store = format!("RSessionStore {}", redis.url_timeout("auth:", 300));
+    let h = site(&store, free_port());
+    let ann = sign_in(&h, "ann", "");
+    assert_eq!(
+        get_with_cookie(&h.url("/private/page.html"), &ann).status,
+        200
+    );
+    redis.stop();
+    let down = get_with_cookie(&h.url("/private/page.html"), &ann);
+    assert_eq!(down.status, 503, "{down:?}");
+    assert_eq!(down.header("Retry-After"), Some("1"), "{down:?}");
+    // So does a page Require rsession guards, even where another line
+    // could grant it (as its CGIs already did): the session is read before
+    // any Require line runs.
+    for page in ["/either/index.html", "/local/index.html"] {
+        assert_eq!(get_with_cookie(&h.url(page), &ann).status, 503, "{page}");
+    }
+    // Files the session does not guard are served as ever.
+    assert_eq!(
+        get_with_cookie(&h.url("/public/page.html"), &ann).status,
+        200
+    );
+    redis.start_again();
+    wait_for("the store back", Duration::from_secs(20), || {
+        (get_with_cookie(&h.url("/private/page.html"), &ann).status == 200).then_some(())
+    });
+}

@@ -652,3 +652,37 @@ fn a_redirected_include_is_authorized_under_its_own_location() {
         r.body
     );
 }
+
+#[test]
+fn a_redirect_target_writes_under_its_own_locations_update_header() {
+    let h = server(
+        Mpm::Event,
+        "ScriptAlias /app/ {ROOT}/cgi-bin/\n<Location /app/>\n  RSession On\n  RSessionUpdateHeader X-App\n</Location>\n",
+    );
+    h.cgi(
+        "set.cgi",
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\nX-RSession: set k=1\\n\\nset\\n'\n",
+    );
+    h.cgi(
+        "hop.cgi",
+        "#!/bin/sh\nprintf 'Location: /cgi-bin/set2.cgi\\n\\n'\n",
+    );
+    // The redirect's target, under /cgi-bin/, writes under X-RSession.
+    h.cgi(
+        "set2.cgi",
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\nX-RSession: set k=2\\nX-App: set wrong=1\\n\\nset2\\n'\n",
+    );
+    let pair = get(&h.url("/cgi-bin/set.cgi"), &[]).cookie_pair();
+    let hop = get_with_cookie(&h.url("/app/hop.cgi"), &pair);
+    assert_eq!((hop.status, hop.body.as_str()), (200, "set2\n"), "{hop:?}");
+    assert_eq!(hop.header("X-RSession"), None, "{hop:?}");
+    assert_eq!(hop.header("X-App"), None, "{hop:?}");
+    let env = get_with_cookie(&h.url("/cgi-bin/env.cgi"), &pair);
+    assert_eq!(
+        env.env("RSESSION_DATA").as_deref(),
+        Some("k=2"),
+        "{}",
+        env.body
+    );
+    assert!(h.error_log().contains("RS0086"), "{}", h.error_log());
+}

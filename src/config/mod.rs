@@ -333,7 +333,7 @@ pub fn secret(directive: &str, value: &str) -> Result<Vec<u8>, ConfigError> {
     // the key.
     if mode & 0o066 != 0 {
         return fail(format!(
-            "a secret file readable and writable only by its owner (it is mode {:o}; chmod 600 it)",
+            "a secret file readable only by its owner, and writable by no one else (it is mode {:o}; chmod 600 it)",
             mode & 0o777
         ));
     }

@@ -436,8 +436,46 @@ impl Params {
                 )
             }
         };
+        check_tls(ca.as_ref(), client.as_ref())?;
         Ok(RedisTls { ca, client })
     }
+}
+
+/// What the TLS connection will make of the files, tried now: a CA that
+/// rustls will not take as a root, or a client key that is not the
+/// certificate's, fails the config check instead of every connection.
+fn check_tls(ca: Option<&PemFile>, client: Option<&(PemFile, PemFile)>) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = |pem: &PemFile| -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_slice_iter(&pem.pem)
+            .filter_map(Result::ok)
+            .collect()
+    };
+    if let Some(ca) = ca {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in certs(ca) {
+            roots.add(cert).map_err(|e| {
+                format!(
+                    "ca_file={} to hold CA certificates rustls accepts ({e})",
+                    ca.path.display()
+                )
+            })?;
+        }
+    }
+    if let Some((cert, key)) = client {
+        let key_der = PrivateKeyDer::from_pem_slice(&key.pem)
+            .map_err(|_| format!("key_file={} to hold a PEM private key", key.path.display()))?;
+        let provider = rustls::crypto::ring::default_provider();
+        rustls::sign::CertifiedKey::from_der(certs(cert), key_der, &provider).map_err(|e| {
+            format!(
+                "key_file={} to be the private key of cert_file={} ({e})",
+                key.path.display(),
+                cert.path.display()
+            )
+        })?;
+    }
+    Ok(())
 }
 
 #[derive(PartialEq)]
@@ -505,7 +543,7 @@ fn read_password_file(path: &Path) -> Result<String, String> {
     let (bytes, mode) = read_small(path).map_err(|e| format!("password_file={shown} to be {e}"))?;
     if mode & 0o066 != 0 {
         return Err(format!(
-            "password_file={shown} readable and writable only by its owner (it is mode {:o}; chmod 600 it)",
+            "password_file={shown} readable only by its owner, and writable by no one else (it is mode {:o}; chmod 600 it)",
             mode & 0o777
         ));
     }
@@ -701,6 +739,53 @@ mod tests {
         assert!(e.contains("key_file") && e.contains("644"), "{e}");
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
         assert!(!err_or_ok_message(&url).contains("not readable by everyone"));
+    }
+
+    #[test]
+    fn a_client_key_that_is_not_the_certificates_fails_the_config_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n).display().to_string();
+        let openssl = |args: &[&str]| {
+            let ok = std::process::Command::new("openssl")
+                .args(args)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .expect("openssl (make test installs it)")
+                .success();
+            assert!(ok, "openssl {args:?}");
+        };
+        for n in ["a", "b"] {
+            openssl(&[
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+                &p(&format!("{n}.key")),
+            ]);
+        }
+        let (cert, a_key, b_key) = (p("a.crt"), p("a.key"), p("b.key"));
+        openssl(&[
+            "req",
+            "-new",
+            "-x509",
+            "-key",
+            &a_key,
+            "-subj",
+            "/CN=client",
+            "-days",
+            "2",
+            "-out",
+            &cert,
+        ]);
+        for key in [&a_key, &b_key] {
+            std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let url = |key: &str| format!("rediss://h?ca_file={cert}&cert_file={cert}&key_file={key}");
+        assert!(ok(&url(&a_key)).tls.is_some());
+        let e = err(&url(&b_key));
+        assert!(e.contains("to be the private key of cert_file"), "{e}");
     }
 
     /// The error, or "" for an accepted URL.

@@ -300,14 +300,19 @@ mod tests {
         assert!(load_or_create_key(&link).is_err(), "a link is not followed");
     }
 
+    /// Defaults under `dir`, for tests that only need them to exist.
+    fn host_in(dir: &std::path::Path) -> HostDefaults {
+        HostDefaults {
+            store_dir: dir.join("store"),
+            scratch_root: dir.join("scratch"),
+            key_file: dir.join("key"),
+        }
+    }
+
     #[test]
     fn vhosts_naming_one_store_share_it() {
         let dir = tempfile::tempdir().unwrap();
-        let host = HostDefaults {
-            store_dir: dir.path().join("store"),
-            scratch_root: dir.path().join("scratch"),
-            key_file: dir.path().join("key"),
-        };
+        let host = host_in(dir.path());
         let mut builder = Builder::default();
         let a = builder.build(&ServerConfig::default(), &host, "a").unwrap();
         let b = builder.build(&ServerConfig::default(), &host, "b").unwrap();
@@ -322,11 +327,7 @@ mod tests {
     #[test]
     fn vhosts_whose_redis_urls_differ_only_where_it_is_not_shown_do_not_share() {
         let dir = tempfile::tempdir().unwrap();
-        let host = HostDefaults {
-            store_dir: dir.path().join("store"),
-            scratch_root: dir.path().join("scratch"),
-            key_file: dir.path().join("key"),
-        };
+        let host = host_in(dir.path());
         let conf = |url: &str| {
             let mut c = ServerConfig::default();
             c.set("RSessionStore", url, false).unwrap();

@@ -567,6 +567,10 @@ pub fn fixups(r: Request<'_>) -> c_int {
         }
         // Only the initial request reports the failure; ErrorDocument and
         // other redirects go on without a session.
+        // Authorization let the file through without its session (a
+        // section that grants all): served as any static file whose
+        // session cannot be read.
+        RequestState::Failed(_) if r.is_static_file() => DECLINED,
         RequestState::Failed(status) if r.as_ptr() == initial.as_ptr() => *status,
         RequestState::Failed(_) => DECLINED,
     }
@@ -631,10 +635,10 @@ fn begin_static(r: Request<'_>, dir: &DirConfig, runtime: &Arc<Runtime>) -> Opti
                 save_failed: None,
             }))
         }),
-        // Where the session decides who may see the file, an outage cannot
+        // Where the session may decide who sees the file, an outage cannot
         // mean "no user": that would send signed-in visitors to sign in.
+        // Whether it does is up to authorization (see check_authn).
         Err(e) if e.http_status() == 503 && (dir.uses_authz() || is_rsession_auth(r)) => {
-            r.err_headers_out().set("Retry-After", "1");
             store_unavailable(r, runtime, &e);
             Some(RequestState::Failed(503))
         }
@@ -1346,9 +1350,25 @@ fn resolve_early(r: Request<'_>, dir: &DirConfig) -> Result<(), c_int> {
             expose(r, dir, &rs.session);
             Ok(())
         }
+        // A static file's session that could not be read stops it only if
+        // authorization turns out to need it (check_authn, authz_check):
+        // a section below that grants all still serves its files.
+        RequestState::Failed(_) if r.is_static_file() => Ok(()),
         RequestState::Failed(status) if r.as_ptr() == initial.as_ptr() => Err(*status),
         RequestState::Failed(_) => Ok(()),
     }
+}
+
+/// The status of the decision's session if it could not be read (a store
+/// outage: 503), for the auth hooks that needed it.
+fn failed_decision(r: Request<'_>) -> Option<c_int> {
+    decision_state(r)?
+        .try_borrow()
+        .ok()
+        .and_then(|s| match &*s {
+            RequestState::Failed(status) => Some(*status),
+            RequestState::Active(_) => None,
+        })
 }
 
 /// `RSessionUser`: the session's user becomes `r->user`, if it is a
@@ -1418,6 +1438,11 @@ pub fn check_authn(r: Request<'_>) -> c_int {
     if r.user().is_some() {
         return OK;
     }
+    if let Some(status) = failed_decision(r) {
+        // Nobody can tell who this visitor is right now: not a sign-in.
+        r.err_headers_out().set("Retry-After", "1");
+        return status;
+    }
     let Some(dir) = r.dir_config::<DirConfig>() else {
         return sys::HTTP_UNAUTHORIZED as c_int;
     };
@@ -1476,10 +1501,11 @@ pub fn authz_check(r: Request<'_>, terms: &Vec<crate::auth::Term>) -> c_int {
             RequestState::Failed(_) => None,
         })
     });
-    // A session that could not be read decides nothing, not even for
-    // `Require not rsession …`.
+    // A session that could not be read decides nothing: "no user yet",
+    // so that under `AuthType RSession` check_authn answers 503 (other
+    // lines, `Require ip` in a RequireAny, may still grant).
     let Some(holds) = holds.unwrap_or(Some(false)) else {
-        return AUTHZ_GENERAL_ERROR;
+        return AUTHZ_DENIED_NO_USER;
     };
     if holds {
         return AUTHZ_GRANTED;

@@ -182,13 +182,15 @@ impl DirConfig {
     pub fn login_url(&self) -> Option<&str> {
         self.login_url.as_deref()
     }
-    /// Whether the session must be resolved before authorization (the
-    /// caller adds `AuthType RSession`, which mod_authn_core keeps).
-    /// Whether a `Require rsession` line applies here.
+    /// Whether a `Require rsession` line stands here or in a section this
+    /// one inherits from (a section with Require lines of its own may
+    /// replace them: authorization tells).
     pub fn uses_authz(&self) -> bool {
         self.uses_authz == Some(true)
     }
 
+    /// Whether the session must be resolved before authorization (the
+    /// caller adds `AuthType RSession`, which mod_authn_core keeps).
     pub fn needs_early_session(&self) -> bool {
         self.user_key.is_some() || self.uses_authz == Some(true)
     }

@@ -129,27 +129,66 @@ impl fmt::Display for RedisNode {
 
 /// A URL with its credentials blanked, for error messages. Everything up
 /// to the last '@' goes, since a malformed URL (a mistyped scheme, a '?'
-/// in a password) may have one anywhere; only a scheme stays.
+/// in a password) may have one anywhere; only a scheme stays. The query
+/// goes too (a password may stand there as a parameter of another
+/// client's syntax), and so does anything where the hosts should be that
+/// is not host[:port] (`redis://user:password` without its host).
 pub fn redact(url: &str) -> String {
-    let Some(at) = url.rfind('@') else {
-        return url.to_string();
+    let cut_query = |s: &str| match s.split_once('?') {
+        Some((before, _)) => format!("{before}?…"),
+        None => s.to_string(),
     };
-    let scheme = url[..at].find(':').map(|c| &url[..c]).filter(|s| {
-        !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    let scheme_end = url.find(':').filter(|&c| {
+        c > 0
+            && url[..c]
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '+' | '-' | '.'))
     });
-    match scheme {
-        Some(s) => {
-            let sep = if url[s.len()..].starts_with("://") {
-                "://"
-            } else {
-                ":"
-            };
-            format!("{s}{sep}(credentials hidden){}", &url[at..])
-        }
-        None => format!("(credentials hidden){}", &url[at..]),
+    let scheme = |end: usize| {
+        let sep = if url[end..].starts_with("://") {
+            "://"
+        } else {
+            ":"
+        };
+        format!("{}{sep}", &url[..end])
+    };
+    if let Some(at) = url.rfind('@') {
+        let head = match scheme_end.filter(|&c| c < at) {
+            Some(c) => scheme(c),
+            None => String::new(),
+        };
+        return format!("{head}(credentials hidden){}", cut_query(&url[at..]));
     }
+    let main = url.split_once('?').map_or(url, |(m, _)| m);
+    let hosts_ok = match scheme_end {
+        Some(c) if url[c..].starts_with("://") => {
+            let authority = main[c + 3..].split('/').next().unwrap_or_default();
+            authority.split(',').all(looks_like_host)
+        }
+        Some(c) => url[..c].eq_ignore_ascii_case("unix"),
+        None => false,
+    };
+    match (hosts_ok, scheme_end) {
+        (true, _) => cut_query(url),
+        (false, Some(c)) => format!("{}(not shown)", scheme(c)),
+        (false, None) => "(not shown)".to_string(),
+    }
+}
+
+/// host, host:port or [v6]:port, as far as redaction needs to tell.
+fn looks_like_host(s: &str) -> bool {
+    let (name, port) = match s.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((name, after)) => (name, after.strip_prefix(':').unwrap_or(after)),
+            None => return false,
+        },
+        None => s.rsplit_once(':').unwrap_or((s, "")),
+    };
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
+        && port.chars().all(|c| c.is_ascii_digit())
 }
 
 /// Parses a Redis form of `RSessionStore`; `None` when `value` is not one
@@ -299,7 +338,8 @@ fn parse_form(rest: &str, scheme: RedisScheme, tls: bool) -> Result<RedisUrl, St
 }
 
 fn parse_host(host: &str, default_port: u16) -> Result<RedisNode, String> {
-    let bad = || format!("host[:port] with a host name and a port from 1 to 65535 (not '{host}')");
+    // The host is not repeated: with the '@' forgotten, it is a password.
+    let bad = || "host[:port] with a host name and a port from 1 to 65535".to_string();
     let (name, port) = if let Some(v6) = host.strip_prefix('[') {
         let (name, after) = v6.split_once(']').ok_or_else(bad)?;
         match after {
@@ -830,9 +870,21 @@ mod tests {
     fn redacts_credentials() {
         assert_eq!(
             redact("redis://app:hunter2@h:1?prefix=a"),
-            "redis://(credentials hidden)@h:1?prefix=a"
+            "redis://(credentials hidden)@h:1?…"
         );
         assert!(!redact("redis://:pw?d@h").contains("pw"));
         assert_eq!(redact("redis://h"), "redis://h");
+        assert_eq!(
+            redact("redis://[::1]:7000,h2:7001/0"),
+            "redis://[::1]:7000,h2:7001/0"
+        );
+        assert_eq!(
+            redact("unix:/run/redis.sock?pass=x"),
+            "unix:/run/redis.sock?…"
+        );
+        // Another client's syntax for a password, and a forgotten host.
+        assert_eq!(redact("redis://h?password=hunter2"), "redis://h?…");
+        assert_eq!(redact("redis://user:hunter2"), "redis://(not shown)");
+        assert!(!err("redis://user:hunter2").contains("hunter2"));
     }
 }

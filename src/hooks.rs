@@ -561,7 +561,8 @@ pub fn fixups(r: Request<'_>) -> c_int {
                 // Interim responses bypass request filters: watch the
                 // connection until the final response begins. (A static
                 // file sends none.)
-                r.interim_watch().arm(initial, rs.dir.update_header());
+                let header = own_update_header(r, &rs.dir).unwrap_or(rs.dir.update_header());
+                r.interim_watch().arm(initial, header);
             }
             OK
         }

@@ -83,6 +83,9 @@ fn block_end(b: &[u8], from: usize) -> Option<usize> {
 pub struct Interim {
     /// The update header's name, lowercase.
     header: Vec<u8>,
+    /// A second name to remove (an internal redirect's location may name
+    /// another update header), lowercase; empty for none.
+    also: Vec<u8>,
     phase: Phase,
     held: Vec<u8>,
 }
@@ -91,6 +94,7 @@ impl Interim {
     pub fn new(header: &str) -> Interim {
         Interim {
             header: header.to_ascii_lowercase().into_bytes(),
+            also: Vec::new(),
             phase: Phase::Start,
             held: Vec::new(),
         }
@@ -101,11 +105,21 @@ impl Interim {
         self.header.clear();
         self.header
             .extend(header.bytes().map(|b| b.to_ascii_lowercase()));
+        self.also.clear();
         self.phase = Phase::Start;
         self.held.clear();
         // A connection lives long: what a large block grew is not kept.
         if self.held.capacity() > KEPT_CAPACITY {
             self.held = Vec::new();
+        }
+    }
+
+    /// Removes `header` too from the blocks still to come.
+    pub fn also_strip(&mut self, header: &str) {
+        if !header.eq_ignore_ascii_case(std::str::from_utf8(&self.header).unwrap_or_default()) {
+            self.also.clear();
+            self.also
+                .extend(header.bytes().map(|b| b.to_ascii_lowercase()));
         }
     }
 
@@ -214,7 +228,10 @@ impl Interim {
                 continue;
             }
             let name = line.split(|&c| c == b':').next().unwrap_or_default();
-            dropping = line.contains(&b':') && name.trim_ascii().eq_ignore_ascii_case(&self.header);
+            let name = name.trim_ascii();
+            dropping = line.contains(&b':')
+                && (name.eq_ignore_ascii_case(&self.header)
+                    || (!self.also.is_empty() && name.eq_ignore_ascii_case(&self.also)));
             if dropping {
                 removed += 1;
             } else {
@@ -277,6 +294,38 @@ mod tests {
             assert_eq!(events.len(), 2, "split at {split}");
             assert!(p.is_done(), "the 200 ends the watch");
         }
+    }
+
+    #[test]
+    fn a_second_name_is_removed_too_until_the_next_restart() {
+        let mut p = Interim::new("X-RSession");
+        p.also_strip("X-App");
+        let mut out = Vec::new();
+        let mut removed = Vec::new();
+        p.feed(
+            b"HTTP/1.1 103 Early\r\nx-app: set a=1\r\nLink: </s.css>\r\nX-RSession: set b=2\r\n\r\n",
+            &mut out,
+            &mut |e| {
+                removed.push(e);
+                Vec::new()
+            },
+        );
+        assert_eq!(out, b"HTTP/1.1 103 Early\r\nLink: </s.css>\r\n\r\n");
+        assert_eq!(
+            removed,
+            vec![Event::Block {
+                status: 103,
+                removed: 2
+            }]
+        );
+        p.restart("X-RSession");
+        let mut out = Vec::new();
+        p.feed(
+            b"HTTP/1.1 103 Early\r\nX-App: kept\r\n\r\n",
+            &mut out,
+            &mut |_| Vec::new(),
+        );
+        assert_eq!(out, b"HTTP/1.1 103 Early\r\nX-App: kept\r\n\r\n");
     }
 
     #[test]

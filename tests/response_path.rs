@@ -584,3 +584,34 @@ fn commands_from_an_included_cgi_are_removed_logged_and_not_applied() {
             .then_some(())
     });
 }
+
+#[test]
+fn early_hints_after_an_internal_redirect_carry_neither_update_header() {
+    // The request begins under /hop/ (update header X-Other); its CGI
+    // redirects to /hints, whose backend sends a 103 with X-RSession.
+    let backend_port = harness::free_port();
+    let _backend = Backend::start("interim_backend.py", backend_port);
+    let h = server(
+        &format!(
+            "ScriptAlias /hop/ {{ROOT}}/cgi-bin/\n\
+             <Location /hop/>\n  RSession On\n  RSessionUpdateHeader X-Other\n</Location>\n\
+             <Location /hints>\n  RSession On\n  ProxyPass http://127.0.0.1:{backend_port}/hints\n</Location>\n"
+        ),
+        vec!["proxy", "proxy_http"],
+    );
+    h.cgi("hop.cgi", "#!/bin/sh\nprintf 'Location: /hints\\n\\n'\n");
+    let cookie = get(&h.url("/cgi-bin/counter.cgi"), &[]).cookie_pair();
+    let mut conn = connect(&h);
+    send(&mut conn, "/hop/hop.cgi", &cookie, "");
+    let (hints, status) = read_head(&mut conn);
+    assert_eq!(status, 103, "{hints}");
+    assert!(hints.contains("Link: </style.css>"), "{hints}");
+    assert!(
+        !hints.to_ascii_lowercase().contains("x-rsession"),
+        "the redirect target's update header stays off the 103: {hints}"
+    );
+    let fin = read_response(&mut conn);
+    assert_eq!(fin.status, 200, "{}", fin.head);
+    assert!(fin.header("X-RSession").is_none(), "{}", fin.head);
+    assert_eq!(fin.body, b"hinted\n");
+}

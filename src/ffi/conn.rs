@@ -68,6 +68,11 @@ impl InterimWatch {
     /// removing `header` from them.
     pub fn arm(&self, initial: Request<'_>, header: &str) {
         if self.armed.get() == initial.as_ptr() {
+            // Armed again by an internal redirect, whose location may
+            // name another header: that one goes too.
+            if let Some(parser) = self.parser.borrow_mut().as_mut() {
+                parser.also_strip(header);
+            }
             return;
         }
         self.armed.set(initial.as_ptr());

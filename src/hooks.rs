@@ -639,7 +639,7 @@ fn begin_static(r: Request<'_>, dir: &DirConfig, runtime: &Arc<Runtime>) -> Opti
         // Where the session may decide who sees the file, an outage cannot
         // mean "no user": that would send signed-in visitors to sign in.
         // Whether it does is up to authorization (see check_authn).
-        Err(e) if e.http_status() == 503 && (dir.uses_authz() || is_rsession_auth(r)) => {
+        Err(e) if e.http_status() == 503 && session_guards_access(r, dir) => {
             store_unavailable(r, runtime, &e);
             Some(RequestState::Failed(503))
         }
@@ -972,14 +972,16 @@ fn own_update_header<'r>(r: Request<'r>, chain: &DirConfig) -> Option<&'r str> {
 fn save(r: Request<'_>, rs: &mut RequestSession) -> FirstOutput {
     // This response's handler writes under its own location's header name;
     // lines under the first location's name are removed, not applied.
+    // The most of an id logs may show; formatted without allocating.
+    let id_text = rs.session.id().text();
+    let short = &id_text[..8];
     let own = own_update_header(r, &rs.dir);
     if own.is_some() {
-        let id_text = rs.session.id().text();
         drop_commands(
             r,
             rs.dir.update_header(),
             "RS0086",
-            &id_text[..8],
+            short,
             "this response's location reads another RSessionUpdateHeader",
         );
     }
@@ -994,9 +996,6 @@ fn save(r: Request<'_>, rs: &mut RequestSession) -> FirstOutput {
     if !err_lines.is_empty() {
         err.unset(header);
     }
-    // The most of an id logs may show; formatted without allocating.
-    let id_text = rs.session.id().text();
-    let short = &id_text[..8];
     let mut commands = Vec::new();
     for parsed in update::parse(out_lines.iter().chain(&err_lines).map(|line| line.as_ref())) {
         match parsed {
@@ -1171,9 +1170,8 @@ fn cookie_line(r: Request<'_>, rs: &RequestSession, change: &CookieChange) -> St
 /// as the credentials ride in a cookie, not in `Authorization`.
 fn mark_private(r: Request<'_>, session: &ActiveSession) {
     let personal = if session.is_read_only() {
-        is_rsession_auth(r)
-            || r.dir_config::<DirConfig>()
-                .is_some_and(DirConfig::uses_authz)
+        r.dir_config::<DirConfig>()
+            .is_some_and(|dir| session_guards_access(r, dir))
     } else {
         session.is_kept()
     };
@@ -1266,6 +1264,18 @@ pub fn note_auth_failure(_r: Request<'_>, auth_type: Option<&str>) -> c_int {
     } else {
         DECLINED
     }
+}
+
+/// Whether the session may decide who gets `r` (`AuthType RSession`, or a
+/// `Require rsession` line here or inherited).
+fn session_guards_access(r: Request<'_>, dir: &DirConfig) -> bool {
+    is_rsession_auth(r) || dir.uses_authz()
+}
+
+/// Whether another module's AuthType (Basic, Digest, form) authenticates
+/// `r`: then `r->user` is that module's, not the session's.
+fn other_auth_type(r: Request<'_>) -> bool {
+    r.auth_type().is_some() && !is_rsession_auth(r)
 }
 
 fn is_rsession_auth(r: Request<'_>) -> bool {
@@ -1380,7 +1390,7 @@ fn set_user(r: Request<'_>, dir: &DirConfig, session: &ActiveSession) {
     let Some(key) = dir.user_key() else {
         return;
     };
-    if r.auth_type().is_some() && !is_rsession_auth(r) {
+    if other_auth_type(r) {
         rlog!(
             r,
             Level::Debug,
@@ -1411,8 +1421,8 @@ fn user_changed(r: Request<'_>, dir: &DirConfig, fresh: &RequestState) -> bool {
     let (Some(key), Some(decided)) = (dir.user_key(), r.user()) else {
         return false;
     };
-    if r.auth_type().is_some() && !is_rsession_auth(r) {
-        return false; // another module's user, not the session's
+    if other_auth_type(r) {
+        return false;
     }
     let now = match fresh {
         RequestState::Active(rs) => {

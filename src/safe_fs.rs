@@ -124,8 +124,12 @@ fn open_regular_flagged(
 /// Reads a small regular file (at most `max` bytes) without following a
 /// link or blocking on a FIFO.
 pub fn read_regular(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    read_at_most(open_regular(path, OpenOptions::new().read(true))?, max)
+}
+
+/// All of `file` if it holds at most `max` bytes, else InvalidData.
+fn read_at_most(file: File, max: u64) -> io::Result<Vec<u8>> {
     use std::io::Read;
-    let file = open_regular(path, OpenOptions::new().read(true))?;
     let mut bytes = Vec::new();
     file.take(max + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max {
@@ -140,7 +144,6 @@ pub fn read_regular(path: &Path, max: u64) -> io::Result<Vec<u8>> {
 /// `max` bytes) and returned with its mode bits, and a FIFO swapped in
 /// never blocks the config check.
 pub fn read_config_file(path: &Path, max: u64) -> io::Result<(Vec<u8>, u32)> {
-    use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
     let file = OpenOptions::new()
         .read(true)
@@ -150,12 +153,10 @@ pub fn read_config_file(path: &Path, max: u64) -> io::Result<(Vec<u8>, u32)> {
     if !meta.is_file() {
         return Err(not_regular("a FIFO, socket, device or directory"));
     }
-    let mut bytes = Vec::new();
-    file.take(max + 1).read_to_end(&mut bytes)?;
-    if meta.len() > max || bytes.len() as u64 > max {
+    if meta.len() > max {
         return Err(io::Error::new(ErrorKind::InvalidData, "file is too large"));
     }
-    Ok((bytes, meta.permissions().mode() & 0o7777))
+    Ok((read_at_most(file, max)?, meta.permissions().mode() & 0o7777))
 }
 
 fn dir_flags() -> OFlag {

@@ -31,12 +31,12 @@
 //! (a static file, `RSessionLock Off`) that opened the record just before
 //! two saves may catch the spare, that inode now, being rewritten: a read
 //! that does not parse is read again. Nothing is fsynced: after a power
-//! failure a session may come back older, or unreadable (a fresh session). A save without the lock writes a
-//! temporary of its own and swaps that in, so two savers never share a file.
-//! A spare with another name (a hard link), or far longer than the record,
-//! is replaced rather than written in place. Records carry their expiry
-//! moment as mtime, so a sweeper
-//! finds expired sessions with one `stat` per entry (and an operator with
+//! failure a session may come back older, or unreadable (a fresh session).
+//! A save without the lock writes a temporary of its own and swaps that in,
+//! so two savers never share a file. A spare with another name (a hard
+//! link), or far longer than the record, is replaced rather than written in
+//! place. Records carry their expiry moment as mtime, so a sweeper finds
+//! expired sessions with one `stat` per entry (and an operator with
 //! `find -mmin`).
 //!
 //! Locks are open-file-description (OFD) locks on one byte of the shard's
@@ -154,6 +154,10 @@ fn shard_missing(e: &std::io::Error) -> bool {
 }
 fn shard_broken(e: &std::io::Error) -> bool {
     e.raw_os_error() == Some(libc::ENOTDIR)
+}
+/// Either: no shard directory, so nothing in it either.
+fn shard_gone(e: &std::io::Error) -> bool {
+    shard_missing(e) || shard_broken(e)
 }
 
 /// A held OFD lock: closing the descriptor releases it.
@@ -505,7 +509,7 @@ impl FileStore {
         mut op: impl FnMut() -> std::io::Result<T>,
     ) -> std::io::Result<T> {
         match op() {
-            Err(e) if shard_missing(&e) || shard_broken(&e) => {
+            Err(e) if shard_gone(&e) => {
                 self.repair_shard(id)?;
                 op()
             }
@@ -600,15 +604,14 @@ impl FileStore {
     ) -> Result<(), StoreError> {
         let temp = match self.write_temp(id, bytes, expires) {
             Ok(temp) => temp,
-            Err(e) if shard_missing(&e) || shard_broken(&e) => return Err(StoreError::Vanished),
+            Err(e) if shard_gone(&e) => return Err(StoreError::Vanished),
             Err(e) => return Err(self.io("cannot write session record")(e)),
         };
         let record = self.record_path(id);
-        let gone = |e: &std::io::Error| shard_missing(e) || shard_broken(e);
         let replaced = match fs::symlink_metadata(&record) {
-            Err(e) if gone(&e) => Err(StoreError::Vanished),
+            Err(e) if shard_gone(&e) => Err(StoreError::Vanished),
             _ => fs::rename(&temp, &record).map_err(|e| {
-                if gone(&e) {
+                if shard_gone(&e) {
                     StoreError::Vanished
                 } else {
                     self.io("cannot replace session record")(e)
@@ -669,7 +672,7 @@ impl FileStore {
         };
         match read_small(&self.record_path(id), decode) {
             Ok(decoded) => decoded,
-            Err(e) if shard_missing(&e) || shard_broken(&e) => Ok(None),
+            Err(e) if shard_gone(&e) => Ok(None),
             Err(e) if safe_fs::is_not_regular(&e) || e.kind() == ErrorKind::InvalidData => Err(
                 corrupt(format!("{}... in {}", id.short(), self.root.display()))(e),
             ),
@@ -733,6 +736,7 @@ impl SessionStore for FileStore {
             loaded => loaded,
         }
     }
+
     /// Writes a whole new version beside the record and swaps it in with
     /// one `renameat2(RENAME_EXCHANGE)`, which fails if the record vanished
     /// meanwhile (invalidated, or swept while unlocked): never resurrected.
@@ -780,7 +784,7 @@ impl SessionStore for FileStore {
         let version = match written {
             Ok(version) => version,
             // No shard: no record either.
-            Err(e) if shard_missing(&e) || shard_broken(&e) => return Err(StoreError::Vanished),
+            Err(e) if shard_gone(&e) => return Err(StoreError::Vanished),
             Err(e) => return Err(self.io("cannot write session record")(e)),
         };
         let swapped = renameat2(
@@ -868,7 +872,7 @@ impl SessionStore for FileStore {
     fn exists(&self, id: &SessionId) -> Result<bool, StoreError> {
         match fs::symlink_metadata(self.record_path(id)) {
             Ok(_) => Ok(true),
-            Err(e) if shard_missing(&e) || shard_broken(&e) => Ok(false),
+            Err(e) if shard_gone(&e) => Ok(false),
             Err(e) => Err(self.io("cannot stat session record")(e)),
         }
     }

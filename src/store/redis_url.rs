@@ -163,7 +163,11 @@ pub fn redact(url: &str) -> String {
     let hosts_ok = match scheme_end {
         Some(c) if url[c..].starts_with("://") => {
             let authority = main[c + 3..].split('/').next().unwrap_or_default();
-            authority.split(',').all(looks_like_host)
+            // What the parser would take as hosts; anything else may be
+            // a password.
+            authority
+                .split(',')
+                .all(|host| parse_host(host, DEFAULT_PORT).is_ok())
         }
         Some(c) => url[..c].eq_ignore_ascii_case("unix"),
         None => false,
@@ -173,22 +177,6 @@ pub fn redact(url: &str) -> String {
         (false, Some(c)) => format!("{}(not shown)", scheme(c)),
         (false, None) => "(not shown)".to_string(),
     }
-}
-
-/// host, host:port or [v6]:port, as far as redaction needs to tell.
-fn looks_like_host(s: &str) -> bool {
-    let (name, port) = match s.strip_prefix('[') {
-        Some(v6) => match v6.split_once(']') {
-            Some((name, after)) => (name, after.strip_prefix(':').unwrap_or(after)),
-            None => return false,
-        },
-        None => s.rsplit_once(':').unwrap_or((s, "")),
-    };
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
-        && port.chars().all(|c| c.is_ascii_digit())
 }
 
 /// Parses a Redis form of `RSessionStore`; `None` when `value` is not one

@@ -89,6 +89,21 @@ fn set_session_peek(r: Request<'_>, state: RequestState) -> &RefCell<RequestStat
     &r.set_slot(PeekState(RefCell::new(state))).0
 }
 
+/// The answers `Require rsession` lines gave on the chain's session while
+/// it was read without its lock (authorization saw a static file), kept
+/// on the initial request: a handler that turns out to need the lock is
+/// let in only if each line answers the same under it.
+#[derive(Default)]
+struct PeekedAnswers(RefCell<Vec<(Vec<crate::auth::Term>, bool)>>);
+
+fn remember_peeked_answer(initial: Request<'_>, terms: &[crate::auth::Term], held: bool) {
+    let answers = match initial.slot::<PeekedAnswers>() {
+        Some(answers) => answers,
+        None => initial.set_slot(PeekedAnswers::default()),
+    };
+    answers.0.borrow_mut().push((terms.to_vec(), held));
+}
+
 impl Drop for RequestSession {
     /// The pool cleanup path (the output filter never ran, e.g. an aborted
     /// client): save what was changed through the C API, then unlock.
@@ -510,7 +525,7 @@ pub fn fixups(r: Request<'_>) -> c_int {
                 return status;
             }
             let fresh = begin(r, dir, runtime);
-            let stale = user_changed(r, dir, &fresh);
+            let stale = user_changed(r, dir, &fresh) || answers_changed(initial, &fresh);
             if let Some(state) = session_state(initial) {
                 if let Ok(mut state) = state.try_borrow_mut() {
                     *state = fresh;
@@ -518,11 +533,12 @@ pub fn fixups(r: Request<'_>) -> c_int {
             }
             if stale {
                 // Authorization let in a user the locked session no longer
-                // names (signed out meanwhile): its decision does not hold.
+                // names (signed out meanwhile), or on data it no longer
+                // holds (a role taken away): its decision does not hold.
                 rlog!(
                     r,
                     Level::Info,
-                    "the session's user changed between authorization and the handler; answering 403"
+                    "the session changed between authorization and the handler (its user, or a Require rsession line's answer); answering 403"
                 );
                 return sys::HTTP_FORBIDDEN as c_int;
             }
@@ -1433,6 +1449,25 @@ fn user_changed(r: Request<'_>, dir: &DirConfig, fresh: &RequestState) -> bool {
     now != Some(decided.as_ref())
 }
 
+/// Whether a `Require rsession` line answered on the chain's session read
+/// without its lock answers otherwise on `fresh`, that session under its
+/// lock. Any change counts, a refusal become a grant too: under
+/// `Require not rsession` that is a refusal.
+fn answers_changed(initial: Request<'_>, fresh: &RequestState) -> bool {
+    let Some(answers) = initial.slot::<PeekedAnswers>() else {
+        return false;
+    };
+    let RequestState::Active(rs) = fresh else {
+        return false; // answered with its own status
+    };
+    let data = rs.session.data();
+    answers
+        .0
+        .borrow()
+        .iter()
+        .any(|(terms, held)| crate::auth::require_holds(terms, data) != *held)
+}
+
 /// The session `r`'s authorization looks at: its chain's, or the one a
 /// subrequest looked at on its own.
 fn decision_state(r: Request<'_>) -> Option<&RefCell<RequestState>> {
@@ -1518,6 +1553,9 @@ pub fn authz_check(r: Request<'_>, terms: &Vec<crate::auth::Term>) -> c_int {
     let Some(holds) = holds.unwrap_or(Some(false)) else {
         return AUTHZ_DENIED_NO_USER;
     };
+    if is_peeked(r.initial()) {
+        remember_peeked_answer(r.initial(), terms, holds);
+    }
     if holds {
         return AUTHZ_GRANTED;
     }

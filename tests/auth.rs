@@ -517,19 +517,23 @@ fn log_out_everywhere_reaches_every_server_sharing_redis() {
     assert_eq!(sets.lines().count(), 1, "only bob's index is left: {sets}");
 }
 
-/// Holds the session's lock until the test lets it go, then signs out.
-const SLOW_LOGOUT_CGI: &str = r#"#!/bin/sh
+/// Holds the session's lock until the test lets it go (writing the
+/// update command into `go`), then sends that command.
+const SLOW_CHANGE_CGI: &str = r#"#!/bin/sh
 touch "$RSESSION_DIR/started"
 i=0
 while [ ! -e "$RSESSION_DIR/go" ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done
+command=$(cat "$RSESSION_DIR/go")
 rm -f "$RSESSION_DIR/started" "$RSESSION_DIR/go"
-printf 'Content-Type: text/plain\nX-RSession: unset user\n\nsigned out\n'
+printf 'Content-Type: text/plain\nX-RSession: %s\n\nchanged\n' "$command"
 "#;
 
 #[test]
-fn a_sign_out_between_authorization_and_the_handler_refuses_the_request() {
+fn a_session_changed_between_authorization_and_the_handler_refuses_the_request() {
     // A CGI known as one only from its name is authorized as a static file
-    // (read-only, without the lock) and then runs with the session locked.
+    // (read-only, without the lock) and then runs with the session locked:
+    // if the session it was let in on changed meanwhile in a way that
+    // changes a decision, the handler does not run.
     let h = Httpd::start(Options {
         fragment: r#"RSessionUser user
 RSessionLockTimeout 20
@@ -541,7 +545,18 @@ LogLevel authz_core:debug
   AuthType RSession
   Require valid-user
 </Location>
-<Directory {ROOT}/htdocs/private/h>
+<Location /admin/>
+  AuthType RSession
+  Require rsession role=admin
+</Location>
+<Location /unbanned/>
+  AuthType RSession
+  <RequireAll>
+    Require valid-user
+    Require not rsession banned
+  </RequireAll>
+</Location>
+<Directory {ROOT}/htdocs>
   Options +ExecCGI
   AddHandler cgi-script .cgi
 </Directory>
@@ -551,44 +566,63 @@ LogLevel authz_core:debug
         ..Options::default()
     });
     h.cgi("login.cgi", LOGIN_CGI);
-    h.cgi("slow-logout.cgi", SLOW_LOGOUT_CGI);
-    h.htdoc("private/h/who.cgi", WHO_CGI);
-    std::fs::set_permissions(
-        h.path("htdocs/private/h/who.cgi"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let cookie = sign_in(&h, "ann", "");
-    let dir = h.scratch_dir(&id_of(&cookie));
-    let before = get_with_cookie(&h.url("/private/h/who.cgi"), &cookie);
-    assert_eq!(before.env("REMOTE_USER").as_deref(), Some("ann"));
-
-    std::thread::scope(|s| {
-        let logout = s.spawn(|| get_with_cookie(&h.url("/cgi-bin/slow-logout.cgi"), &cookie));
-        wait_for(
-            "the sign-out to hold the lock",
-            Duration::from_secs(10),
-            || dir.join("started").exists().then_some(()),
+    h.cgi("slow-change.cgi", SLOW_CHANGE_CGI);
+    for place in ["private", "admin", "unbanned"] {
+        let script = format!("{place}/who.cgi");
+        h.htdoc(&script, WHO_CGI);
+        std::fs::set_permissions(
+            h.path(&format!("htdocs/{script}")),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+    }
+    // (where, the change made while the request waits for the lock, what
+    // it then gets, what the next request gets)
+    let cases = [
+        ("/private/who.cgi", "unset user", 403, 401),
+        ("/admin/who.cgi", "set role=guest", 403, 403),
+        ("/unbanned/who.cgi", "set banned=1", 403, 403),
+        // A change no Require line looks at lets the request through.
+        ("/admin/who.cgi", "set cart=3", 200, 200),
+    ];
+    for (page, change, during, after) in cases {
+        let cookie = sign_in(&h, "ann", "admin");
+        let dir = h.scratch_dir(&id_of(&cookie));
+        let before = get_with_cookie(&h.url(page), &cookie);
+        assert_eq!(
+            before.env("REMOTE_USER").as_deref(),
+            Some("ann"),
+            "{page}: {before:?}"
         );
-        let granted_before = h.error_log().matches("granted").count();
-        let who = s.spawn(|| get_with_cookie(&h.url("/private/h/who.cgi"), &cookie));
-        // Authorized (on ann, read without the lock), now waiting for it.
-        wait_for(
-            "authorization of the second request",
-            Duration::from_secs(10),
-            || (h.error_log().matches("granted").count() > granted_before).then_some(()),
-        );
-        std::fs::write(dir.join("go"), "").unwrap();
-        assert_eq!(logout.join().unwrap().status, 200);
-        let who = who.join().unwrap();
-        assert_eq!(who.status, 403, "{who:?}");
-        assert!(!who.body.contains("REMOTE_USER=ann"), "{who:?}");
-    });
-    // Signed out: the next request is sent to sign in.
-    assert_eq!(
-        get_with_cookie(&h.url("/private/h/who.cgi"), &cookie).status,
-        401
-    );
+        std::thread::scope(|s| {
+            let slow = s.spawn(|| get_with_cookie(&h.url("/cgi-bin/slow-change.cgi"), &cookie));
+            wait_for(
+                "the change to hold the lock",
+                Duration::from_secs(10),
+                || dir.join("started").exists().then_some(()),
+            );
+            let granted_before = h.error_log().matches("granted").count();
+            let who = s.spawn(|| get_with_cookie(&h.url(page), &cookie));
+            // Authorized (on the session read without the lock), now
+            // waiting for it.
+            wait_for(
+                "authorization of the second request",
+                Duration::from_secs(10),
+                || (h.error_log().matches("granted").count() > granted_before).then_some(()),
+            );
+            std::fs::write(dir.join("go"), change).unwrap();
+            assert_eq!(slow.join().unwrap().status, 200);
+            let who = who.join().unwrap();
+            assert_eq!(who.status, during, "{page} after {change}: {who:?}");
+            assert_eq!(
+                who.body.contains("REMOTE_USER=ann"),
+                during == 200,
+                "{page} after {change}: {who:?}"
+            );
+        });
+        let next = get_with_cookie(&h.url(page), &cookie);
+        assert_eq!(next.status, after, "{page} after {change}, next: {next:?}");
+    }
 }
 
 #[test]

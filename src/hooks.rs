@@ -1348,16 +1348,12 @@ fn resolve_early(r: Request<'_>, dir: &DirConfig) -> Result<(), c_int> {
             if let Some(state) = begin_static(r, dir, runtime) {
                 set_session_state(initial, state);
             }
-        } else if dir.lock() && r.has_body() {
-            // Its body is read before the lock is taken (spool_body), and
-            // reading it for a visitor authorization then refuses would
-            // read (and spool) it for anyone with a cookie. Decided on the
-            // session read without the lock, as a static file's; fixups
-            // reads the body, locks, and checks that the decision holds.
-            if let Some(state) = begin_static(r, dir, runtime) {
-                set_session_state(initial, state);
-            }
         } else {
+            // Only a client with a validly signed cookie has its body read
+            // before it is authorized.
+            if !cookie_candidates(r, dir, runtime).signed.is_empty() {
+                spool_body(r, dir, runtime)?;
+            }
             set_session_state(initial, begin(r, dir, runtime));
         }
     }

@@ -1553,7 +1553,9 @@ pub fn authz_check(r: Request<'_>, terms: &Vec<crate::auth::Term>) -> c_int {
     let Some(holds) = holds.unwrap_or(Some(false)) else {
         return AUTHZ_DENIED_NO_USER;
     };
-    if is_peeked(r.initial()) {
+    // Only the initial request's own lines: a lookup subrequest before its
+    // fixups (MultiViews) decides about another resource.
+    if r.as_ptr() == r.initial().as_ptr() && is_peeked(r.initial()) {
         remember_peeked_answer(r.initial(), terms, holds);
     }
     if holds {

@@ -882,6 +882,7 @@ fn expose(r: Request<'_>, dir: &DirConfig, session: &ActiveSession) {
 /// the main response saves through it, others (subrequests, responses
 /// after the save) have their commands removed and logged.
 pub fn insert_filter(r: Request<'_>) {
+    r.replay_body_after_redirect();
     add_out_filter(r, false);
 }
 

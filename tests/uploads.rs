@@ -159,3 +159,47 @@ fn a_body_over_the_server_limit_gets_413() {
     assert_eq!(r.status, 413, "{r:?}");
     assert!(r.set_cookie().is_none(), "no session for a refused request");
 }
+
+#[test]
+fn a_body_reaches_the_handler_an_internal_redirect_leads_to() {
+    // A front controller: .htaccess-style rewriting (per directory) hands
+    // every request to one script by an internal redirect, after fixups
+    // read the body ahead of the lock. An ErrorDocument for a POST, and
+    // mod_rewrite's redirect-handler, are such redirects.
+    let h = Httpd::start(Options {
+        fragment: r#"<Location />
+  RSession On
+</Location>
+<Directory {ROOT}/htdocs/app>
+  Options +FollowSymLinks
+  RewriteEngine On
+  RewriteRule ^ /cgi-bin/digest.cgi [L]
+</Directory>
+"#
+        .into(),
+        modules: vec!["rewrite"],
+        ..Options::default()
+    });
+    h.cgi("digest.cgi", DIGEST_CGI);
+    h.cgi("env.cgi", ENV_CGI);
+    h.htdoc("app/index.html", "front controller\n");
+    let body = "title=hello&text=".to_string() + &"x".repeat(300 * 1024);
+    let r = send("POST", &h.url("/app/articles/new"), &[], Some(&body));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.body,
+        format!(
+            "{}\n{}\n",
+            body.len(),
+            hex(&Sha256::digest(body.as_bytes()))
+        ),
+        "the script behind the rewrite got the whole body"
+    );
+    // The script's session write was kept too.
+    let seen = get_with_cookie(&h.url("/cgi-bin/env.cgi"), &r.cookie_pair());
+    assert_eq!(
+        seen.env("RSESSION_DATA").as_deref(),
+        Some("uploaded=1"),
+        "{seen:?}"
+    );
+}

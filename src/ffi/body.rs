@@ -82,19 +82,49 @@ impl<'r> Request<'r> {
     /// Puts `spool` before the handler: it reads the body from there. The
     /// spool lives in the request pool.
     pub fn replay_body(&self, spool: Spool) {
-        let ctx = self.pool().attach(spool);
+        let ctx = self.pool().attach(spool) as *mut c_void;
+        // Found again by the requests an internal redirect makes of this
+        // one (`replay_body_after_redirect`); they share its pool.
+        self.pool().set_userdata(SPOOL_KEY, ctx);
+        self.add_replay_filter(ctx);
+    }
+
+    /// Puts the body spooled for the chain's initial request (if any)
+    /// before this request's handler too. An internal redirect (mod_rewrite
+    /// in a directory, ErrorDocument) starts from the protocol's input
+    /// filters only, so without this its handler would find the body gone:
+    /// it was read from the network already. The two share one spool, so
+    /// what the first handler read is not read again.
+    pub fn replay_body_after_redirect(&self) {
+        // SAFETY: prev, when set, is a live request of this connection.
+        let redirected = !unsafe { (*self.as_ptr()).prev }.is_null();
+        if !redirected || !self.is_main() {
+            return;
+        }
+        let ctx = self.initial().pool().userdata(SPOOL_KEY);
+        if !ctx.is_null() {
+            self.add_replay_filter(ctx);
+        }
+    }
+
+    fn add_replay_filter(&self, ctx: *mut c_void) {
         // SAFETY: the request and connection are live; the handle was set
-        // by register_hooks; `ctx` lives as long as the request's filters.
+        // by register_hooks; `ctx` is a Spool attached to the pool of the
+        // chain's initial request, which every request of it shares or
+        // is outlived by.
         unsafe {
             sys::ap_add_input_filter_handle(
                 sys::rsession_body_filter_handle,
-                ctx as *mut c_void,
+                ctx,
                 self.as_ptr(),
                 (*self.as_ptr()).connection,
             );
         }
     }
 }
+
+/// Pool userdata key of the spooled body.
+const SPOOL_KEY: &std::ffi::CStr = c"rsession-body-spool";
 
 /// The replay filter's body (see `Request::replay_body`).
 ///

@@ -542,3 +542,40 @@ fn the_c_api_reads_and_changes_the_session() {
     assert_eq!(line(&r, "id").as_deref(), Some("(null)"));
     assert_ne!(line(&r, "set").as_deref(), Some("0"));
 }
+
+#[test]
+fn a_cgi_chosen_by_content_type_gets_its_session_locked_and_saved() {
+    // The old way to name CGIs (and mod_php's): `AddType` instead of a
+    // handler. httpd picks the handler by content type, after fixups, so
+    // such a script is not a static file that can only read its session.
+    let h = Httpd::start(Options {
+        fragment: r#"<Location />
+  RSession On
+</Location>
+<Directory {ROOT}/htdocs/typed>
+  Options +ExecCGI
+  AddType application/x-httpd-cgi .cgi
+</Directory>
+"#
+        .into(),
+        ..Options::default()
+    });
+    h.htdoc("typed/count.cgi", COUNTER_CGI);
+    std::fs::set_permissions(
+        h.path("htdocs/typed/count.cgi"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let first = get(&h.url("/typed/count.cgi"), &[]);
+    assert_eq!(
+        (first.status, first.body.as_str()),
+        (200, "1\n"),
+        "{first:?}"
+    );
+    let cookie = first.cookie_pair();
+    let counts: Vec<String> = (0..3)
+        .map(|_| get_with_cookie(&h.url("/typed/count.cgi"), &cookie).body)
+        .collect();
+    assert_eq!(counts, ["2\n", "3\n", "4\n"], "every increment stored");
+    assert!(!h.error_log().contains("RS0021"), "no command dropped");
+}

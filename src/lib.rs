@@ -21,6 +21,7 @@ mod auth;
 mod body;
 mod config;
 mod cookie;
+mod dispatch;
 mod error;
 mod expose;
 mod gc;

@@ -108,7 +108,9 @@ impl<'r> Request<'r> {
     pub fn is_static_file(&self) -> bool {
         let default_handler = match self.handler() {
             Some(h) => h == "default-handler",
-            None => !text(self.rec().content_type).is_some_and(|t| names_a_handler(&t)),
+            None => {
+                !text(self.rec().content_type).is_some_and(|t| crate::dispatch::names_a_handler(&t))
+            }
         };
         default_handler && self.rec().finfo.filetype == sys::apr_filetype_e_APR_REG
     }
@@ -505,43 +507,5 @@ impl<'r> Request<'r> {
         self.slots_or_new().values.borrow_mut().push(boxed);
         // SAFETY: as in `slot`: the box now belongs to the pool's Slots.
         unsafe { &*p }
-    }
-}
-
-/// Content types that handlers answer to in place of a handler name:
-/// `application/x-httpd-*` (mod_cgi, mod_php) and mod_include's
-/// `text/x-server-parsed-html` (ASCII case ignored, parameters aside).
-fn names_a_handler(content_type: &str) -> bool {
-    let t = content_type.split(';').next().unwrap_or("").trim();
-    let starts = |prefix: &str| {
-        t.get(..prefix.len())
-            .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
-    };
-    starts("application/x-httpd-") || t.eq_ignore_ascii_case("text/x-server-parsed-html")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::names_a_handler;
-
-    #[test]
-    fn handler_content_types_are_told_from_files() {
-        for t in [
-            "application/x-httpd-cgi",
-            "application/x-httpd-php",
-            "Application/X-HTTPD-php; charset=utf-8",
-            "text/x-server-parsed-html",
-        ] {
-            assert!(names_a_handler(t), "{t}");
-        }
-        for t in [
-            "text/html",
-            "image/png",
-            "application/x-httpd",
-            "application/json",
-            "",
-        ] {
-            assert!(!names_a_handler(t), "{t}");
-        }
     }
 }

@@ -22,6 +22,7 @@ int rsession_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp,
 void rsession_child_init(apr_pool_t *pchild, server_rec *s);
 void rsession_child_stopping(apr_pool_t *pchild, int graceful);
 int rsession_monitor(apr_pool_t *p, server_rec *s);
+int rsession_post_read_request(request_rec *r);
 int rsession_fixups(request_rec *r);
 void rsession_insert_filter(request_rec *r);
 void rsession_insert_error_filter(request_rec *r);
@@ -168,6 +169,9 @@ void rsession_register_hooks(apr_pool_t *p)
     /* In the parent, about every 10 s: starts the reaper of scratch
      * directories that RSessionScratchGroup members left unremovable. */
     ap_hook_monitor(rsession_monitor, NULL, NULL, APR_HOOK_MIDDLE);
+    /* An internal redirect's request gets the body spooled ahead of the
+     * lock before any of its phases can read it. */
+    ap_hook_post_read_request(rsession_post_read_request, NULL, NULL, APR_HOOK_MIDDLE);
     /* Before mod_headers (LAST), so RequestHeader expressions see our notes. */
     ap_hook_fixups(rsession_fixups, NULL, NULL, APR_HOOK_MIDDLE);
     /* Save and set cookies from one output filter, on normal and error responses. */

@@ -882,8 +882,16 @@ fn expose(r: Request<'_>, dir: &DirConfig, session: &ActiveSession) {
 /// the main response saves through it, others (subrequests, responses
 /// after the save) have their commands removed and logged.
 pub fn insert_filter(r: Request<'_>) {
-    r.replay_body_after_redirect();
     add_out_filter(r, false);
+}
+
+/// The request an internal redirect makes (mod_rewrite in a directory,
+/// ErrorDocument) starts from the protocol's input filters: a body
+/// spooled ahead of the lock is put before it again here, so that its
+/// authentication, fixups and handler all find it.
+pub fn post_read_request(r: Request<'_>) -> c_int {
+    r.replay_body_after_redirect();
+    DECLINED
 }
 
 /// The insert_error_filter hook: as `insert_filter`, except that after a

@@ -37,6 +37,9 @@ exports! {
         = monitor("monitor", hooks::monitor);
 
     // ---- requests ----
+    /// Also run for the request an internal redirect makes.
+    fn rsession_post_read_request(r: *mut sys::request_rec) -> c_int
+        = request("post_read_request", hooks::post_read_request);
     fn rsession_fixups(r: *mut sys::request_rec) -> c_int = request("fixups", hooks::fixups);
     fn rsession_insert_filter(r: *mut sys::request_rec)
         = request_void("insert_filter", hooks::insert_filter);

@@ -544,7 +544,7 @@ fn the_c_api_reads_and_changes_the_session() {
 }
 
 #[test]
-fn a_cgi_chosen_by_content_type_gets_its_session_locked_and_saved() {
+fn a_cgi_chosen_by_content_type_can_write_its_session() {
     // The old way to name CGIs (and mod_php's): `AddType` instead of a
     // handler. httpd picks the handler by content type, after fixups, so
     // such a script is not a static file that can only read its session.

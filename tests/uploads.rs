@@ -164,8 +164,7 @@ fn a_body_over_the_server_limit_gets_413() {
 fn a_body_reaches_the_handler_an_internal_redirect_leads_to() {
     // A front controller: .htaccess-style rewriting (per directory) hands
     // every request to one script by an internal redirect, after fixups
-    // read the body ahead of the lock. An ErrorDocument for a POST, and
-    // mod_rewrite's redirect-handler, are such redirects.
+    // read the body ahead of the lock.
     let h = Httpd::start(Options {
         fragment: r#"<Location />
   RSession On
@@ -175,11 +174,27 @@ fn a_body_reaches_the_handler_an_internal_redirect_leads_to() {
   RewriteEngine On
   RewriteRule ^ /cgi-bin/digest.cgi [L]
 </Directory>
+<Directory {ROOT}/htdocs/form>
+  Options +FollowSymLinks
+  RewriteEngine On
+  RewriteRule ^ /cgi-bin/env.cgi [L]
+</Directory>
+<Location /cgi-bin/env.cgi>
+  LuaHookFixups {ROOT}/seen.lua seen
+</Location>
 "#
         .into(),
-        modules: vec!["rewrite"],
+        modules: vec!["lua"],
         ..Options::default()
     });
+    // A module that reads the body before the handler (mod_auth_form
+    // while authenticating, a Lua hook) finds it there too.
+    std::fs::write(
+        h.path("seen.lua"),
+        "function seen(r)\n  r.err_headers_out['X-Body-Seen'] = tostring(#(r:requestbody() or ''))\n  return apache2.DECLINED\nend\n",
+    )
+    .unwrap();
+    h.htdoc("form/index.html", "front controller\n");
     h.cgi("digest.cgi", DIGEST_CGI);
     h.cgi("env.cgi", ENV_CGI);
     h.htdoc("app/index.html", "front controller\n");
@@ -195,6 +210,9 @@ fn a_body_reaches_the_handler_an_internal_redirect_leads_to() {
         ),
         "the script behind the rewrite got the whole body"
     );
+    let form = send("POST", &h.url("/form/login"), &[], Some("user=ann&pw=x"));
+    assert_eq!(form.status, 200, "{form:?}");
+    assert_eq!(form.header("X-Body-Seen"), Some("13"), "{form:?}");
     // The script's session write was kept too.
     let seen = get_with_cookie(&h.url("/cgi-bin/env.cgi"), &r.cookie_pair());
     assert_eq!(

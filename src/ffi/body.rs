@@ -90,7 +90,7 @@ impl<'r> Request<'r> {
     }
 
     /// Puts the body spooled for the chain's initial request (if any)
-    /// before this request's handler too. An internal redirect (mod_rewrite
+    /// before this request too (its post_read_request). An internal redirect (mod_rewrite
     /// in a directory, ErrorDocument) starts from the protocol's input
     /// filters only, so without this its handler would find the body gone:
     /// it was read from the network already. The two share one spool, so

@@ -93,15 +93,17 @@ fn set_session_peek(r: Request<'_>, state: RequestState) -> &RefCell<RequestStat
 /// it was read without its lock (authorization saw a static file), kept
 /// on the initial request: a handler that turns out to need the lock is
 /// let in only if each line answers the same under it.
+/// The lines are shared with the config (see `parse_require`), so
+/// keeping one costs no copy on the static files it guards.
 #[derive(Default)]
-struct PeekedAnswers(RefCell<Vec<(Vec<crate::auth::Term>, bool)>>);
+struct PeekedAnswers(RefCell<Vec<(Arc<[crate::auth::Term]>, bool)>>);
 
-fn remember_peeked_answer(initial: Request<'_>, terms: &[crate::auth::Term], held: bool) {
+fn remember_peeked_answer(initial: Request<'_>, terms: &Arc<[crate::auth::Term]>, held: bool) {
     let answers = match initial.slot::<PeekedAnswers>() {
         Some(answers) => answers,
         None => initial.set_slot(PeekedAnswers::default()),
     };
-    answers.0.borrow_mut().push((terms.to_vec(), held));
+    answers.0.borrow_mut().push((Arc::clone(terms), held));
 }
 
 impl Drop for RequestSession {
@@ -1533,13 +1535,18 @@ pub fn check_authn(r: Request<'_>) -> c_int {
     sys::HTTP_MOVED_TEMPORARILY as c_int
 }
 
+/// A `Require rsession` line at startup: its terms, kept where a request
+/// can hold on to them without copying (`PeekedAnswers`).
+pub fn parse_require(line: &str) -> Result<Arc<[crate::auth::Term]>, ConfigError> {
+    crate::auth::parse_require(line).map(Arc::from)
+}
+
 /// `Require rsession KEY[=VALUE] …`: granted when every term holds in the
 /// session's data. Without a user under `AuthType RSession`, a refusal
 /// asks for one (the visitor is sent to sign in); otherwise it is final.
-/// `terms` is what `crate::auth::parse_require` made of the line at
+/// `terms` is what `parse_require` made of the line at
 /// startup, read back as that type.
-#[allow(clippy::ptr_arg)]
-pub fn authz_check(r: Request<'_>, terms: &Vec<crate::auth::Term>) -> c_int {
+pub fn authz_check(r: Request<'_>, terms: &Arc<[crate::auth::Term]>) -> c_int {
     let Some(dir) = r.dir_config::<DirConfig>() else {
         return AUTHZ_DENIED;
     };

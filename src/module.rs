@@ -104,5 +104,5 @@ exports! {
         require_line: *const c_char,
         parsed: *mut *const c_void,
     ) -> *const c_char
-        = authz_parse("Require rsession", crate::auth::parse_require, hooks::mark_authz_section);
+        = authz_parse("Require rsession", hooks::parse_require, hooks::mark_authz_section);
 }

@@ -96,14 +96,27 @@ fn set_session_peek(r: Request<'_>, state: RequestState) -> &RefCell<RequestStat
 /// The lines are shared with the config (see `parse_require`), so
 /// keeping one costs no copy on the static files it guards.
 #[derive(Default)]
-struct PeekedAnswers(RefCell<Vec<(Arc<[crate::auth::Term]>, bool)>>);
+struct PeekedAnswers(RefCell<Vec<PeekedAnswer>>);
 
-fn remember_peeked_answer(initial: Request<'_>, terms: &Arc<[crate::auth::Term]>, held: bool) {
+struct PeekedAnswer {
+    /// The main request (initial or redirect) whose authorization asked:
+    /// an error document is not let in on its failing request's answers.
+    asked_by: *const sys::request_rec,
+    terms: Arc<[crate::auth::Term]>,
+    held: bool,
+}
+
+fn remember_peeked_answer(r: Request<'_>, terms: &Arc<[crate::auth::Term]>, held: bool) {
+    let initial = r.initial();
     let answers = match initial.slot::<PeekedAnswers>() {
         Some(answers) => answers,
         None => initial.set_slot(PeekedAnswers::default()),
     };
-    answers.0.borrow_mut().push((Arc::clone(terms), held));
+    answers.0.borrow_mut().push(PeekedAnswer {
+        asked_by: r.as_ptr(),
+        terms: Arc::clone(terms),
+        held,
+    });
 }
 
 impl Drop for RequestSession {
@@ -518,16 +531,18 @@ pub fn fixups(r: Request<'_>) -> c_int {
         .unset_where(crate::expose::is_reserved_request_header);
 
     let initial = r.initial();
-    if r.as_ptr() == initial.as_ptr() && !r.is_static_file() && is_peeked(initial) {
-        // Authorization looked at the session as a static file's, but the
-        // handler found since is not the core's: the handler gets the
+    if r.is_main() && !r.is_static_file() && is_peeked(initial) {
+        // The chain's session was taken as a static file's, but this
+        // request's handler is not the core's: found after authorization
+        // (AddHandler), or reached by an internal redirect from the file
+        // (mod_actions, a type map, ErrorDocument). The handler gets the
         // session locked, as everywhere else.
         if let Some(runtime) = server_state(r).runtime.get() {
             if let Err(status) = spool_body(r, dir, runtime) {
                 return status;
             }
             let fresh = begin(r, dir, runtime);
-            let stale = user_changed(r, dir, &fresh) || answers_changed(initial, &fresh);
+            let stale = user_changed(r, dir, &fresh) || answers_changed(r, &fresh);
             if let Some(state) = session_state(initial) {
                 if let Ok(mut state) = state.try_borrow_mut() {
                     *state = fresh;
@@ -599,9 +614,15 @@ pub fn fixups(r: Request<'_>) -> c_int {
 /// or stalled upload keeps no other request of the session waiting, and
 /// hands it to the handler from there (memory, or an unnamed file in the
 /// scratch root). Without locking there is nothing to protect.
+/// Only for the body's own request: the chain's initial one, or where a
+/// file handed it on (mod_actions, a type map); not for an error document,
+/// whose request was refused or failed (its body may be what failed).
 fn spool_body(r: Request<'_>, dir: &DirConfig, runtime: &Runtime) -> Result<(), c_int> {
-    if !dir.lock() || r.as_ptr() != r.initial().as_ptr() || !r.has_body() {
+    if !dir.lock() || !r.is_main() || r.is_error_redirect() || !r.has_body() {
         return Ok(());
+    }
+    if r.body_is_spooled() {
+        return Ok(()); // read by a request this one was redirected from
     }
     let mut spool = crate::body::Spool::new();
     let spool_dir = runtime.scratch.root();
@@ -1462,21 +1483,26 @@ fn user_changed(r: Request<'_>, dir: &DirConfig, fresh: &RequestState) -> bool {
 
 /// Whether a `Require rsession` line answered on the chain's session read
 /// without its lock answers otherwise on `fresh`, that session under its
-/// lock. Any change counts, a refusal become a grant too: under
-/// `Require not rsession` that is a refusal.
-fn answers_changed(initial: Request<'_>, fresh: &RequestState) -> bool {
-    let Some(answers) = initial.slot::<PeekedAnswers>() else {
+/// lock, `r` taking it. Any change counts, a refusal become a grant too:
+/// under `Require not rsession` that is a refusal. The lines that let the
+/// chain's requests in all count, except for an error document: it
+/// answers for a request refused or failed, so only its own lines do.
+fn answers_changed(r: Request<'_>, fresh: &RequestState) -> bool {
+    let Some(answers) = r.initial().slot::<PeekedAnswers>() else {
         return false;
     };
     let RequestState::Active(rs) = fresh else {
         return false; // answered with its own status
     };
     let data = rs.session.data();
+    let own_only = r.is_error_redirect();
+    let me: *const sys::request_rec = r.as_ptr();
     answers
         .0
         .borrow()
         .iter()
-        .any(|(terms, held)| crate::auth::require_holds(terms, data) != *held)
+        .filter(|a| !own_only || a.asked_by == me)
+        .any(|a| crate::auth::require_holds(&a.terms, data) != a.held)
 }
 
 /// The session `r`'s authorization looks at: its chain's, or the one a
@@ -1569,10 +1595,10 @@ pub fn authz_check(r: Request<'_>, terms: &Arc<[crate::auth::Term]>) -> c_int {
     let Some(holds) = holds.unwrap_or(Some(false)) else {
         return AUTHZ_DENIED_NO_USER;
     };
-    // Only the initial request's own lines: a lookup subrequest before its
-    // fixups (MultiViews) decides about another resource.
-    if r.as_ptr() == r.initial().as_ptr() && is_peeked(r.initial()) {
-        remember_peeked_answer(r.initial(), terms, holds);
+    // Only the lines of the chain's main requests: a lookup subrequest
+    // before its fixups (MultiViews) decides about another resource.
+    if r.is_main() && is_peeked(r.initial()) {
+        remember_peeked_answer(r, terms, holds);
     }
     if holds {
         return AUTHZ_GRANTED;

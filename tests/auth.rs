@@ -533,7 +533,8 @@ fn a_session_changed_between_authorization_and_the_handler_refuses_the_request()
     // A CGI known as one only from its name is authorized as a static file
     // (read-only, without the lock) and then runs with the session locked:
     // if the session it was let in on changed meanwhile in a way that
-    // changes a decision, the handler does not run.
+    // changes a decision, the handler does not run. So with a script a
+    // file hands its request to (mod_actions), on the file's decision.
     let h = Httpd::start(Options {
         fragment: r#"RSessionUser user
 RSessionLockTimeout 20
@@ -560,13 +561,18 @@ LogLevel authz_core:debug
   Options +ExecCGI
   AddHandler cgi-script .cgi
 </Directory>
+Action image/gif /cgi-bin/who.cgi
 "#
         .into(),
-        modules: MODULES.to_vec(),
+        modules: [&MODULES[..], &["actions"]].concat(),
         ..Options::default()
     });
     h.cgi("login.cgi", LOGIN_CGI);
     h.cgi("slow-change.cgi", SLOW_CHANGE_CGI);
+    h.cgi("who.cgi", WHO_CGI);
+    for place in ["private", "admin"] {
+        h.htdoc(&format!("{place}/pic.gif"), "GIF89a");
+    }
     for place in ["private", "admin", "unbanned"] {
         let script = format!("{place}/who.cgi");
         h.htdoc(&script, WHO_CGI);
@@ -584,6 +590,9 @@ LogLevel authz_core:debug
         ("/unbanned/who.cgi", "set banned=1", 403, 403),
         // A change no Require line looks at lets the request through.
         ("/admin/who.cgi", "set cart=3", 200, 200),
+        ("/private/pic.gif", "unset user", 403, 401),
+        ("/admin/pic.gif", "set role=guest", 403, 403),
+        ("/admin/pic.gif", "set cart=3", 200, 200),
     ];
     for (page, change, during, after) in cases {
         let cookie = sign_in(&h, "ann", "admin");

@@ -5,7 +5,7 @@
 
 mod harness;
 
-use harness::http::{get, get_with_cookie, Response};
+use harness::http::{get, get_with_cookie, send, Response};
 use harness::scripts::{Backend, COUNTER_CGI, ENV_CGI, HOLD_CGI};
 use harness::{wait_for, Httpd, Mpm, Options};
 use std::io::{Read, Write};
@@ -577,5 +577,81 @@ fn a_cgi_chosen_by_content_type_can_write_its_session() {
         .map(|_| get_with_cookie(&h.url("/typed/count.cgi"), &cookie).body)
         .collect();
     assert_eq!(counts, ["2\n", "3\n", "4\n"], "every increment stored");
+    assert!(!h.error_log().contains("RS0021"), "no command dropped");
+}
+
+#[test]
+fn a_script_a_static_file_hands_its_request_to_can_write_its_session() {
+    // mod_actions, a type map and ErrorDocument hand a request for a file
+    // to a script by an internal redirect. The file is static, so the
+    // session was read-only; the script answers the request, and its
+    // writes were dropped (RS0021) while the client got its answer.
+    let h = Httpd::start(Options {
+        modules: vec!["actions", "negotiation"],
+        fragment: r#"<Location />
+  RSession On
+</Location>
+Action image/gif /cgi-bin/counter.cgi
+Action application/x-upload /cgi-bin/upload.cgi
+AddType application/x-upload .up
+AddType application/x-type-map .var
+ErrorDocument 404 /cgi-bin/counter.cgi
+<Directory {ROOT}/htdocs/maps>
+  Options +ExecCGI
+  AddHandler cgi-script .cgi
+</Directory>
+"#
+        .into(),
+        ..Options::default()
+    });
+    h.cgi("counter.cgi", COUNTER_CGI);
+    h.cgi("env.cgi", ENV_CGI);
+    h.cgi(
+        "upload.cgi",
+        "#!/bin/sh\nn=$(wc -c | tr -d ' ')\nprintf 'Content-Type: text/plain\\nX-RSession: set got=%s\\n\\n%s\\n' \"$n\" \"$n\"\n",
+    );
+    h.htdoc("pics/a.gif", "GIF89a");
+    h.htdoc("files/in.up", "file");
+    h.htdoc(
+        "maps/count.var",
+        "URI: count.cgi\nContent-type: text/plain\n",
+    );
+    h.htdoc("maps/count.cgi", COUNTER_CGI);
+    std::fs::set_permissions(
+        h.path("htdocs/maps/count.cgi"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let cookie = get(&h.url("/cgi-bin/counter.cgi"), &[]).cookie_pair();
+    let answers: Vec<(u16, String)> = ["/pics/a.gif", "/maps/count.var", "/no/such.html"]
+        .iter()
+        .map(|path| {
+            let r = get_with_cookie(&h.url(path), &cookie);
+            (r.status, r.body)
+        })
+        .collect();
+    assert_eq!(
+        answers,
+        [
+            (200, "2\n".to_string()),
+            (200, "3\n".to_string()),
+            (404, "4\n".to_string()),
+        ],
+        "each script's increment stored"
+    );
+    // A body sent to the file reaches the script (read before the lock,
+    // as for any script).
+    let body = "x".repeat(100_000);
+    let up = send(
+        "POST",
+        &h.url("/files/in.up"),
+        &[("Cookie", cookie.as_str())],
+        Some(&body),
+    );
+    assert_eq!((up.status, up.body.as_str()), (200, "100000\n"), "{up:?}");
+    let after = get_with_cookie(&h.url("/cgi-bin/counter.cgi"), &cookie);
+    assert_eq!(after.body, "5\n", "{after:?}");
+    let data = data(&h, &cookie);
+    assert!(data.contains("got=100000"), "{data}");
     assert!(!h.error_log().contains("RS0021"), "no command dropped");
 }

@@ -79,6 +79,12 @@ impl<'r> Request<'r> {
         }
     }
 
+    /// Whether a body was spooled for this request or one it was
+    /// redirected from (they share the pool).
+    pub fn body_is_spooled(&self) -> bool {
+        !self.pool().userdata(SPOOL_KEY).is_null()
+    }
+
     /// Puts `spool` before the handler: it reads the body from there. The
     /// spool lives in the request pool.
     pub fn replay_body(&self, spool: Spool) {
@@ -96,9 +102,7 @@ impl<'r> Request<'r> {
     /// it was read from the network already. The two share one spool, so
     /// what the first handler read is not read again.
     pub fn replay_body_after_redirect(&self) {
-        // SAFETY: prev, when set, is a live request of this connection.
-        let redirected = !unsafe { (*self.as_ptr()).prev }.is_null();
-        if !redirected || !self.is_main() {
+        if self.prev().is_none() || !self.is_main() {
             return;
         }
         let ctx = self.initial().pool().userdata(SPOOL_KEY);

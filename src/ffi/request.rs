@@ -51,6 +51,21 @@ impl<'r> Request<'r> {
         self.rec().main.is_null()
     }
 
+    /// The request this one was internally redirected from (mod_rewrite in
+    /// a directory, mod_actions, a type map, ErrorDocument), if any.
+    pub fn prev(&self) -> Option<Request<'r>> {
+        // SAFETY: prev, when set, is a live request of this connection
+        // that outlives the requests redirected from it.
+        unsafe { Request::from_raw(self.rec().prev) }
+    }
+
+    /// An internal redirect to an error document (`ErrorDocument 404
+    /// /missing.php`): the request it comes from answers an HTTP error.
+    pub fn is_error_redirect(&self) -> bool {
+        self.prev()
+            .is_some_and(|p| (400..600).contains(&p.status()))
+    }
+
     /// The request that started this chain: follows `main` (subrequests)
     /// and `prev` (internal redirects) to the first one. Its pool outlives
     /// every other request of the chain.

@@ -531,6 +531,7 @@ pub fn fixups(r: Request<'_>) -> c_int {
         .unset_where(crate::expose::is_reserved_request_header);
 
     let initial = r.initial();
+    let mut relocked = false;
     if r.is_main() && !r.is_static_file() && is_peeked(initial) {
         // The chain's session was taken as a static file's, but this
         // request's handler is not the core's: found after authorization
@@ -543,6 +544,7 @@ pub fn fixups(r: Request<'_>) -> c_int {
             }
             let fresh = begin(r, dir, runtime);
             let stale = user_changed(r, dir, &fresh) || answers_changed(r, &fresh);
+            relocked = true;
             if let Some(state) = session_state(initial) {
                 if let Ok(mut state) = state.try_borrow_mut() {
                     *state = fresh;
@@ -589,6 +591,11 @@ pub fn fixups(r: Request<'_>) -> c_int {
     let state = state.borrow();
     match &*state {
         RequestState::Active(rs) => {
+            if relocked && r.user().is_none() {
+                // Let in without a user, and signed in since: the handler
+                // sees the user its session now names.
+                set_user(r, dir, &rs.session);
+            }
             expose(r, dir, &rs.session);
             if !rs.session.is_finished() && !rs.session.is_read_only() {
                 // Interim responses bypass request filters: watch the

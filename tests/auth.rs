@@ -550,6 +550,9 @@ LogLevel authz_core:debug
   AuthType RSession
   Require rsession role=admin
 </Location>
+<Location /open/>
+  Require all granted
+</Location>
 <Location /unbanned/>
   AuthType RSession
   <RequireAll>
@@ -573,7 +576,7 @@ Action image/gif /cgi-bin/who.cgi
     for place in ["private", "admin"] {
         h.htdoc(&format!("{place}/pic.gif"), "GIF89a");
     }
-    for place in ["private", "admin", "unbanned"] {
+    for place in ["private", "admin", "unbanned", "open"] {
         let script = format!("{place}/who.cgi");
         h.htdoc(&script, WHO_CGI);
         std::fs::set_permissions(
@@ -596,42 +599,56 @@ Action image/gif /cgi-bin/who.cgi
     ];
     for (page, change, during, after) in cases {
         let cookie = sign_in(&h, "ann", "admin");
-        let dir = h.scratch_dir(&id_of(&cookie));
         let before = get_with_cookie(&h.url(page), &cookie);
         assert_eq!(
             before.env("REMOTE_USER").as_deref(),
             Some("ann"),
             "{page}: {before:?}"
         );
-        std::thread::scope(|s| {
-            let slow = s.spawn(|| get_with_cookie(&h.url("/cgi-bin/slow-change.cgi"), &cookie));
-            wait_for(
-                "the change to hold the lock",
-                Duration::from_secs(10),
-                || dir.join("started").exists().then_some(()),
-            );
-            let granted_before = h.error_log().matches("granted").count();
-            let who = s.spawn(|| get_with_cookie(&h.url(page), &cookie));
-            // Authorized (on the session read without the lock), now
-            // waiting for it.
-            wait_for(
-                "authorization of the second request",
-                Duration::from_secs(10),
-                || (h.error_log().matches("granted").count() > granted_before).then_some(()),
-            );
-            std::fs::write(dir.join("go"), change).unwrap();
-            assert_eq!(slow.join().unwrap().status, 200);
-            let who = who.join().unwrap();
-            assert_eq!(who.status, during, "{page} after {change}: {who:?}");
-            assert_eq!(
-                who.body.contains("REMOTE_USER=ann"),
-                during == 200,
-                "{page} after {change}: {who:?}"
-            );
-        });
+        let who = change_while_authorized(&h, &cookie, page, change);
+        assert_eq!(who.status, during, "{page} after {change}: {who:?}");
+        assert_eq!(
+            who.body.contains("REMOTE_USER=ann"),
+            during == 200,
+            "{page} after {change}: {who:?}"
+        );
         let next = get_with_cookie(&h.url(page), &cookie);
         assert_eq!(next.status, after, "{page} after {change}, next: {next:?}");
     }
+    // Let in as nobody, signed in meanwhile: the handler runs as the
+    // user its session names now.
+    let cookie = get(&h.url("/open/who.cgi"), &[]).cookie_pair();
+    let who = change_while_authorized(&h, &cookie, "/open/who.cgi", "set user=bob");
+    assert_eq!(
+        (who.status, who.env("REMOTE_USER")),
+        (200, Some("bob".to_string())),
+        "{who:?}"
+    );
+}
+
+/// Requests `page` while slow-change.cgi holds the session's lock, and
+/// has that script make `change` once `page` was authorized (on the
+/// session read without its lock) and waits for the lock.
+fn change_while_authorized(h: &Httpd, cookie: &str, page: &str, change: &str) -> Response {
+    let dir = h.scratch_dir(&id_of(cookie));
+    std::thread::scope(|s| {
+        let slow = s.spawn(|| get_with_cookie(&h.url("/cgi-bin/slow-change.cgi"), cookie));
+        wait_for(
+            "the change to hold the lock",
+            Duration::from_secs(10),
+            || dir.join("started").exists().then_some(()),
+        );
+        let granted_before = h.error_log().matches("granted").count();
+        let who = s.spawn(|| get_with_cookie(&h.url(page), cookie));
+        wait_for(
+            "authorization of the second request",
+            Duration::from_secs(10),
+            || (h.error_log().matches("granted").count() > granted_before).then_some(()),
+        );
+        std::fs::write(dir.join("go"), change).unwrap();
+        assert_eq!(slow.join().unwrap().status, 200);
+        who.join().unwrap()
+    })
 }
 
 #[test]

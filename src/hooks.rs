@@ -90,7 +90,7 @@ fn set_session_peek(r: Request<'_>, state: RequestState) -> &RefCell<RequestStat
 }
 
 /// The answers `Require rsession` lines gave on the chain's session while
-/// it was read without its lock (authorization saw a static file), kept
+/// it was read without its lock (see `is_peeked`), kept
 /// on the initial request: a handler that turns out to need the lock is
 /// let in only if each line answers the same under it.
 /// The lines are shared with the config (see `parse_require`), so
@@ -533,16 +533,38 @@ pub fn fixups(r: Request<'_>) -> c_int {
     let initial = r.initial();
     let mut relocked = false;
     if r.is_main() && !r.is_static_file() && is_peeked(initial) {
-        // The chain's session was taken as a static file's, but this
-        // request's handler is not the core's: found after authorization
-        // (AddHandler), or reached by an internal redirect from the file
-        // (mod_actions, a type map, ErrorDocument). The handler gets the
-        // session locked, as everywhere else.
-        if let Some(runtime) = server_state(r).runtime.get() {
-            if let Err(status) = spool_body(r, dir, runtime) {
+        // The chain's session was read without its lock: taken as a static
+        // file's, but this request's handler is not the core's (found after
+        // authorization, AddHandler; or reached by an internal redirect
+        // from the file: mod_actions, a type map, ErrorDocument), or read
+        // so for the authorization of a request with a body. The handler
+        // gets the session locked, as everywhere else: the same session,
+        // under the chain's settings (those it was read with), whatever
+        // cookie this request's location names.
+        if let Some((id, chain_dir, runtime)) = peeked_session(initial) {
+            if r.is_error_redirect() {
+                // An error document answers for a request refused or
+                // failed: that request's body is not its to read, and
+                // reading it under the lock would let a trickling client
+                // hold the lock.
+                if r.has_body() && !r.body_is_spooled() {
+                    r.discard_body();
+                }
+            } else if let Err(status) = spool_body(r, &chain_dir, &runtime) {
                 return status;
             }
-            let fresh = begin(r, dir, runtime);
+            let fresh = begin_with(r, &chain_dir, &runtime, Some(id));
+            if let RequestState::Failed(status) = fresh {
+                // The lock timed out or the store failed: the handler must
+                // not run on the session read without its lock, nor without
+                // one (its changes would be dropped behind a 200).
+                if let Some(state) = session_state(initial) {
+                    if let Ok(mut state) = state.try_borrow_mut() {
+                        *state = fresh;
+                    }
+                }
+                return status;
+            }
             let stale = user_changed(r, dir, &fresh) || answers_changed(r, &fresh);
             relocked = true;
             if let Some(state) = session_state(initial) {
@@ -701,9 +723,32 @@ fn begin_static(r: Request<'_>, dir: &DirConfig, runtime: &Arc<Runtime>) -> Opti
 }
 
 fn begin(r: Request<'_>, dir: &DirConfig, runtime: &Arc<Runtime>) -> RequestState {
-    let found = cookie_candidates(r, dir, runtime);
+    begin_with(r, dir, runtime, None)
+}
+
+/// Resumes, locked, the session of the request's cookie the store knows
+/// (or `again`, the one the chain read without its lock), or creates one.
+fn begin_with(
+    r: Request<'_>,
+    dir: &DirConfig,
+    runtime: &Arc<Runtime>,
+    again: Option<SessionId>,
+) -> RequestState {
     let mut notes = Notes::default();
-    let result = ActiveSession::begin(runtime, dir, &found, now(), &mut notes);
+    let (found, result) = match again {
+        Some(id) => (
+            Candidates {
+                signed: vec![id],
+                rejected: 0,
+            },
+            ActiveSession::begin_locked(runtime, dir, id, now(), &mut notes),
+        ),
+        None => {
+            let found = cookie_candidates(r, dir, runtime);
+            let result = ActiveSession::begin(runtime, dir, &found, now(), &mut notes);
+            (found, result)
+        }
+    };
     for what in notes.corrupt {
         rlog!(
             r,
@@ -755,6 +800,56 @@ fn begin(r: Request<'_>, dir: &DirConfig, runtime: &Arc<Runtime>) -> RequestStat
         }
         Err(e) => e,
     };
+    session_failed(r, dir, runtime, e)
+}
+
+/// The chain's session of a request whose body authorization must not wait
+/// for: with a validly signed cookie and a body, the session is read
+/// without its lock, and the body only once the request is let in (fixups
+/// then reads it, takes the lock and checks that what authorization saw
+/// still holds). A client refused here never has its body kept.
+fn begin_for_authorization(
+    r: Request<'_>,
+    dir: &DirConfig,
+    runtime: &Arc<Runtime>,
+) -> RequestState {
+    if !dir.lock() || !r.has_body() {
+        return begin(r, dir, runtime);
+    }
+    let found = cookie_candidates(r, dir, runtime);
+    if found.signed.is_empty() {
+        // A new session: nobody else knows its id to wait for its lock.
+        return begin(r, dir, runtime);
+    }
+    match ActiveSession::begin_read_only(runtime, dir, &found, now()) {
+        Ok(Some(session)) => {
+            store_answered(r, runtime);
+            rlog!(
+                r,
+                Level::Debug,
+                "session {}... read for authorization; its lock and the request body wait until the request is let in",
+                session.id().short()
+            );
+            RequestState::Active(Box::new(RequestSession {
+                runtime: runtime.clone(),
+                dir: dir.clone(),
+                session,
+                save_failed: None,
+            }))
+        }
+        // No live session behind the cookie: a new one.
+        Ok(None) => begin(r, dir, runtime),
+        Err(e) => session_failed(r, dir, runtime, e),
+    }
+}
+
+/// Logs why `r` has no session and what it is answered.
+fn session_failed(
+    r: Request<'_>,
+    dir: &DirConfig,
+    runtime: &Runtime,
+    e: SessionError,
+) -> RequestState {
     let status = e.http_status();
     if status == 503 {
         r.err_headers_out().set("Retry-After", "1");
@@ -1338,8 +1433,20 @@ fn is_rsession_auth(r: Request<'_>) -> bool {
         .is_some_and(|t| t.eq_ignore_ascii_case(AUTH_TYPE))
 }
 
-/// Whether the chain's session was taken read-only (a static file's),
-/// i.e. without its lock.
+/// The id, settings and runtime of the chain's session read without its
+/// lock (`is_peeked`).
+fn peeked_session(initial: Request<'_>) -> Option<(SessionId, DirConfig, Arc<Runtime>)> {
+    let state = session_state(initial)?.try_borrow().ok()?;
+    match &*state {
+        RequestState::Active(rs) if rs.session.is_read_only() => {
+            Some((*rs.session.id(), rs.dir.clone(), rs.runtime.clone()))
+        }
+        _ => None,
+    }
+}
+
+/// Whether the chain's session was taken read-only, i.e. without its lock
+/// (a static file's, or one read for authorization: begin_for_authorization).
 fn is_peeked(initial: Request<'_>) -> bool {
     session_state(initial).is_some_and(|s| {
         s.try_borrow()
@@ -1350,7 +1457,8 @@ fn is_peeked(initial: Request<'_>) -> bool {
 /// The first auth phase. Wherever `RSessionUser`, `AuthType RSession` or
 /// `Require rsession` is in use, the chain's session is resolved here,
 /// once, as fixups would otherwise do (a static file's read-only and
-/// without waiting, anything else locked), so that `r->user`, the
+/// without waiting, anything else locked, except that a request with a
+/// body is only read: begin_for_authorization), so that `r->user`, the
 /// notes and the environment are there for every Require line.
 /// Elsewhere this costs one config lookup.
 pub fn access_checker(r: Request<'_>) -> c_int {
@@ -1388,12 +1496,7 @@ fn resolve_early(r: Request<'_>, dir: &DirConfig) -> Result<(), c_int> {
                 set_session_state(initial, state);
             }
         } else {
-            // Only a client with a validly signed cookie has its body read
-            // before it is authorized.
-            if !cookie_candidates(r, dir, runtime).signed.is_empty() {
-                spool_body(r, dir, runtime)?;
-            }
-            set_session_state(initial, begin(r, dir, runtime));
+            set_session_state(initial, begin_for_authorization(r, dir, runtime));
         }
     }
     let state = match session_state(initial) {
@@ -1493,7 +1596,8 @@ fn user_changed(r: Request<'_>, dir: &DirConfig, fresh: &RequestState) -> bool {
 /// lock, `r` taking it. Any change counts, a refusal become a grant too:
 /// under `Require not rsession` that is a refusal. The lines that let the
 /// chain's requests in all count, except for an error document: it
-/// answers for a request refused or failed, so only its own lines do.
+/// answers for a request refused or failed, so only its own lines do (and
+/// those of the requests between it and `r`: `error_handling`).
 fn answers_changed(r: Request<'_>, fresh: &RequestState) -> bool {
     let Some(answers) = r.initial().slot::<PeekedAnswers>() else {
         return false;
@@ -1502,14 +1606,26 @@ fn answers_changed(r: Request<'_>, fresh: &RequestState) -> bool {
         return false; // answered with its own status
     };
     let data = rs.session.data();
-    let own_only = r.is_error_redirect();
-    let me: *const sys::request_rec = r.as_ptr();
+    let error_pages = error_handling(r);
     answers
         .0
         .borrow()
         .iter()
-        .filter(|a| !own_only || a.asked_by == me)
+        .filter(|a| error_pages.is_empty() || error_pages.contains(&a.asked_by))
         .any(|a| crate::auth::require_holds(&a.terms, data) != a.held)
+}
+
+/// The requests of `r`'s chain that answer for the one that was refused or
+/// failed: from its error document on (which may hand its request on in
+/// turn: mod_actions), `r` included. Empty outside error documents.
+fn error_handling(r: Request<'_>) -> Vec<*const sys::request_rec> {
+    let mut pages = Vec::new();
+    let mut at = Some(r);
+    while let Some(page) = at.filter(|p| p.is_error_redirect()) {
+        pages.push(page.as_ptr() as *const sys::request_rec);
+        at = page.prev();
+    }
+    pages
 }
 
 /// The session `r`'s authorization looks at: its chain's, or the one a

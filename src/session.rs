@@ -248,6 +248,33 @@ impl ActiveSession {
         now: u64,
         notes: &mut Notes,
     ) -> Result<ActiveSession, SessionError> {
+        Self::resume_or_create(rt, dir, found, now, notes, true)
+    }
+
+    /// `begin` for the session `id` a request already read without its
+    /// lock (`begin_read_only`, which counted it as resumed): now locked.
+    pub fn begin_locked(
+        rt: &Runtime,
+        dir: &DirConfig,
+        id: SessionId,
+        now: u64,
+        notes: &mut Notes,
+    ) -> Result<ActiveSession, SessionError> {
+        let found = Candidates {
+            signed: vec![id],
+            rejected: 0,
+        };
+        Self::resume_or_create(rt, dir, &found, now, notes, false)
+    }
+
+    fn resume_or_create(
+        rt: &Runtime,
+        dir: &DirConfig,
+        found: &Candidates,
+        now: u64,
+        notes: &mut Notes,
+        count_resumed: bool,
+    ) -> Result<ActiveSession, SessionError> {
         let mut rejected = found.rejected as u64;
         for id in &found.signed {
             let (lock, loaded) = lock_and_load(rt, dir, id)?;
@@ -286,7 +313,9 @@ impl ActiveSession {
                 continue;
             }
             rt.stats.add(Counter::RejectedCookies, rejected);
-            rt.stats.bump(Counter::Resumed);
+            if count_resumed {
+                rt.stats.bump(Counter::Resumed);
+            }
             // The directory was made with the session and goes with it; it
             // is checked (and remade if someone removed it) only when the
             // access time is due for a write, not on every request.

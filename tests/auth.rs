@@ -11,6 +11,8 @@ use harness::http::{get, get_with_cookie, raw, raw_status, Response};
 use harness::redis::Redis;
 use harness::scripts::{Backend, COUNTER_CGI};
 use harness::{free_port, id_of, wait_for, Httpd, Options};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 /// Signs in as `?user=U&role=R` (a new id at sign-in), or shows where it
@@ -553,6 +555,13 @@ LogLevel authz_core:debug
 <Location /open/>
   Require all granted
 </Location>
+<Location /guarded/>
+  Require rsession role=admin
+  ErrorDocument 403 /errors/e.gif
+</Location>
+<Location /errors/>
+  Require rsession staff
+</Location>
 <Location /unbanned/>
   AuthType RSession
   <RequireAll>
@@ -576,6 +585,8 @@ Action image/gif /cgi-bin/who.cgi
     for place in ["private", "admin"] {
         h.htdoc(&format!("{place}/pic.gif"), "GIF89a");
     }
+    h.htdoc("errors/e.gif", "GIF89a");
+    h.htdoc("guarded/page.html", "<p>guarded</p>\n");
     for place in ["private", "admin", "unbanned", "open"] {
         let script = format!("{place}/who.cgi");
         h.htdoc(&script, WHO_CGI);
@@ -615,6 +626,24 @@ Action image/gif /cgi-bin/who.cgi
         let next = get_with_cookie(&h.url(page), &cookie);
         assert_eq!(next.status, after, "{page} after {change}, next: {next:?}");
     }
+    // An error page handed on to a script (its own location's line let it
+    // in) is asked that line again; the refused request's are not.
+    let cookie = sign_in(&h, "ann", "guest");
+    std::fs::write(h.scratch_dir(&id_of(&cookie)).join("go"), "set staff=1").unwrap();
+    let staff = get_with_cookie(&h.url("/cgi-bin/slow-change.cgi"), &cookie);
+    assert_eq!(staff.status, 200, "{staff:?}");
+    let page = get_with_cookie(&h.url("/guarded/page.html"), &cookie);
+    assert_eq!(page.status, 403, "{page:?}");
+    assert!(
+        page.body.contains("REMOTE_USER=ann"),
+        "the error page ran: {page:?}"
+    );
+    let page = change_while_authorized(&h, &cookie, "/guarded/page.html", "unset staff");
+    assert_eq!(page.status, 403, "{page:?}");
+    assert!(
+        !page.body.contains("REMOTE_USER="),
+        "the error page's script did not run on the staff it no longer has: {page:?}"
+    );
     // Let in as nobody, signed in meanwhile: the handler runs as the
     // user its session names now.
     let cookie = get(&h.url("/open/who.cgi"), &[]).cookie_pair();
@@ -649,6 +678,69 @@ fn change_while_authorized(h: &Httpd, cookie: &str, page: &str, change: &str) ->
         assert_eq!(slow.join().unwrap().status, 200);
         who.join().unwrap()
     })
+}
+
+#[test]
+fn a_refused_upload_is_answered_before_its_body_is_read() {
+    // Authorization decides on the session read without its lock; the body
+    // is read (and the lock taken) only once the request is let in. Before,
+    // any validly signed cookie had its body read and kept (memory, or the
+    // scratch root) before it was refused: the client got its go-ahead.
+    let h = site("", free_port());
+    let guest = sign_in(&h, "bob", "guest");
+    let nobody = get(&h.url("/cgi-bin/counter.cgi"), &[]).cookie_pair();
+    for (page, cookie, refusal) in [
+        ("/admin/who.cgi", &guest, 403),
+        ("/private/cgi/who.cgi", &nobody, 302),
+    ] {
+        let (head, _) = upload_head(&h, page, cookie, 100_000_000);
+        assert_eq!(raw_status(&head), refusal, "{page}: {head}");
+    }
+    // Let in: the client gets its go-ahead, and the handler its body and
+    // the session locked.
+    // (It reads its body: mod_cgid drops the answer of a CGI that does not.)
+    h.cgi(
+        "count-upload.cgi",
+        "#!/bin/sh\ngot=$(wc -c | tr -d ' ')\nn=$(printf '%s' \"$RSESSION_DATA\" | tr '&' '\\n' | sed -n 's/^n=//p')\nn=$(( ${n:-0} + 1 ))\nprintf 'Content-Type: text/plain\\nX-RSession: set n=%s\\n\\n%s %s\\n' \"$n\" \"$n\" \"$got\"\n",
+    );
+    let admin = sign_in(&h, "ann", "admin");
+    let (head, mut conn) = upload_head(&h, "/private/cgi/count-upload.cgi", &admin, 5);
+    assert_eq!(raw_status(&head), 100, "{head}");
+    conn.get_mut().write_all(b"12345").unwrap();
+    let mut rest = String::new();
+    let _ = conn.read_to_string(&mut rest);
+    assert_eq!(raw_status(&rest), 200, "{rest}");
+    assert!(rest.contains("\n1 5\n"), "the script got the body: {rest}");
+    let after = get_with_cookie(&h.url("/private/cgi/counter.cgi"), &admin);
+    assert_eq!(
+        after.body.trim(),
+        "2",
+        "the upload's count was kept: {after:?}"
+    );
+}
+
+/// Sends the head of a POST of `len` bytes to `page` that waits for the
+/// server's go-ahead (`Expect: 100-continue`); returns the head of the
+/// server's first answer (the go-ahead or the final response) and the
+/// connection to go on with.
+fn upload_head(h: &Httpd, page: &str, cookie: &str, len: usize) -> (String, BufReader<TcpStream>) {
+    let mut s = TcpStream::connect(("127.0.0.1", h.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST {page} HTTP/1.1\r\nHost: localhost\r\nCookie: {cookie}\r\nContent-Type: text/plain\r\nContent-Length: {len}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut conn = BufReader::new(s);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if conn.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    (head, conn)
 }
 
 #[test]

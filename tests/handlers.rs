@@ -7,7 +7,7 @@ mod harness;
 
 use harness::http::{get, get_with_cookie, send, Response};
 use harness::scripts::{Backend, COUNTER_CGI, ENV_CGI, HOLD_CGI};
-use harness::{wait_for, Httpd, Mpm, Options};
+use harness::{id_of, wait_for, Httpd, Mpm, Options};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -578,6 +578,66 @@ fn a_cgi_chosen_by_content_type_can_write_its_session() {
         .collect();
     assert_eq!(counts, ["2\n", "3\n", "4\n"], "every increment stored");
     assert!(!h.error_log().contains("RS0021"), "no command dropped");
+}
+
+#[test]
+fn a_script_a_file_hands_its_request_to_runs_on_the_file_s_session_and_waits_for_its_lock() {
+    // The script's location names another cookie; the session is still the
+    // chain's (the file's). And the lock is waited for as anywhere else: a
+    // timeout is a 503, not the script run without its session (its
+    // changes dropped behind a 200).
+    let h = Httpd::start(Options {
+        modules: vec!["actions"],
+        fragment: r#"ScriptAlias /app/ {ROOT}/cgi-bin/
+<Location />
+  RSession On
+  RSessionLockTimeout 1
+</Location>
+<Location /cgi-bin/>
+  RSessionCookieName adm
+</Location>
+Action image/gif /cgi-bin/counter.cgi
+<Location /rsession-status>
+  SetHandler rsession-status
+</Location>
+"#
+        .into(),
+        ..Options::default()
+    });
+    h.cgi("counter.cgi", COUNTER_CGI);
+    h.cgi("hold.cgi", HOLD_CGI);
+    h.htdoc("pics/a.gif", "GIF89a");
+    let resumed = || {
+        let page = get(&h.url("/rsession-status"), &[]).body;
+        page.lines()
+            .find_map(|l| l.strip_prefix("resumed: ")?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no resumed line: {page}"))
+    };
+    let first = get(&h.url("/app/counter.cgi"), &[]);
+    let cookie = first.cookie_pair();
+    assert!(cookie.starts_with("sid="), "{cookie}");
+    let resumed_before = resumed();
+    let gif = get_with_cookie(&h.url("/pics/a.gif"), &cookie);
+    assert_eq!((gif.status, gif.body.as_str()), (200, "2\n"), "{gif:?}");
+    assert!(gif.set_cookie().is_none(), "no session of its own: {gif:?}");
+    assert_eq!(resumed(), resumed_before + 1, "one request, one resume");
+    let dir = h.scratch_dir(&id_of(&cookie));
+    std::thread::scope(|s| {
+        let holder = s.spawn(|| get_with_cookie(&h.url("/app/hold.cgi"), &cookie));
+        wait_for("the holder to start", Duration::from_secs(10), || {
+            dir.join("holder.pid").exists().then_some(())
+        });
+        let waited = get_with_cookie(&h.url("/pics/a.gif"), &cookie);
+        assert_eq!(waited.status, 503, "{waited:?}");
+        assert!(waited.header("Retry-After").is_some(), "{waited:?}");
+        std::fs::write(dir.join("release"), "").unwrap();
+        assert_eq!(holder.join().unwrap().status, 200);
+    });
+    let after = get_with_cookie(&h.url("/app/counter.cgi"), &cookie);
+    assert_eq!(
+        after.body, "3\n",
+        "nothing counted behind the 503: {after:?}"
+    );
 }
 
 #[test]

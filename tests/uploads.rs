@@ -85,6 +85,76 @@ AddType application/x-upload .up\n"
     slow_upload_keeps_no_one_waiting(&h, "/files/in.up");
 }
 
+#[test]
+fn a_slow_upload_to_a_protected_script_does_not_hold_the_lock() {
+    // Authorization reads the session without its lock; the body is read
+    // once the request is let in, and still before the lock is taken.
+    let h = server(
+        "<Location /cgi-bin/digest.cgi>
+  <RequireAll>
+    Require all granted
+    Require not rsession banned
+  </RequireAll>
+</Location>
+",
+    );
+    slow_upload_keeps_no_one_waiting(&h, "/cgi-bin/digest.cgi");
+}
+
+#[test]
+fn a_slow_body_of_a_refused_request_does_not_hold_the_lock_for_its_error_page() {
+    // The error document (a script) answers for a refused request: it gets
+    // the lock, but not the body, which httpd reads away first.
+    let h = Httpd::start(Options {
+        fragment: "<Location />
+  RSession On
+  RSessionLockTimeout 2
+</Location>
+<Location /private/>
+  Require rsession admin
+</Location>
+ErrorDocument 403 /cgi-bin/env.cgi
+"
+        .into(),
+        ..Options::default()
+    });
+    h.cgi("env.cgi", ENV_CGI);
+    h.htdoc("private/x.gif", "GIF89a");
+    let cookie = get(&h.url("/cgi-bin/env.cgi"), &[]).cookie_pair();
+    let body = b"0123456789abcdefghij";
+    let mut upload = TcpStream::connect(("127.0.0.1", h.port)).unwrap();
+    let client_port = upload.local_addr().unwrap().port();
+    write!(
+        upload,
+        "POST /private/x.gif HTTP/1.1\r\nHost: localhost\r\nCookie: {cookie}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    upload.write_all(&body[..1]).unwrap();
+    wait_for(
+        "the server to read the request's start",
+        Duration::from_secs(10),
+        || h.has_read_request_from(client_port).then_some(()),
+    );
+    std::thread::scope(|s| {
+        let sender = s.spawn(move || {
+            for b in &body[1..] {
+                std::thread::sleep(Duration::from_millis(200));
+                // The server may answer before the last byte: fine.
+                let _ = upload.write_all(&[*b]);
+            }
+            read_response(&mut upload)
+        });
+        for _ in 0..3 {
+            let r = get_with_cookie(&h.url("/cgi-bin/env.cgi"), &cookie);
+            assert_eq!(r.status, 200, "another tab of the session: {r:?}");
+        }
+        let (head, page) = sender.join().unwrap();
+        assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+        assert!(page.contains("RSESSION_ID="), "the error page ran: {page}");
+    });
+}
+
 /// A body sent to `path` a byte at a time keeps no other request of its
 /// session waiting for the lock, and reaches digest.cgi whole.
 fn slow_upload_keeps_no_one_waiting(h: &Httpd, path: &str) {

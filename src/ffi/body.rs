@@ -85,6 +85,17 @@ impl<'r> Request<'r> {
         !self.pool().userdata(SPOOL_KEY).is_null()
     }
 
+    /// Drops the body of a request answered without it (an error
+    /// document's): httpd reads it off the connection now, or marks the
+    /// connection to close where it will not, and the handler then reads
+    /// an empty body, never the network.
+    pub fn discard_body(&self) {
+        // SAFETY: a live request; httpd's own discard, which reads through
+        // its input filters and only touches the request and connection.
+        unsafe { sys::ap_discard_request_body(self.as_ptr()) };
+        self.replay_body(Spool::new());
+    }
+
     /// Puts `spool` before the handler: it reads the body from there. The
     /// spool lives in the request pool.
     pub fn replay_body(&self, spool: Spool) {

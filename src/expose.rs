@@ -17,6 +17,19 @@ pub fn is_reserved_request_header(name: &[u8]) -> bool {
             .all(|(&c, &p)| normalise(c) == p)
 }
 
+/// True for a client header a backend could read as one of ours: reserved
+/// (`is_reserved_request_header`), or named as the location's update header
+/// (`X-RSession`), which a backend that reflects request headers into its
+/// response would hand back to the module as commands.
+pub fn is_client_session_header(name: &[u8], update_header: &str) -> bool {
+    is_reserved_request_header(name)
+        || (name.len() == update_header.len()
+            && name
+                .iter()
+                .zip(update_header.as_bytes())
+                .all(|(&c, &u)| normalise(c) == normalise(u)))
+}
+
 fn normalise(c: u8) -> u8 {
     match c {
         b'_' => b'-',
@@ -50,6 +63,23 @@ mod tests {
         }
         for name in ["X-RSession", "X-RSessionId", "X-Other", "RSession-Id", ""] {
             assert!(!is_reserved_request_header(name.as_bytes()), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_update_header_is_a_session_header_whatever_its_spelling() {
+        for name in ["X-RSession", "x_rsession", "X-RSESSION", "X-RSession-Id"] {
+            assert!(
+                is_client_session_header(name.as_bytes(), "X-RSession"),
+                "{name}"
+            );
+        }
+        assert!(is_client_session_header(b"x_app_update", "X-App-Update"));
+        for name in ["X-RSessionX", "X-RSessio", "X-Other", ""] {
+            assert!(
+                !is_client_session_header(name.as_bytes(), "X-RSession"),
+                "{name}"
+            );
         }
     }
 

@@ -525,10 +525,9 @@ pub fn fixups(r: Request<'_>) -> c_int {
     if !dir.enabled() {
         return DECLINED;
     }
-    // Client-sent X-RSession-* headers (however spelt) could pass for ours
-    // downstream.
-    r.headers_in()
-        .unset_where(crate::expose::is_reserved_request_header);
+    // Client-sent X-RSession-* headers and update commands (however spelt)
+    // could pass for ours downstream.
+    strip_client_session_headers(r, dir);
 
     let initial = r.initial();
     let mut relocked = false;
@@ -637,6 +636,14 @@ pub fn fixups(r: Request<'_>) -> c_int {
         RequestState::Failed(status) if r.as_ptr() == initial.as_ptr() => *status,
         RequestState::Failed(_) => DECLINED,
     }
+}
+
+/// Removes the request headers a client could pass off downstream as the
+/// module's (`expose::is_client_session_header`).
+fn strip_client_session_headers(r: Request<'_>, dir: &DirConfig) {
+    let update = dir.update_header();
+    r.headers_in()
+        .unset_where(|name| crate::expose::is_client_session_header(name, update));
 }
 
 /// Reads the request body before the session's lock is taken, so a slow
@@ -1479,8 +1486,7 @@ pub fn access_checker(r: Request<'_>) -> c_int {
 /// its chain has a session (a lookup from another location's handler)
 /// only looks, read-only, for its own decision.
 fn resolve_early(r: Request<'_>, dir: &DirConfig) -> Result<(), c_int> {
-    r.headers_in()
-        .unset_where(crate::expose::is_reserved_request_header);
+    strip_client_session_headers(r, dir);
     let Some(runtime) = server_state(r).runtime.get() else {
         rlog!(
             r,

@@ -144,12 +144,17 @@ fn forged_session_headers_never_reach_a_backend_however_they_are_spelt() {
             ("X_RSession_Data", "user=admin"),
             ("x-rsession-id", "forged"),
             ("X_RSESSION_ID", "forged"),
+            // The update header: a backend that reflects request headers
+            // would hand the client's commands back to the module.
+            ("X-RSession", "set role=admin"),
+            ("x_rsession", "set role=admin"),
         ],
     );
     assert_eq!(r.status, 200, "{r:?}");
     for forged in [
         "/etc",
         "user=admin",
+        "role=admin",
         "forged",
         "_Dir",
         "X_RSession",

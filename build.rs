@@ -57,6 +57,7 @@ fn main() {
              |apr_table_elts|apr_table_get|apr_table_set|apr_table_setn|apr_table_add|apr_table_addn|apr_table_unset\
              |ap_run_http_scheme|ap_add_output_filter_handle|ap_remove_output_filter|ap_pass_brigade|ap_set_content_type|ap_rwrite\
              |ap_runtime_dir_relative|ap_state_query|ap_auth_type|ap_set_config_vectors\
+             |ap_run_access_checker_ex|ap_run_check_user_id|ap_run_auth_checker\
              |ap_get_brigade|apr_brigade_create|apr_brigade_flatten|apr_brigade_write\
              |ap_add_input_filter_handle|ap_remove_input_filter|ap_map_http_request_error|ap_discard_request_body\
              |rsession_bucket_[a-z_]+|rsession_brigade_append|apr_brigade_cleanup|apr_bucket_heap_create|apr_bucket_eos_create|ap_bucket_error_create\

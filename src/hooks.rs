@@ -564,11 +564,27 @@ pub fn fixups(r: Request<'_>) -> c_int {
                 }
                 return status;
             }
-            let stale = user_changed(r, dir, &fresh) || answers_changed(r, &fresh);
+            // The request itself was authorized (a handler known only
+            // afterwards, a body): if the session changed in between,
+            // httpd's authorization decides again, on the locked session.
+            // Past an internal redirect only this request's lines could be
+            // asked again, not those of the requests before it: any change
+            // of what they were decided on refuses.
+            let same_request = r.as_ptr() == initial.as_ptr();
+            let changed = same_request
+                && session_state(initial)
+                    .is_some_and(|s| s.try_borrow().is_ok_and(|s| session_changed(&s, &fresh)));
+            let stale =
+                !same_request && (user_changed(r, dir, &fresh) || answers_changed(r, &fresh));
             relocked = true;
             if let Some(state) = session_state(initial) {
                 if let Ok(mut state) = state.try_borrow_mut() {
                     *state = fresh;
+                }
+            }
+            if changed {
+                if let Err(status) = authorize_on_locked_session(r, dir, initial) {
+                    return status;
                 }
             }
             if stale {
@@ -1438,6 +1454,65 @@ fn other_auth_type(r: Request<'_>) -> bool {
 fn is_rsession_auth(r: Request<'_>) -> bool {
     r.auth_type()
         .is_some_and(|t| t.eq_ignore_ascii_case(AUTH_TYPE))
+}
+
+/// Whether `fresh`, the chain's session under its lock, is not the one
+/// `peeked` read without it: another session, or other data (the user
+/// included).
+fn session_changed(peeked: &RequestState, fresh: &RequestState) -> bool {
+    match (peeked, fresh) {
+        (RequestState::Active(before), RequestState::Active(now)) => {
+            before.session.id() != now.session.id()
+                || now.session.is_new()
+                || before.session.data() != now.session.data()
+        }
+        _ => true,
+    }
+}
+
+/// The request's session changed between its authorization and its lock:
+/// its user and environment become the locked session's, and httpd's own
+/// authorization (every provider's Require lines, `Require expr` on
+/// `RSESSION_DATA` included) decides again.
+fn authorize_on_locked_session(
+    r: Request<'_>,
+    dir: &DirConfig,
+    initial: Request<'_>,
+) -> Result<(), c_int> {
+    {
+        let Some(state) = session_state(initial) else {
+            return Ok(());
+        };
+        let Ok(state) = state.try_borrow() else {
+            return Ok(());
+        };
+        let RequestState::Active(rs) = &*state else {
+            return Ok(());
+        };
+        if dir.user_key().is_some() && !other_auth_type(r) {
+            r.clear_user();
+        }
+        set_user(r, dir, &rs.session);
+        expose(r, dir, &rs.session);
+    } // the auth hooks below read the session: no borrow may be held
+    match r.authorize_again() {
+        OK => {
+            rlog!(
+                r,
+                Level::Debug,
+                "the session changed between authorization and the handler; authorization, asked again, still lets the request in"
+            );
+            Ok(())
+        }
+        status => {
+            rlog!(
+                r,
+                Level::Info,
+                "the session changed between authorization and the handler, and authorization, asked again, answers {status}"
+            );
+            Err(status)
+        }
+    }
 }
 
 /// The id, settings and runtime of the chain's session read without its

@@ -559,6 +559,9 @@ LogLevel authz_core:debug
   Require rsession role=admin
   ErrorDocument 403 /errors/e.gif
 </Location>
+<Location /exprd/>
+  Require expr "%{env:RSESSION_DATA} =~ /role=admin/"
+</Location>
 <Location /errors/>
   Require rsession staff
 </Location>
@@ -587,7 +590,7 @@ Action image/gif /cgi-bin/who.cgi
     }
     h.htdoc("errors/e.gif", "GIF89a");
     h.htdoc("guarded/page.html", "<p>guarded</p>\n");
-    for place in ["private", "admin", "unbanned", "open"] {
+    for place in ["private", "admin", "unbanned", "open", "exprd"] {
         let script = format!("{place}/who.cgi");
         h.htdoc(&script, WHO_CGI);
         std::fs::set_permissions(
@@ -599,11 +602,14 @@ Action image/gif /cgi-bin/who.cgi
     // (where, the change made while the request waits for the lock, what
     // it then gets, what the next request gets)
     let cases = [
-        ("/private/who.cgi", "unset user", 403, 401),
+        // Asked again on the locked session, as the next request will be.
+        ("/private/who.cgi", "unset user", 401, 401),
         ("/admin/who.cgi", "set role=guest", 403, 403),
         ("/unbanned/who.cgi", "set banned=1", 403, 403),
         // A change no Require line looks at lets the request through.
         ("/admin/who.cgi", "set cart=3", 200, 200),
+        // Every provider is asked again, not only Require rsession.
+        ("/exprd/who.cgi", "set role=guest", 403, 403),
         ("/private/pic.gif", "unset user", 403, 401),
         ("/admin/pic.gif", "set role=guest", 403, 403),
         ("/admin/pic.gif", "set cart=3", 200, 200),
@@ -644,6 +650,12 @@ Action image/gif /cgi-bin/who.cgi
         !page.body.contains("REMOTE_USER="),
         "the error page's script did not run on the staff it no longer has: {page:?}"
     );
+    // Signed out meanwhile, on a page anyone may see: the handler runs,
+    // as nobody.
+    let cookie = sign_in(&h, "ann", "admin");
+    let who = change_while_authorized(&h, &cookie, "/open/who.cgi", "unset user");
+    assert_eq!(who.status, 200, "{who:?}");
+    assert!(who.body.contains("REMOTE_USER=\n"), "{who:?}");
     // Let in as nobody, signed in meanwhile: the handler runs as the
     // user its session names now.
     let cookie = get(&h.url("/open/who.cgi"), &[]).cookie_pair();

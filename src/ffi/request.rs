@@ -8,7 +8,7 @@ use super::sys;
 use std::any::Any;
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::ffi::{c_char, CStr, CString};
+use std::ffi::{c_char, c_int, CStr, CString};
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::ptr::NonNull;
@@ -225,6 +225,36 @@ impl<'r> Request<'r> {
         // SAFETY: the request is live; httpd reads r->user as a string in
         // its pool, which `copy` is.
         unsafe { (*self.as_ptr()).user = copy };
+    }
+
+    /// Clears `r->user`: no authenticated user.
+    pub fn clear_user(&self) {
+        // SAFETY: the request is live; httpd takes a NULL user for none.
+        unsafe { (*self.as_ptr()).user = std::ptr::null_mut() };
+    }
+
+    /// Decides again whether the request may go on, as httpd's request
+    /// processing does after the access checks: the `access_checker_ex`
+    /// hooks (Require lines that need no user), and where they need one,
+    /// `check_user_id` then `auth_checker`. OK, or the status to answer.
+    pub fn authorize_again(&self) -> c_int {
+        let r = self.as_ptr();
+        // SAFETY: a live main request between its auth phase and its
+        // handler, where these hooks may run; they take only the request.
+        let status = unsafe { sys::ap_run_access_checker_ex(r) };
+        if status != sys::STATUS_DECLINED {
+            return status;
+        }
+        for phase in [sys::ap_run_check_user_id, sys::ap_run_auth_checker] {
+            // SAFETY: as above.
+            match unsafe { phase(r) } {
+                sys::STATUS_OK => {}
+                // What httpd answers when no module decides.
+                sys::STATUS_DECLINED => return sys::HTTP_INTERNAL_SERVER_ERROR as c_int,
+                status => return status,
+            }
+        }
+        sys::STATUS_OK
     }
 
     /// Sets `r->ap_auth_type` (CGI's AUTH_TYPE), as authentication modules do.

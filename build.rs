@@ -57,14 +57,14 @@ fn main() {
              |apr_table_elts|apr_table_get|apr_table_set|apr_table_setn|apr_table_add|apr_table_addn|apr_table_unset\
              |ap_run_http_scheme|ap_add_output_filter_handle|ap_remove_output_filter|ap_pass_brigade|ap_set_content_type|ap_rwrite\
              |ap_runtime_dir_relative|ap_state_query|ap_auth_type|ap_set_config_vectors\
-             |ap_run_access_checker_ex|ap_run_check_user_id|ap_run_auth_checker\
+             |ap_satisfies|ap_run_access_checker|ap_run_access_checker_ex|ap_run_force_authn|ap_run_check_user_id|ap_run_auth_checker\
              |ap_get_brigade|apr_brigade_create|apr_brigade_flatten|apr_brigade_write\
              |ap_add_input_filter_handle|ap_remove_input_filter|ap_map_http_request_error|ap_discard_request_body\
              |rsession_bucket_[a-z_]+|rsession_brigade_append|apr_brigade_cleanup|apr_bucket_heap_create|apr_bucket_eos_create|ap_bucket_error_create\
              |apr_os_file_get",
         )
         .allowlist_type("ap_input_mode_t|apr_read_type_e|rsession_bucket_kind_e|request_rec|server_rec|conn_rec|cmd_parms|command_rec|module|ap_filter_t|apr_bucket_brigade|apr_table_t|apr_pool_t|apr_status_t|unixd_config_rec|ap_conf_vector_t|apr_array_header_t|apr_table_entry_t")
-        .allowlist_var("ap_unixd_config|rsession_cmds|rsession_out_filter_handle|rsession_interim_filter_handle|rsession_body_filter_handle|HTTP_OK|HTTP_SERVICE_UNAVAILABLE|HTTP_MOVED_TEMPORARILY|HTTP_UNAUTHORIZED|HTTP_FORBIDDEN|AP_FILTER_ERROR|MODULE_MAGIC_NUMBER_MAJOR|MODULE_MAGIC_NUMBER_MINOR|MODULE_MAGIC_COOKIE|OK|DECLINED|HTTP_INTERNAL_SERVER_ERROR|APR_SUCCESS|APR_EGENERAL|APR_ENOENT|APR_EINVAL|APLOG_[A-Z0-9]+|AP_SQ_MAIN_STATE|AP_SQ_MS_CREATE_PRE_CONFIG")
+        .allowlist_var("ap_unixd_config|rsession_cmds|rsession_out_filter_handle|rsession_interim_filter_handle|rsession_body_filter_handle|HTTP_OK|HTTP_SERVICE_UNAVAILABLE|HTTP_MOVED_TEMPORARILY|HTTP_UNAUTHORIZED|HTTP_FORBIDDEN|AP_FILTER_ERROR|MODULE_MAGIC_NUMBER_MAJOR|MODULE_MAGIC_NUMBER_MINOR|MODULE_MAGIC_COOKIE|OK|DECLINED|HTTP_INTERNAL_SERVER_ERROR|SATISFY_ANY|APR_SUCCESS|APR_EGENERAL|APR_ENOENT|APR_EINVAL|APLOG_[A-Z0-9]+|AP_SQ_MAIN_STATE|AP_SQ_MS_CREATE_PRE_CONFIG")
         .generate()
         .expect("bindgen failed on c_shim/wrapper.h");
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR set by cargo"));

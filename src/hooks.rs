@@ -557,11 +557,7 @@ pub fn fixups(r: Request<'_>) -> c_int {
                 // The lock timed out or the store failed: the handler must
                 // not run on the session read without its lock, nor without
                 // one (its changes would be dropped behind a 200).
-                if let Some(state) = session_state(initial) {
-                    if let Ok(mut state) = state.try_borrow_mut() {
-                        *state = fresh;
-                    }
-                }
+                replace_chain_session(initial, fresh);
                 return status;
             }
             // The request itself was authorized (a handler known only
@@ -577,11 +573,7 @@ pub fn fixups(r: Request<'_>) -> c_int {
             let stale =
                 !same_request && (user_changed(r, dir, &fresh) || answers_changed(r, &fresh));
             relocked = true;
-            if let Some(state) = session_state(initial) {
-                if let Ok(mut state) = state.try_borrow_mut() {
-                    *state = fresh;
-                }
-            }
+            replace_chain_session(initial, fresh);
             if changed {
                 if let Err(status) = authorize_on_locked_session(r, dir, initial) {
                     return status;
@@ -658,8 +650,11 @@ pub fn fixups(r: Request<'_>) -> c_int {
 /// module's (`expose::is_client_session_header`).
 fn strip_client_session_headers(r: Request<'_>, dir: &DirConfig) {
     let update = dir.update_header();
-    r.headers_in()
-        .unset_where(|name| crate::expose::is_client_session_header(name, update));
+    let ours = |name: &[u8]| crate::expose::is_client_session_header(name, update);
+    r.headers_in().unset_where(ours);
+    // A chunked body's trailers (merged into the headers with
+    // `MergeTrailers on`) arrive once the body was read.
+    r.trailers_in().unset_where(ours);
 }
 
 /// Reads the request body before the session's lock is taken, so a slow
@@ -687,6 +682,8 @@ fn spool_body(r: Request<'_>, dir: &DirConfig, runtime: &Runtime) -> Result<(), 
                 spool.len()
             );
             r.replay_body(spool);
+            // Its trailers came with it, after the first pass.
+            strip_client_session_headers(r, dir);
             Ok(())
         }
         Err(BodyError::Client(status)) => Err(status),
@@ -1454,6 +1451,19 @@ fn other_auth_type(r: Request<'_>) -> bool {
 fn is_rsession_auth(r: Request<'_>) -> bool {
     r.auth_type()
         .is_some_and(|t| t.eq_ignore_ascii_case(AUTH_TYPE))
+}
+
+/// Puts `fresh` in place of the chain's session read without its lock,
+/// which goes without a touch of its own (`fresh` writes what is due).
+fn replace_chain_session(initial: Request<'_>, fresh: RequestState) {
+    if let Some(state) = session_state(initial) {
+        if let Ok(mut state) = state.try_borrow_mut() {
+            if let RequestState::Active(peeked) = &mut *state {
+                peeked.session.set_aside();
+            }
+            *state = fresh;
+        }
+    }
 }
 
 /// Whether `fresh`, the chain's session under its lock, is not the one

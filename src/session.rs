@@ -768,6 +768,14 @@ impl ActiveSession {
         result.map(|()| self.cookie.take())
     }
 
+    /// Done with, without a save or a touch: the request took the same
+    /// session again under its lock (which writes what is due), or gave up.
+    pub fn set_aside(&mut self) {
+        self.state = State::Finished;
+        self.lock.take();
+        self.scratch_hold.take();
+    }
+
     /// Records this request's access and the location's limits.
     fn stamp_access(&mut self, dir: &DirConfig, now: u64) {
         self.record.accessed = stamp(now);

@@ -577,9 +577,16 @@ LogLevel authz_core:debug
   AddHandler cgi-script .cgi
 </Directory>
 Action image/gif /cgi-bin/who.cgi
+<Directory {ROOT}/htdocs/m>
+  Options +MultiViews +ExecCGI
+  MultiviewsMatch Handlers
+  <Files who.cgi>
+    Require rsession role=admin
+  </Files>
+</Directory>
 "#
         .into(),
-        modules: [&MODULES[..], &["actions"]].concat(),
+        modules: [&MODULES[..], &["actions", "negotiation"]].concat(),
         ..Options::default()
     });
     h.cgi("login.cgi", LOGIN_CGI);
@@ -590,9 +597,11 @@ Action image/gif /cgi-bin/who.cgi
     }
     h.htdoc("errors/e.gif", "GIF89a");
     h.htdoc("guarded/page.html", "<p>guarded</p>\n");
-    for place in ["private", "admin", "unbanned", "open", "exprd"] {
+    // (m/who.cgi is POSTed to: it reads its body, as mod_cgid wants.)
+    let who_reading = WHO_CGI.replacen("\n", "\ncat >/dev/null\n", 1);
+    for place in ["private", "admin", "unbanned", "open", "exprd", "m"] {
         let script = format!("{place}/who.cgi");
-        h.htdoc(&script, WHO_CGI);
+        h.htdoc(&script, if place == "m" { &who_reading } else { WHO_CGI });
         std::fs::set_permissions(
             h.path(&format!("htdocs/{script}")),
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
@@ -650,6 +659,25 @@ Action image/gif /cgi-bin/who.cgi
         !page.body.contains("REMOTE_USER="),
         "the error page's script did not run on the staff it no longer has: {page:?}"
     );
+    // A POST is authorized without the lock too, here on the variant
+    // MultiViews found (a subrequest, whose lines are the request's once
+    // it becomes the variant): asked again under the lock.
+    let cookie = sign_in(&h, "ann", "admin");
+    let post = || {
+        harness::http::send(
+            "POST",
+            &h.url("/m/who"),
+            &[("Cookie", cookie.as_str())],
+            Some("a=1"),
+        )
+    };
+    let first = post();
+    assert!(
+        first.body.contains("REMOTE_USER=ann"),
+        "the variant ran: {first:?}"
+    );
+    let who = change_while_authorized_with(&h, &cookie, "set role=guest", post);
+    assert_eq!(who.status, 403, "{who:?}");
     // Signed out meanwhile, on a page anyone may see: the handler runs,
     // as nobody.
     let cookie = sign_in(&h, "ann", "admin");
@@ -671,6 +699,16 @@ Action image/gif /cgi-bin/who.cgi
 /// has that script make `change` once `page` was authorized (on the
 /// session read without its lock) and waits for the lock.
 fn change_while_authorized(h: &Httpd, cookie: &str, page: &str, change: &str) -> Response {
+    change_while_authorized_with(h, cookie, change, || get_with_cookie(&h.url(page), cookie))
+}
+
+/// `change_while_authorized` for a request `send` makes.
+fn change_while_authorized_with(
+    h: &Httpd,
+    cookie: &str,
+    change: &str,
+    send: impl FnOnce() -> Response + Send,
+) -> Response {
     let dir = h.scratch_dir(&id_of(cookie));
     std::thread::scope(|s| {
         let slow = s.spawn(|| get_with_cookie(&h.url("/cgi-bin/slow-change.cgi"), cookie));
@@ -680,7 +718,7 @@ fn change_while_authorized(h: &Httpd, cookie: &str, page: &str, change: &str) ->
             || dir.join("started").exists().then_some(()),
         );
         let granted_before = h.error_log().matches("granted").count();
-        let who = s.spawn(|| get_with_cookie(&h.url(page), cookie));
+        let who = s.spawn(send);
         wait_for(
             "authorization of the second request",
             Duration::from_secs(10),

@@ -174,6 +174,27 @@ fn forged_session_headers_never_reach_a_backend_however_they_are_spelt() {
 }
 
 #[test]
+fn forged_session_headers_in_a_chunked_body_s_trailers_never_reach_a_script() {
+    // The body is read before the handler (ahead of the session's lock);
+    // with MergeTrailers on, its trailers then join the request headers.
+    let h = server("MergeTrailers on\n<Location /cgi-bin/>\n  RSession On\n</Location>");
+    let cookie = get(&h.url("/cgi-bin/env.cgi"), &[]).cookie_pair();
+    let response = raw(
+        h.port,
+        format!(
+            "POST /cgi-bin/env.cgi HTTP/1.1\r\nHost: localhost\r\nCookie: {cookie}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\nX-RSession: set role=root\r\nX_RSession_Data: role=root\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("RSESSION_ID="), "{response}");
+    assert!(
+        !response.contains("role=root"),
+        "the script saw a forged trailer: {response}"
+    );
+}
+
+#[test]
 fn a_valid_cookie_behind_many_planted_ones_keeps_the_session() {
     let h = server("<Location /cgi-bin/>\n  RSession On\n</Location>");
     let first = get(&h.url("/cgi-bin/echo.cgi"), &[("X-Cmd", "set user=ann")]);

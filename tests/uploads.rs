@@ -104,7 +104,8 @@ fn a_slow_upload_to_a_protected_script_does_not_hold_the_lock() {
 #[test]
 fn a_slow_body_of_a_refused_request_does_not_hold_the_lock_for_its_error_page() {
     // The error document (a script) answers for a refused request: it gets
-    // the lock, but not the body, which httpd reads away first.
+    // the lock, but not the body, which httpd reads away first, or (for a
+    // status that closes the connection: 500) leaves unread.
     let h = Httpd::start(Options {
         fragment: "<Location />
   RSession On
@@ -113,62 +114,59 @@ fn a_slow_body_of_a_refused_request_does_not_hold_the_lock_for_its_error_page() 
 <Location /private/>
   Require rsession admin
 </Location>
+<Location /broken/>
+  <RequireAll>
+    Require not rsession banned
+    Require expr \"file('/nonexistent/file') == 'x'\"
+  </RequireAll>
+</Location>
 ErrorDocument 403 /cgi-bin/env.cgi
+ErrorDocument 500 /cgi-bin/env.cgi
 "
         .into(),
         ..Options::default()
     });
     h.cgi("env.cgi", ENV_CGI);
     h.htdoc("private/x.gif", "GIF89a");
-    let cookie = get(&h.url("/cgi-bin/env.cgi"), &[]).cookie_pair();
-    let body = b"0123456789abcdefghij";
-    let mut upload = TcpStream::connect(("127.0.0.1", h.port)).unwrap();
-    let client_port = upload.local_addr().unwrap().port();
-    write!(
-        upload,
-        "POST /private/x.gif HTTP/1.1\r\nHost: localhost\r\nCookie: {cookie}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .unwrap();
-    upload.write_all(&body[..1]).unwrap();
-    wait_for(
-        "the server to read the request's start",
-        Duration::from_secs(10),
-        || h.has_read_request_from(client_port).then_some(()),
-    );
+    h.htdoc("broken/x.gif", "GIF89a");
+    for (path, refusal) in [("/private/x.gif", "403"), ("/broken/x.gif", "500")] {
+        trickle_to_an_error_page(&h, path, refusal);
+    }
+}
+
+/// A body sent a byte at a time to `path`, which is refused with
+/// `refusal` and answered by env.cgi as its error document, keeps no other
+/// request of the session waiting.
+fn trickle_to_an_error_page(h: &Httpd, path: &str, refusal: &str) {
+    let (cookie, upload, client_port) = start_trickle(h, path);
+    // Refused (logged), and so handed to the error page; its body may never
+    // be read (a 500 closes the connection).
+    let client = format!("client 127.0.0.1:{client_port}]");
+    wait_for("the refusal", Duration::from_secs(10), || {
+        h.error_log().contains(&client).then_some(())
+    });
     std::thread::scope(|s| {
-        let sender = s.spawn(move || {
-            for b in &body[1..] {
-                std::thread::sleep(Duration::from_millis(200));
-                // The server may answer before the last byte: fine.
-                let _ = upload.write_all(&[*b]);
-            }
-            read_response(&mut upload)
-        });
+        let sender = s.spawn(move || finish_trickle(upload));
         for _ in 0..3 {
             let r = get_with_cookie(&h.url("/cgi-bin/env.cgi"), &cookie);
-            assert_eq!(r.status, 200, "another tab of the session: {r:?}");
+            assert_eq!(r.status, 200, "{path}: another tab of the session: {r:?}");
         }
         let (head, page) = sender.join().unwrap();
-        assert!(head.starts_with("HTTP/1.1 403"), "{head}");
-        assert!(page.contains("RSESSION_ID="), "the error page ran: {page}");
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {refusal}")),
+            "{path}: {head}"
+        );
+        assert!(
+            page.contains("RSESSION_ID="),
+            "{path}: the error page ran: {page}"
+        );
     });
 }
 
 /// A body sent to `path` a byte at a time keeps no other request of its
 /// session waiting for the lock, and reaches digest.cgi whole.
 fn slow_upload_keeps_no_one_waiting(h: &Httpd, path: &str) {
-    let cookie = get(&h.url("/cgi-bin/env.cgi"), &[]).cookie_pair();
-    let body = b"0123456789abcdefghij";
-    let mut upload = TcpStream::connect(("127.0.0.1", h.port)).unwrap();
-    let client_port = upload.local_addr().unwrap().port();
-    write!(
-        upload,
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nCookie: {cookie}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .unwrap();
-    upload.write_all(&body[..1]).unwrap();
+    let (cookie, upload, client_port) = start_trickle(h, path);
     wait_for(
         "the server to read the upload's start",
         Duration::from_secs(10),
@@ -178,13 +176,7 @@ fn slow_upload_keeps_no_one_waiting(h: &Httpd, path: &str) {
     // requests of the session come and go; with the lock held by the
     // upload they would get 503 after RSessionLockTimeout (2 s).
     std::thread::scope(|s| {
-        let sender = s.spawn(move || {
-            for b in &body[1..] {
-                std::thread::sleep(Duration::from_millis(200));
-                upload.write_all(&[*b]).unwrap();
-            }
-            read_response(&mut upload)
-        });
+        let sender = s.spawn(move || finish_trickle(upload));
         for _ in 0..3 {
             let r = get_with_cookie(&h.url("/cgi-bin/env.cgi"), &cookie);
             assert_eq!(r.status, 200, "another tab of the session: {r:?}");
@@ -195,7 +187,7 @@ fn slow_upload_keeps_no_one_waiting(h: &Httpd, path: &str) {
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         assert_eq!(
             got,
-            format!("{}\n{}\n", body.len(), hex(&Sha256::digest(body))),
+            format!("{}\n{}\n", TRICKLED.len(), hex(&Sha256::digest(TRICKLED))),
             "the handler got the whole body"
         );
     });
@@ -206,6 +198,34 @@ fn slow_upload_keeps_no_one_waiting(h: &Httpd, path: &str) {
         "the upload's own session change was kept"
     );
 }
+
+/// A POST of `TRICKLED` to `path` on the session of a new cookie, its
+/// first byte sent: (the cookie, the connection, its local port).
+fn start_trickle(h: &Httpd, path: &str) -> (String, TcpStream, u16) {
+    let cookie = get(&h.url("/cgi-bin/env.cgi"), &[]).cookie_pair();
+    let mut upload = TcpStream::connect(("127.0.0.1", h.port)).unwrap();
+    let client_port = upload.local_addr().unwrap().port();
+    write!(
+        upload,
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nCookie: {cookie}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        TRICKLED.len()
+    )
+    .unwrap();
+    upload.write_all(&TRICKLED[..1]).unwrap();
+    (cookie, upload, client_port)
+}
+
+/// Sends the rest of `TRICKLED`, a byte every 200 ms (4 s in all), and
+/// reads the response. The server may answer before the last byte.
+fn finish_trickle(mut upload: TcpStream) -> (String, String) {
+    for b in &TRICKLED[1..] {
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = upload.write_all(&[*b]);
+    }
+    read_response(&mut upload)
+}
+
+const TRICKLED: &[u8] = b"0123456789abcdefghij";
 
 #[test]
 fn large_and_chunked_uploads_reach_the_handler_whole() {

@@ -162,12 +162,24 @@ pub unsafe fn replay(
             | sys::ap_input_mode_t_AP_MODE_SPECULATIVE
             | sys::ap_input_mode_t_AP_MODE_EXHAUSTIVE
     );
-    let Some(spool) = spool.filter(|s| ours && !s.is_drained()) else {
-        // Drained: httpd's own body filter below has sent its EOS already
-        // and sends it again.
+    let Some(spool) = spool else {
         // SAFETY: as above; passing the call on is the filter contract.
         return unsafe { sys::ap_get_brigade((*f).next, bb, mode, block, readbytes) };
     };
+    if !ours {
+        // SAFETY: as above.
+        return unsafe { sys::ap_get_brigade((*f).next, bb, mode, block, readbytes) };
+    }
+    if spool.is_drained() {
+        // The body ends here, never below: what httpd's own body filter
+        // still holds is a body the request must not see (an error
+        // document's, discarded where httpd would not read it).
+        // SAFETY: bb is the live brigade httpd passed.
+        if let Some(bb) = unsafe { Brigade::from_raw(bb) } {
+            bb.append_eos();
+        }
+        return sys::STATUS_SUCCESS;
+    }
     let max = match readbytes {
         n if n > 0 => (n as usize).min(PIECE),
         _ => PIECE,

@@ -130,6 +130,15 @@ impl<'b> Brigade<'b> {
         }
     }
 
+    /// Appends an EOS: the end of the data.
+    pub fn append_eos(&self) {
+        // SAFETY: the brigade is live; the bucket comes from its allocator.
+        unsafe {
+            let list = (*self.as_ptr()).bucket_alloc;
+            sys::rsession_brigade_append(self.as_ptr(), sys::apr_bucket_eos_create(list));
+        }
+    }
+
     /// Whether an EOS is in the brigade; buckets after it are deleted.
     pub fn cut_after_eos(&self) -> bool {
         let mut cur = self.first();

@@ -143,6 +143,10 @@ impl<'r> Request<'r> {
     pub fn headers_in(&self) -> Table<'r> {
         Table::new(self.rec().headers_in)
     }
+    /// The trailers of a chunked request body, once it was read.
+    pub fn trailers_in(&self) -> Table<'r> {
+        Table::new(self.rec().trailers_in)
+    }
     pub fn headers_out(&self) -> Table<'r> {
         Table::new(self.rec().headers_out)
     }
@@ -233,28 +237,44 @@ impl<'r> Request<'r> {
         unsafe { (*self.as_ptr()).user = std::ptr::null_mut() };
     }
 
-    /// Decides again whether the request may go on, as httpd's request
-    /// processing does after the access checks: the `access_checker_ex`
-    /// hooks (Require lines that need no user), and where they need one,
-    /// `check_user_id` then `auth_checker`. OK, or the status to answer.
+    /// Decides again whether the request may go on, running the access and
+    /// auth hooks as httpd's request processing does (server/request.c,
+    /// for `Satisfy All` and `Any`): OK, or the status to answer.
     pub fn authorize_again(&self) -> c_int {
         let r = self.as_ptr();
-        // SAFETY: a live main request between its auth phase and its
-        // handler, where these hooks may run; they take only the request.
-        let status = unsafe { sys::ap_run_access_checker_ex(r) };
-        if status != sys::STATUS_DECLINED {
-            return status;
+        // What httpd answers where no module decides (decl_die).
+        let decided = |status: c_int| match status {
+            sys::STATUS_DECLINED => sys::HTTP_INTERNAL_SERVER_ERROR as c_int,
+            status => status,
+        };
+        let run = |hook: unsafe extern "C" fn(*mut sys::request_rec) -> c_int| {
+            // SAFETY: a live main request between its auth phase and its
+            // handler, where httpd's auth hooks (and ap_satisfies) may run;
+            // each takes only the request.
+            unsafe { hook(r) }
+        };
+        let any = run(sys::ap_satisfies) == sys::SATISFY_ANY as c_int;
+        let access = run(sys::ap_run_access_checker);
+        if any && access == sys::STATUS_OK {
+            return sys::STATUS_OK;
         }
-        for phase in [sys::ap_run_check_user_id, sys::ap_run_auth_checker] {
-            // SAFETY: as above.
-            match unsafe { phase(r) } {
-                sys::STATUS_OK => {}
-                // What httpd answers when no module decides.
-                sys::STATUS_DECLINED => return sys::HTTP_INTERNAL_SERVER_ERROR as c_int,
-                status => return status,
-            }
+        if !any && access != sys::STATUS_OK {
+            return decided(access);
         }
-        sys::STATUS_OK
+        let access = run(sys::ap_run_access_checker_ex);
+        let needs_user = access == sys::STATUS_DECLINED
+            || (access == sys::STATUS_OK && run(sys::ap_run_force_authn) == sys::STATUS_OK);
+        if !needs_user {
+            return access;
+        }
+        let status = run(sys::ap_run_check_user_id);
+        if status != sys::STATUS_OK {
+            return decided(status);
+        }
+        if self.rec().user.is_null() {
+            return sys::HTTP_INTERNAL_SERVER_ERROR as c_int;
+        }
+        decided(run(sys::ap_run_auth_checker))
     }
 
     /// Sets `r->ap_auth_type` (CGI's AUTH_TYPE), as authentication modules do.

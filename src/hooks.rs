@@ -552,7 +552,11 @@ pub fn fixups(r: Request<'_>) -> c_int {
             } else if let Err(status) = spool_body(r, &chain_dir, &runtime) {
                 return status;
             }
-            let fresh = begin_with(r, &chain_dir, &runtime, Some(id));
+            let again = Candidates {
+                signed: vec![id],
+                rejected: 0,
+            };
+            let fresh = begin_with(r, &chain_dir, &runtime, &again, true);
             if let RequestState::Failed(status) = fresh {
                 // The lock timed out or the store failed: the handler must
                 // not run on the session read without its lock, nor without
@@ -743,31 +747,25 @@ fn begin_static(r: Request<'_>, dir: &DirConfig, runtime: &Arc<Runtime>) -> Opti
 }
 
 fn begin(r: Request<'_>, dir: &DirConfig, runtime: &Arc<Runtime>) -> RequestState {
-    begin_with(r, dir, runtime, None)
+    let found = cookie_candidates(r, dir, runtime);
+    begin_with(r, dir, runtime, &found, false)
 }
 
-/// Resumes, locked, the session of the request's cookie the store knows
-/// (or `again`, the one the chain read without its lock), or creates one.
+/// Resumes, locked, the first session of `found` the store knows, or
+/// creates one. `relock`: `found` is the session the chain read without its
+/// lock (and counted as resumed then).
 fn begin_with(
     r: Request<'_>,
     dir: &DirConfig,
     runtime: &Arc<Runtime>,
-    again: Option<SessionId>,
+    found: &Candidates,
+    relock: bool,
 ) -> RequestState {
     let mut notes = Notes::default();
-    let (found, result) = match again {
-        Some(id) => (
-            Candidates {
-                signed: vec![id],
-                rejected: 0,
-            },
-            ActiveSession::begin_locked(runtime, dir, id, now(), &mut notes),
-        ),
-        None => {
-            let found = cookie_candidates(r, dir, runtime);
-            let result = ActiveSession::begin(runtime, dir, &found, now(), &mut notes);
-            (found, result)
-        }
+    let result = if relock {
+        ActiveSession::begin_locked(runtime, dir, found, now(), &mut notes)
+    } else {
+        ActiveSession::begin(runtime, dir, found, now(), &mut notes)
     };
     for what in notes.corrupt {
         rlog!(
@@ -833,13 +831,11 @@ fn begin_for_authorization(
     dir: &DirConfig,
     runtime: &Arc<Runtime>,
 ) -> RequestState {
-    if !dir.lock() || !r.has_body() {
-        return begin(r, dir, runtime);
-    }
     let found = cookie_candidates(r, dir, runtime);
-    if found.signed.is_empty() {
-        // A new session: nobody else knows its id to wait for its lock.
-        return begin(r, dir, runtime);
+    // Without a signed cookie, a new session: nobody else knows its id to
+    // wait for its lock.
+    if !dir.lock() || !r.has_body() || found.signed.is_empty() {
+        return begin_with(r, dir, runtime, &found, false);
     }
     match ActiveSession::begin_read_only(runtime, dir, &found, now()) {
         Ok(Some(session)) => {
@@ -858,7 +854,7 @@ fn begin_for_authorization(
             }))
         }
         // No live session behind the cookie: a new one.
-        Ok(None) => begin(r, dir, runtime),
+        Ok(None) => begin_with(r, dir, runtime, &found, false),
         Err(e) => session_failed(r, dir, runtime, e),
     }
 }

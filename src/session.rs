@@ -251,20 +251,16 @@ impl ActiveSession {
         Self::resume_or_create(rt, dir, found, now, notes, true)
     }
 
-    /// `begin` for the session `id` a request already read without its
-    /// lock (`begin_read_only`, which counted it as resumed): now locked.
+    /// `begin` for the session a request already read without its lock
+    /// (`begin_read_only`, which counted it as resumed): now locked.
     pub fn begin_locked(
         rt: &Runtime,
         dir: &DirConfig,
-        id: SessionId,
+        found: &Candidates,
         now: u64,
         notes: &mut Notes,
     ) -> Result<ActiveSession, SessionError> {
-        let found = Candidates {
-            signed: vec![id],
-            rejected: 0,
-        };
-        Self::resume_or_create(rt, dir, &found, now, notes, false)
+        Self::resume_or_create(rt, dir, found, now, notes, false)
     }
 
     fn resume_or_create(

@@ -162,14 +162,10 @@ pub unsafe fn replay(
             | sys::ap_input_mode_t_AP_MODE_SPECULATIVE
             | sys::ap_input_mode_t_AP_MODE_EXHAUSTIVE
     );
-    let Some(spool) = spool else {
+    let Some(spool) = spool.filter(|_| ours) else {
         // SAFETY: as above; passing the call on is the filter contract.
         return unsafe { sys::ap_get_brigade((*f).next, bb, mode, block, readbytes) };
     };
-    if !ours {
-        // SAFETY: as above.
-        return unsafe { sys::ap_get_brigade((*f).next, bb, mode, block, readbytes) };
-    }
     if spool.is_drained() {
         // The body ends here, never below: what httpd's own body filter
         // still holds is a body the request must not see (an error

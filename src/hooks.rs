@@ -1084,21 +1084,12 @@ pub fn at_first_output(r: Request<'_>) -> FirstOutput {
             };
             let id_text = rs.session.id().text();
             let tag = if r.is_main() { "RS0082" } else { "RS0080" };
-            drop_commands(r, rs.dir.update_header(), tag, &id_text[..8], why);
-            if let Some(own) = own_update_header(r, &rs.dir) {
-                drop_commands(r, own, tag, &id_text[..8], why);
-            }
+            drop_chain_commands(r, &rs.dir, None, tag, &id_text[..8], why);
             FirstOutput::Pass
         }
         RequestState::Failed(_) => {
             if let Some(dir) = r.dir_config::<DirConfig>() {
-                drop_commands(
-                    r,
-                    dir.update_header(),
-                    "RS0083",
-                    "-",
-                    "this request has no session",
-                );
+                drop_chain_commands(r, dir, None, "RS0083", "-", "this request has no session");
             }
             FirstOutput::Pass
         }
@@ -1125,6 +1116,33 @@ fn drop_commands(r: Request<'_>, header: &str, tag: &str, short: &str, why: &str
     }
 }
 
+/// Removes the lines under the update header of the location the session
+/// began in (`chain`) and of every location the request was redirected
+/// through on its way to `r`, except `applied`, the one that counts.
+fn drop_chain_commands(
+    r: Request<'_>,
+    chain: &DirConfig,
+    applied: Option<&str>,
+    tag: &str,
+    short: &str,
+    why: &str,
+) {
+    let other = |name: &str| !applied.is_some_and(|a| a.eq_ignore_ascii_case(name));
+    if other(chain.update_header()) {
+        drop_commands(r, chain.update_header(), tag, short, why);
+    }
+    // A name met twice finds nothing left to remove the second time.
+    let mut hop = Some(r);
+    while let Some(request) = hop {
+        if let Some(dir) = request.dir_config::<DirConfig>().filter(|d| d.enabled()) {
+            if other(dir.update_header()) {
+                drop_commands(r, dir.update_header(), tag, short, why);
+            }
+        }
+        hop = request.prev();
+    }
+}
+
 /// The update header this response's own location names, where it names
 /// one other than `chain`'s (the location the session began in: an
 /// internal redirect or ErrorDocument may be configured otherwise).
@@ -1141,17 +1159,15 @@ fn save(r: Request<'_>, rs: &mut RequestSession) -> FirstOutput {
     // The most of an id logs may show; formatted without allocating.
     let id_text = rs.session.id().text();
     let short = &id_text[..8];
-    let own = own_update_header(r, &rs.dir);
-    if own.is_some() {
-        drop_commands(
-            r,
-            rs.dir.update_header(),
-            "RS0086",
-            short,
-            "this response's location reads another RSessionUpdateHeader",
-        );
-    }
-    let header = own.unwrap_or(rs.dir.update_header());
+    let header = own_update_header(r, &rs.dir).unwrap_or(rs.dir.update_header());
+    drop_chain_commands(
+        r,
+        &rs.dir,
+        Some(header),
+        "RS0086",
+        short,
+        "this response's location reads another RSessionUpdateHeader",
+    );
     // The values stay in the request's pool after the unset: the commands
     // borrow them.
     let (out, err) = (r.headers_out(), r.err_headers_out());

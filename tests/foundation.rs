@@ -686,3 +686,50 @@ fn a_redirect_target_writes_under_its_own_locations_update_header() {
     );
     assert!(h.error_log().contains("RS0086"), "{}", h.error_log());
 }
+
+#[test]
+fn no_location_of_a_redirect_chain_leaks_its_update_header_to_the_client() {
+    // /app/ (X-App) redirects to /mid/ (X-Mid), which redirects to
+    // /cgi-bin/ (X-RSession): the last location's lines are applied, the
+    // other two names' lines removed, the middle one's too.
+    let h = server(
+        Mpm::Event,
+        "ScriptAlias /app/ {ROOT}/cgi-bin/\n<Location /app/>\n  RSession On\n  RSessionUpdateHeader X-App\n</Location>\n\
+         ScriptAlias /mid/ {ROOT}/cgi-bin/\n<Location /mid/>\n  RSession On\n  RSessionUpdateHeader X-Mid\n</Location>\n",
+    );
+    h.cgi(
+        "first.cgi",
+        "#!/bin/sh\nprintf 'Location: /mid/second.cgi\\n\\n'\n",
+    );
+    h.cgi(
+        "second.cgi",
+        "#!/bin/sh\nprintf 'Location: /cgi-bin/last.cgi\\n\\n'\n",
+    );
+    h.cgi(
+        "last.cgi",
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\nX-RSession: set k=3\\nX-App: set wrong=1\\nX-Mid: set wrong=2\\n\\nlast\\n'\n",
+    );
+    h.cgi(
+        "set.cgi",
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\nX-RSession: set k=1\\n\\nset\\n'\n",
+    );
+    let pair = get(&h.url("/cgi-bin/set.cgi"), &[]).cookie_pair();
+    let hop = get_with_cookie(&h.url("/app/first.cgi"), &pair);
+    assert_eq!((hop.status, hop.body.as_str()), (200, "last\n"), "{hop:?}");
+    for name in ["X-RSession", "X-App", "X-Mid"] {
+        assert_eq!(hop.header(name), None, "{name}: {hop:?}");
+    }
+    let env = get_with_cookie(&h.url("/cgi-bin/env.cgi"), &pair);
+    assert_eq!(
+        env.env("RSESSION_DATA").as_deref(),
+        Some("k=3"),
+        "{}",
+        env.body
+    );
+    let log = h.error_log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("RS0086") && l.contains("X-Mid")),
+        "{log}"
+    );
+}

@@ -1349,20 +1349,31 @@ fn cookie_line(r: Request<'_>, rs: &RequestSession, change: &CookieChange) -> St
 /// (its own Cache-Control stays). Static files keep their caching, except
 /// where the session decided who may see them (`AuthType RSession`,
 /// `Require rsession`): a shared cache would hand such a file to anyone,
-/// as the credentials ride in a cookie, not in `Authorization`.
+/// as the credentials ride in a cookie, not in `Authorization`. Such a file
+/// also gets `no-cache`: it has a Last-Modified, so without it a browser
+/// shows it again from its own cache, unasked, for a tenth of the file's
+/// age (heuristic freshness), after its user signed out; asking costs a
+/// 304 while access stands.
 fn mark_private(r: Request<'_>, session: &ActiveSession) {
-    let personal = if session.is_read_only() {
+    let guarded = || {
         r.dir_config::<DirConfig>()
             .is_some_and(|dir| session_guards_access(r, dir))
-    } else {
-        session.is_kept()
     };
-    if !personal {
+    // A directory's index file is a static file too, though its request
+    // began as the directory's.
+    let value = if (session.is_read_only() || r.is_static_file()) && guarded() {
+        Some("private, no-cache")
+    } else if session.is_read_only() {
+        None
+    } else {
+        session.is_kept().then_some("private")
+    };
+    let Some(value) = value else {
         return;
-    }
+    };
     let (out, err) = (r.headers_out(), r.err_headers_out());
     if out.get_all("Cache-Control").is_empty() && err.get_all("Cache-Control").is_empty() {
-        err.set("Cache-Control", "private");
+        err.set("Cache-Control", value);
     }
 }
 

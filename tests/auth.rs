@@ -225,12 +225,35 @@ fn visitors_sign_in_and_come_back_as_their_user() {
         (200, "<p>protected</p>\n")
     );
     // A file only ann may see must not reach a shared cache (her cookie,
-    // not an Authorization header, let her in); a public one keeps its
-    // caching, session or not.
-    assert_eq!(page.header("Cache-Control"), Some("private"), "{page:?}");
-    let admin_only = get_with_cookie(&h.url("/either/index.html"), &sign_in(&h, "bo", "admin"));
+    // not an Authorization header, let her in), and her browser must ask
+    // again before it shows the file once more (she may have signed out);
+    // a public one keeps its caching, session or not.
+    assert_eq!(
+        page.header("Cache-Control"),
+        Some("private, no-cache"),
+        "{page:?}"
+    );
+    let etag = page.header("ETag").expect("an ETag").to_string();
+    let again = get(
+        &h.url("/private/page.html"),
+        &[
+            ("Cookie", cookie.as_str()),
+            ("If-None-Match", etag.as_str()),
+        ],
+    );
+    assert_eq!(again.status, 304, "asking again is cheap: {again:?}");
+    let refused = get(
+        &h.url("/private/page.html"),
+        &[("If-None-Match", etag.as_str())],
+    );
+    assert_eq!(refused.status, 302, "{refused:?}");
+    // A directory's index file (mod_dir) the same.
+    let admin_only = get_with_cookie(&h.url("/either/"), &sign_in(&h, "bo", "admin"));
     assert_eq!(admin_only.status, 200, "{admin_only:?}");
-    assert_eq!(admin_only.header("Cache-Control"), Some("private"));
+    assert_eq!(
+        admin_only.header("Cache-Control"),
+        Some("private, no-cache")
+    );
     let public = get_with_cookie(&h.url("/public/page.html"), &cookie);
     assert_eq!(public.status, 200, "{public:?}");
     assert_eq!(public.header("Cache-Control"), None, "{public:?}");

@@ -8,12 +8,26 @@ use serde_json::{json, Value};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
 struct Killed(Child);
+
+/// On a failure, the demo's logs: they go with its root.
+struct PrintLogsOnFailure<'a>(&'a Path);
+
+impl Drop for PrintLogsOnFailure<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for log in ["logs/access.log", "logs/error.log"] {
+                let text = std::fs::read_to_string(self.0.join(log)).unwrap_or_default();
+                eprintln!("---- the demo's {log} ----\n{text}");
+            }
+        }
+    }
+}
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -94,9 +108,21 @@ impl Browser {
     /// Waits until the element's text satisfies `ok` (pages load after a
     /// click on their own schedule).
     fn text_when(&self, css: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
-        harness::wait_for(what, Duration::from_secs(20), || {
-            self.element(css).map(|_| self.text(css)).filter(|t| ok(t))
-        })
+        let deadline = Duration::from_secs(20);
+        let end = Instant::now() + deadline;
+        loop {
+            if let Some(t) = self.element(css).map(|_| self.text(css)).filter(|t| ok(t)) {
+                return t;
+            }
+            if Instant::now() >= end {
+                panic!(
+                    "timed out after {deadline:?} waiting for {what}: the browser shows {} with {:?}",
+                    self.script("return location.href"),
+                    self.script("return document.body ? document.body.innerText : ''")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn text(&self, css: &str) -> String {
@@ -179,12 +205,20 @@ fn the_demo_works_in_a_real_browser() {
             .spawn()
             .unwrap(),
     );
+    let _logs = PrintLogsOnFailure(demo_root.path());
     let site = format!("http://127.0.0.1:{port}/");
     harness::wait_for("the demo", Duration::from_secs(30), || {
         harness::http::try_send("GET", &site, &[], None)
             .ok()
             .filter(|r| r.status == 200)
     });
+    // As old as a real site's files: a browser may show a page again from
+    // its cache, unasked, for a tenth of its age unless told to ask.
+    std::fs::File::options()
+        .write(true)
+        .open(demo_root.path().join("htdocs/private/index.html"))
+        .and_then(|f| f.set_modified(SystemTime::now() - Duration::from_secs(86_400)))
+        .unwrap();
     let driver_port = harness::free_port();
     let _driver = Killed(
         Command::new(CHROMEDRIVER)

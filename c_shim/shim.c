@@ -24,6 +24,7 @@ void rsession_child_stopping(apr_pool_t *pchild, int graceful);
 int rsession_monitor(apr_pool_t *p, server_rec *s);
 int rsession_post_read_request(request_rec *r);
 int rsession_fixups(request_rec *r);
+int rsession_fixups_after_index(request_rec *r);
 void rsession_insert_filter(request_rec *r);
 void rsession_insert_error_filter(request_rec *r);
 apr_status_t rsession_out_filter(ap_filter_t *f, apr_bucket_brigade *bb);
@@ -174,6 +175,8 @@ void rsession_register_hooks(apr_pool_t *p)
     ap_hook_post_read_request(rsession_post_read_request, NULL, NULL, APR_HOOK_MIDDLE);
     /* Before mod_headers (LAST), so RequestHeader expressions see our notes. */
     ap_hook_fixups(rsession_fixups, NULL, NULL, APR_HOOK_MIDDLE);
+    /* A directory's request, once mod_dir (LAST) made it its index file's. */
+    ap_hook_fixups(rsession_fixups_after_index, NULL, NULL, APR_HOOK_REALLY_LAST);
     /* Save and set cookies from one output filter, on normal and error responses. */
     ap_hook_insert_filter(rsession_insert_filter, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_insert_error_filter(rsession_insert_error_filter, NULL, NULL, APR_HOOK_MIDDLE);

@@ -517,12 +517,34 @@ pub fn monitor(main: Server<'_>) -> c_int {
 
 // ---- requests --------------------------------------------------------------
 
+/// Marks a directory's request whose session `fixups` left to
+/// `fixups_after_index`.
+struct AfterIndex;
+
+/// The last fixups: a directory's request, now its index file's (or still
+/// the directory's, for a listing), gets its session as any other request
+/// would: a static index file reads it without waiting for its lock, a
+/// script gets it locked.
+pub fn fixups_after_index(r: Request<'_>) -> c_int {
+    if r.is_main() && r.slot::<AfterIndex>().is_some() {
+        fixups(r)
+    } else {
+        DECLINED
+    }
+}
+
 /// Loads or creates the session before any handler runs, and exposes it.
 pub fn fixups(r: Request<'_>) -> c_int {
     let Some(dir) = r.dir_config::<DirConfig>() else {
         return DECLINED;
     };
     if !dir.enabled() {
+        return DECLINED;
+    }
+    if r.is_main() && r.is_directory() && r.slot::<AfterIndex>().is_none() {
+        // Which file (static, or a script) serves the directory is known
+        // only after mod_dir: decided then (fixups_after_index).
+        r.set_slot(AfterIndex);
         return DECLINED;
     }
     // Client-sent X-RSession-* headers and update commands (however spelt)

@@ -41,6 +41,8 @@ exports! {
     fn rsession_post_read_request(r: *mut sys::request_rec) -> c_int
         = request("post_read_request", hooks::post_read_request);
     fn rsession_fixups(r: *mut sys::request_rec) -> c_int = request("fixups", hooks::fixups);
+    fn rsession_fixups_after_index(r: *mut sys::request_rec) -> c_int
+        = request("fixups", hooks::fixups_after_index);
     fn rsession_insert_filter(r: *mut sys::request_rec)
         = request_void("insert_filter", hooks::insert_filter);
     fn rsession_insert_error_filter(r: *mut sys::request_rec)

@@ -175,6 +175,7 @@ fn a_static_file_of_a_busy_session_answers_at_once() {
     h.cgi("hold.cgi", harness::scripts::HOLD_CGI);
     h.cgi("counter.cgi", COUNTER_CGI);
     h.htdoc("static/logo.png", "logo");
+    h.htdoc("static/index.html", "index");
     let cookie = get(&h.url("/cgi-bin/counter.cgi"), &[]).cookie_pair();
     std::thread::scope(|s| {
         let holder = s.spawn(|| get_with_cookie(&h.url("/cgi-bin/hold.cgi"), &cookie));
@@ -195,6 +196,13 @@ fn a_static_file_of_a_busy_session_answers_at_once() {
             assert_eq!(r.status, 200, "{r:?}");
             assert_eq!(r.body, "logo");
         }
+        // A directory's index file (mod_dir) is a static file too.
+        let index = get_with_cookie(&h.url("/static/"), &cookie);
+        assert_eq!(
+            (index.status, index.body.as_str()),
+            (200, "index"),
+            "{index:?}"
+        );
         assert!(!holder.is_finished(), "the CGI still holds the session");
         std::fs::write(Path::new(&dir).join("release"), "").unwrap();
         assert_eq!(holder.join().unwrap().status, 200);
@@ -214,6 +222,37 @@ fn a_static_file_of_a_busy_session_answers_at_once() {
     });
     let last = get_with_cookie(&h.url("/cgi-bin/counter.cgi"), &cookie);
     assert_eq!(last.body.trim(), "42");
+}
+
+#[test]
+fn a_script_that_serves_a_directory_gets_the_session_locked() {
+    // mod_dir picks the directory's index after the module's own fixups:
+    // the session is decided on what it picked, a script here.
+    let h = Httpd::start(Options {
+        fragment: "<Directory {ROOT}/htdocs/app>\n  Options +ExecCGI\n  AddHandler cgi-script .cgi\n  DirectoryIndex counter.cgi\n</Directory>\n<Location /app/>\n  RSession On\n</Location>".into(),
+        ..Options::default()
+    });
+    h.htdoc("app/counter.cgi", COUNTER_CGI);
+    std::fs::set_permissions(
+        h.path("htdocs/app/counter.cgi"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let first = get(&h.url("/app/"), &[]);
+    assert_eq!((first.status, first.body.trim()), (200, "1"), "{first:?}");
+    let cookie = first.cookie_pair();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..10 {
+                    let r = get_with_cookie(&h.url("/app/"), &cookie);
+                    assert_eq!(r.status, 200, "{r:?}");
+                }
+            });
+        }
+    });
+    let last = get_with_cookie(&h.url("/app/"), &cookie);
+    assert_eq!(last.body.trim(), "42", "no increment lost: {last:?}");
 }
 
 /// Sets its own caching policy.

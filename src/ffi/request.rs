@@ -138,6 +138,15 @@ impl<'r> Request<'r> {
         default_handler && self.rec().finfo.filetype == sys::apr_filetype_e_APR_REG
     }
 
+    /// A directory that no handler claimed (httpd's `DIR_MAGIC_TYPE`,
+    /// as a content type): mod_dir (in fixups, after
+    /// ours) turns it into its index file's request, or mod_autoindex
+    /// lists it.
+    pub fn is_directory(&self) -> bool {
+        self.rec().finfo.filetype == sys::apr_filetype_e_APR_DIR
+            && self.handler().is_none_or(|h| h == "httpd/unix-directory")
+    }
+
     pub fn args(&self) -> Option<Cow<'r, str>> {
         text(self.rec().args)
     }

@@ -541,15 +541,15 @@ pub fn fixups(r: Request<'_>) -> c_int {
     if !dir.enabled() {
         return DECLINED;
     }
+    // Client-sent X-RSession-* headers and update commands (however spelt)
+    // could pass for ours downstream (mod_headers' fixups come next).
+    strip_client_session_headers(r, dir);
     if r.is_main() && r.is_directory() && r.slot::<AfterIndex>().is_none() {
         // Which file (static, or a script) serves the directory is known
         // only after mod_dir: decided then (fixups_after_index).
         r.set_slot(AfterIndex);
         return DECLINED;
     }
-    // Client-sent X-RSession-* headers and update commands (however spelt)
-    // could pass for ours downstream.
-    strip_client_session_headers(r, dir);
 
     let initial = r.initial();
     let mut relocked = false;
@@ -1153,10 +1153,11 @@ fn drop_chain_commands(
     if other(chain.update_header()) {
         drop_commands(r, chain.update_header(), tag, short, why);
     }
-    // A name met twice finds nothing left to remove the second time.
+    // A name met twice finds nothing left to remove the second time. A
+    // location with RSession Off counts too: its lines reach no one else.
     let mut hop = Some(r);
     while let Some(request) = hop {
-        if let Some(dir) = request.dir_config::<DirConfig>().filter(|d| d.enabled()) {
+        if let Some(dir) = request.dir_config::<DirConfig>() {
             if other(dir.update_header()) {
                 drop_commands(r, dir.update_header(), tag, short, why);
             }
@@ -1627,7 +1628,9 @@ fn resolve_early(r: Request<'_>, dir: &DirConfig) -> Result<(), c_int> {
     };
     let initial = r.initial();
     if session_state(initial).is_none() && r.is_main() {
-        if r.is_static_file() {
+        // A directory is read as its index would be if that is a static
+        // file; the last fixups lock it where the index is a script.
+        if r.is_static_file() || r.is_directory() {
             if let Some(state) = begin_static(r, dir, runtime) {
                 set_session_state(initial, state);
             }

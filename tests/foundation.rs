@@ -689,13 +689,15 @@ fn a_redirect_target_writes_under_its_own_locations_update_header() {
 
 #[test]
 fn no_location_of_a_redirect_chain_leaks_its_update_header_to_the_client() {
-    // /app/ (X-App) redirects to /mid/ (X-Mid), which redirects to
-    // /cgi-bin/ (X-RSession): the last location's lines are applied, the
-    // other two names' lines removed, the middle one's too.
+    // /app/ (X-App) redirects to /mid/ (X-Mid), then to /off/ (RSession
+    // Off, X-Off), then to /cgi-bin/ (X-RSession): the last location's
+    // lines are applied, the other names' lines removed, the middle ones'
+    // too.
     let h = server(
         Mpm::Event,
         "ScriptAlias /app/ {ROOT}/cgi-bin/\n<Location /app/>\n  RSession On\n  RSessionUpdateHeader X-App\n</Location>\n\
-         ScriptAlias /mid/ {ROOT}/cgi-bin/\n<Location /mid/>\n  RSession On\n  RSessionUpdateHeader X-Mid\n</Location>\n",
+         ScriptAlias /mid/ {ROOT}/cgi-bin/\n<Location /mid/>\n  RSession On\n  RSessionUpdateHeader X-Mid\n</Location>\n\
+         ScriptAlias /off/ {ROOT}/cgi-bin/\n<Location /off/>\n  RSession Off\n  RSessionUpdateHeader X-Off\n</Location>\n",
     );
     h.cgi(
         "first.cgi",
@@ -703,11 +705,15 @@ fn no_location_of_a_redirect_chain_leaks_its_update_header_to_the_client() {
     );
     h.cgi(
         "second.cgi",
+        "#!/bin/sh\nprintf 'Location: /off/third.cgi\\n\\n'\n",
+    );
+    h.cgi(
+        "third.cgi",
         "#!/bin/sh\nprintf 'Location: /cgi-bin/last.cgi\\n\\n'\n",
     );
     h.cgi(
         "last.cgi",
-        "#!/bin/sh\nprintf 'Content-Type: text/plain\\nX-RSession: set k=3\\nX-App: set wrong=1\\nX-Mid: set wrong=2\\n\\nlast\\n'\n",
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\nX-RSession: set k=3\\nX-App: set wrong=1\\nX-Mid: set wrong=2\\nX-Off: set wrong=3\\n\\nlast\\n'\n",
     );
     h.cgi(
         "set.cgi",
@@ -716,7 +722,7 @@ fn no_location_of_a_redirect_chain_leaks_its_update_header_to_the_client() {
     let pair = get(&h.url("/cgi-bin/set.cgi"), &[]).cookie_pair();
     let hop = get_with_cookie(&h.url("/app/first.cgi"), &pair);
     assert_eq!((hop.status, hop.body.as_str()), (200, "last\n"), "{hop:?}");
-    for name in ["X-RSession", "X-App", "X-Mid"] {
+    for name in ["X-RSession", "X-App", "X-Mid", "X-Off"] {
         assert_eq!(hop.header(name), None, "{name}: {hop:?}");
     }
     let env = get_with_cookie(&h.url("/cgi-bin/env.cgi"), &pair);

@@ -174,6 +174,37 @@ fn forged_session_headers_never_reach_a_backend_however_they_are_spelt() {
 }
 
 #[test]
+fn forged_session_headers_never_reach_a_directory_s_index_script_through_mod_headers() {
+    // A directory's session is decided after mod_dir (fixups, last), which
+    // is after mod_headers' RequestHeader: the client's copy must be gone
+    // before that.
+    let h = Httpd::start(Options {
+        fragment: "<Directory {ROOT}/htdocs/app>\n  Options +ExecCGI\n  AddHandler cgi-script .cgi\n  DirectoryIndex show.cgi\n</Directory>\n<Location /app/>\n  RSession On\n  RequestHeader set X-Copy \"expr=%{req:X-RSession-Data}\"\n</Location>".into(),
+        ..Options::default()
+    });
+    h.htdoc(
+        "app/show.cgi",
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\n'\nenv | grep -E '^(RSESSION_|HTTP_X_)' | sort\n",
+    );
+    std::fs::set_permissions(
+        h.path("htdocs/app/show.cgi"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    for path in ["/app/show.cgi", "/app/"] {
+        let r = get(&h.url(path), &[("X-RSession-Data", "user=admin")]);
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+        assert!(r.body.contains("HTTP_X_COPY="), "{path}: {}", r.body);
+        assert!(!r.body.contains("user=admin"), "{path}: {}", r.body);
+        assert!(
+            r.body.contains("RSESSION_ID="),
+            "{path} has its session: {}",
+            r.body
+        );
+    }
+}
+
+#[test]
 fn forged_session_headers_in_a_chunked_body_s_trailers_never_reach_a_script() {
     // The body is read before the handler (ahead of the session's lock);
     // with MergeTrailers on, its trailers then join the request headers.

@@ -168,8 +168,18 @@ fn static_files_never_make_a_session() {
 
 #[test]
 fn a_static_file_of_a_busy_session_answers_at_once() {
+    static_files_of_a_busy_session_answer_at_once("");
+}
+
+#[test]
+fn a_static_file_of_a_busy_session_answers_at_once_where_the_session_names_the_user() {
+    // RSessionUser reads the session before authorization, not in fixups.
+    static_files_of_a_busy_session_answer_at_once("  RSessionUser user\n");
+}
+
+fn static_files_of_a_busy_session_answer_at_once(extra: &str) {
     let h = Httpd::start(Options {
-        fragment: "Alias /static/ {ROOT}/htdocs/static/\n<LocationMatch ^/(cgi-bin|static)/>\n  RSession On\n  RSessionLockTimeout 2\n</LocationMatch>".into(),
+        fragment: format!("Alias /static/ {{ROOT}}/htdocs/static/\n<LocationMatch ^/(cgi-bin|static)/>\n  RSession On\n  RSessionLockTimeout 2\n{extra}</LocationMatch>"),
         ..Options::default()
     });
     h.cgi("hold.cgi", harness::scripts::HOLD_CGI);

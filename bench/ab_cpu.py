@@ -30,23 +30,6 @@ ROWS = (
 )
 
 
-def group_cpu(pgid):
-    """(user, system) CPU seconds of the live processes of a process group."""
-    user = system = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % pid) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:
-            user += int(fields[11])
-            system += int(fields[12])
-    return user / bench.TICKS, system / bench.TICKS
-
-
 def one_round(module, floor, seconds):
     bench.MODULE = module
     h = bench.Httpd(bench.LUA_SERVER + "\nRSessionStore file:{ROOT}/store\nRSessionScratchRoot {SCRATCH}\n"
@@ -59,9 +42,9 @@ def one_round(module, floor, seconds):
         cookies = h.cookies_from("/lua/session", 256)
         bench.wrk(h.url("/lua/session"), 1, cookies=cookies)
         for name, path, with_cookies in ROWS:
-            before = group_cpu(h.proc.pid)
+            before = bench.process_group_cpu_split(h.proc.pid)
             run = bench.wrk(h.url(path), seconds, cookies=cookies if with_cookies else None)
-            after = group_cpu(h.proc.pid)
+            after = bench.process_group_cpu_split(h.proc.pid)
             n = run["requests"]
             out[name] = tuple((a - b) / n * 1e6 for a, b in zip(after, before))
     finally:

@@ -205,11 +205,11 @@ MaxKeepAliveRequests 0
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def process_group_cpu(pgid):
-    """CPU seconds (user+system) used so far by the live processes of a
+def process_group_cpu_split(pgid):
+    """(user, system) CPU seconds used so far by the live processes of a
     process group; children that exited are not counted, which is why the
     servers here keep their children for the whole run."""
-    total = 0
+    user = system = 0
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -220,8 +220,14 @@ def process_group_cpu(pgid):
             continue
         # After the command: state ppid pgrp ... utime(12) stime(13).
         if int(fields[2]) == pgid:
-            total += int(fields[11]) + int(fields[12])
-    return total / TICKS
+            user += int(fields[11])
+            system += int(fields[12])
+    return user / TICKS, system / TICKS
+
+
+def process_group_cpu(pgid):
+    """CPU seconds (user+system) of a process group (see the split)."""
+    return sum(process_group_cpu_split(pgid))
 
 
 class Redis:

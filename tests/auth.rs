@@ -139,12 +139,7 @@ ScriptAlias /admin/ {{ROOT}}/cgi-bin/
     }
     // A CGI known as one only from its name (mod_mime, after
     // authorization), and a page that includes a protected CGI.
-    h.htdoc("private/h/counter.cgi", COUNTER_CGI);
-    std::fs::set_permissions(
-        h.path("htdocs/private/h/counter.cgi"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    h.htdoc_script("private/h/counter.cgi", COUNTER_CGI);
     h.htdoc(
         "private/inc.shtml",
         "<!--#include virtual=\"/private/cgi/who.cgi\" -->",

@@ -557,12 +557,7 @@ fn a_directory_index_handler_has_one_session_and_loses_no_increment() {
         "<Location /dix/>\n  RSession On\n</Location>\n\
          <Directory {ROOT}/htdocs/dix>\n  Options +ExecCGI\n  AddHandler cgi-script .cgi\n  DirectoryIndex index.cgi\n</Directory>\n",
     );
-    h.htdoc("dix/index.cgi", harness::scripts::COUNTER_CGI);
-    std::fs::set_permissions(
-        h.path("htdocs/dix/index.cgi"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
+    h.htdoc_script("dix/index.cgi", harness::scripts::COUNTER_CGI);
     let first = get(&h.url("/dix/"), &[]);
     assert_eq!((first.status, first.body.trim()), (200, "1"), "{first:?}");
     let pair = first.cookie_pair();

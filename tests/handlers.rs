@@ -560,12 +560,7 @@ fn a_cgi_chosen_by_content_type_can_write_its_session() {
         .into(),
         ..Options::default()
     });
-    h.htdoc("typed/count.cgi", COUNTER_CGI);
-    std::fs::set_permissions(
-        h.path("htdocs/typed/count.cgi"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    h.htdoc_script("typed/count.cgi", COUNTER_CGI);
     let first = get(&h.url("/typed/count.cgi"), &[]);
     assert_eq!(
         (first.status, first.body.as_str()),
@@ -676,12 +671,7 @@ ErrorDocument 404 /cgi-bin/counter.cgi
         "maps/count.var",
         "URI: count.cgi\nContent-type: text/plain\n",
     );
-    h.htdoc("maps/count.cgi", COUNTER_CGI);
-    std::fs::set_permissions(
-        h.path("htdocs/maps/count.cgi"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    h.htdoc_script("maps/count.cgi", COUNTER_CGI);
     let cookie = get(&h.url("/cgi-bin/counter.cgi"), &[]).cookie_pair();
     let answers: Vec<(u16, String)> = ["/pics/a.gif", "/maps/count.var", "/no/such.html"]
         .iter()

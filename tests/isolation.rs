@@ -182,15 +182,10 @@ fn forged_session_headers_never_reach_a_directory_s_index_script_through_mod_hea
         fragment: "<Directory {ROOT}/htdocs/app>\n  Options +ExecCGI\n  AddHandler cgi-script .cgi\n  DirectoryIndex show.cgi\n</Directory>\n<Location /app/>\n  RSession On\n  RequestHeader set X-Copy \"expr=%{req:X-RSession-Data}\"\n</Location>".into(),
         ..Options::default()
     });
-    h.htdoc(
+    h.htdoc_script(
         "app/show.cgi",
         "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\n'\nenv | grep -E '^(RSESSION_|HTTP_X_)' | sort\n",
     );
-    std::fs::set_permissions(
-        h.path("htdocs/app/show.cgi"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
     for path in ["/app/show.cgi", "/app/"] {
         let r = get(&h.url(path), &[("X-RSession-Data", "user=admin")]);
         assert_eq!(r.status, 200, "{path}: {r:?}");

@@ -242,12 +242,7 @@ fn a_script_that_serves_a_directory_gets_the_session_locked() {
         fragment: "<Directory {ROOT}/htdocs/app>\n  Options +ExecCGI\n  AddHandler cgi-script .cgi\n  DirectoryIndex counter.cgi\n</Directory>\n<Location /app/>\n  RSession On\n</Location>".into(),
         ..Options::default()
     });
-    h.htdoc("app/counter.cgi", COUNTER_CGI);
-    std::fs::set_permissions(
-        h.path("htdocs/app/counter.cgi"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    h.htdoc_script("app/counter.cgi", COUNTER_CGI);
     let first = get(&h.url("/app/"), &[]);
     assert_eq!((first.status, first.body.trim()), (200, "1"), "{first:?}");
     let cookie = first.cookie_pair();

@@ -317,6 +317,14 @@ impl Httpd {
         fs::write(path, body).unwrap();
     }
 
+    /// An executable under htdocs: a script run by file name (AddHandler,
+    /// a DirectoryIndex), not from cgi-bin.
+    pub fn htdoc_script(&self, name: &str, script: &str) {
+        self.htdoc(name, script);
+        let path = self.path("htdocs").join(name);
+        fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
     pub fn config_text(&self) -> String {
         config_text(self.root.path(), self.port, &self.options)
     }

@@ -538,16 +538,21 @@ pub fn fixups(r: Request<'_>) -> c_int {
     let Some(dir) = r.dir_config::<DirConfig>() else {
         return DECLINED;
     };
-    if !dir.enabled() {
-        return DECLINED;
+    if dir.enabled() {
+        // Client-sent X-RSession-* headers and update commands (however
+        // spelt) could pass for ours downstream (mod_headers' fixups come
+        // next).
+        strip_client_session_headers(r, dir);
     }
-    // Client-sent X-RSession-* headers and update commands (however spelt)
-    // could pass for ours downstream (mod_headers' fixups come next).
-    strip_client_session_headers(r, dir);
     if r.is_main() && r.is_directory() && r.slot::<AfterIndex>().is_none() {
         // Which file (static, or a script) serves the directory is known
-        // only after mod_dir: decided then (fixups_after_index).
+        // only after mod_dir: decided then (fixups_after_index), under the
+        // index file's settings (`<FilesMatch \.php$>` may be where
+        // sessions are on).
         r.set_slot(AfterIndex);
+        return DECLINED;
+    }
+    if !dir.enabled() {
         return DECLINED;
     }
 

@@ -260,6 +260,24 @@ fn a_script_that_serves_a_directory_gets_the_session_locked() {
     assert_eq!(last.body.trim(), "42", "no increment lost: {last:?}");
 }
 
+#[test]
+fn a_directory_s_index_script_gets_the_session_its_own_settings_give_it() {
+    // Sessions on for the scripts only: `/app/` is served by counter.cgi,
+    // and gets the session /app/counter.cgi would.
+    let h = Httpd::start(Options {
+        fragment: "<Directory {ROOT}/htdocs/app>\n  Options +ExecCGI\n  AddHandler cgi-script .cgi\n  DirectoryIndex counter.cgi\n  <Files \"*.cgi\">\n    RSession On\n  </Files>\n</Directory>".into(),
+        ..Options::default()
+    });
+    h.htdoc_script("app/counter.cgi", COUNTER_CGI);
+    let first = get(&h.url("/app/"), &[]);
+    assert_eq!((first.status, first.body.trim()), (200, "1"), "{first:?}");
+    let cookie = first.cookie_pair();
+    let second = get_with_cookie(&h.url("/app/"), &cookie);
+    assert_eq!(second.body.trim(), "2", "{second:?}");
+    let by_name = get_with_cookie(&h.url("/app/counter.cgi"), &cookie);
+    assert_eq!(by_name.body.trim(), "3", "{by_name:?}");
+}
+
 /// Sets its own caching policy.
 const CACHED_CGI: &str = r#"#!/bin/sh
 printf 'Content-Type: text/plain\nCache-Control: max-age=60\n\nmine\n'

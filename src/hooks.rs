@@ -1390,13 +1390,10 @@ fn mark_private(r: Request<'_>, session: &ActiveSession) {
     // A directory's index file is a static file too, though its request
     // began as the directory's.
     let value = if (session.is_read_only() || r.is_static_file()) && guarded() {
-        Some("private, no-cache")
-    } else if session.is_read_only() {
-        None
+        "private, no-cache"
+    } else if !session.is_read_only() && session.is_kept() {
+        "private"
     } else {
-        session.is_kept().then_some("private")
-    };
-    let Some(value) = value else {
         return;
     };
     let (out, err) = (r.headers_out(), r.err_headers_out());

@@ -122,18 +122,17 @@ impl<'r> Request<'r> {
     /// mod_php's `application/x-httpd-php`) are not static. Once the
     /// handler ran, httpd has written that type in as the handler's name.
     pub fn is_static_file(&self) -> bool {
-        let content_type = text(self.rec().content_type);
+        let content_type = || text(self.rec().content_type);
         let by_type = |t: &str| !crate::dispatch::names_a_handler(t);
         let default_handler = match self.handler() {
             Some(h) if h == "default-handler" => true,
+            // ap_invoke_handler names it the type up to any parameters.
             Some(h) => {
-                // ap_invoke_handler names it the type up to any parameters.
-                let base = content_type
-                    .as_deref()
-                    .map(|t| t.split(';').next().unwrap_or(t).trim());
-                base == Some(&*h) && by_type(&h)
+                by_type(&h)
+                    && content_type()
+                        .is_some_and(|t| t.split(';').next().map(str::trim) == Some(&*h))
             }
-            None => content_type.is_none_or(|t| by_type(&t)),
+            None => content_type().is_none_or(|t| by_type(&t)),
         };
         default_handler && self.rec().finfo.filetype == sys::apr_filetype_e_APR_REG
     }

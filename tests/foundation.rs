@@ -648,20 +648,23 @@ fn a_redirected_include_is_authorized_under_its_own_location() {
     );
 }
 
+/// Sets k=1: makes the session the redirect tests start from.
+const SET_K1_CGI: &str =
+    "#!/bin/sh\nprintf 'Content-Type: text/plain\\nX-RSession: set k=1\\n\\nset\\n'\n";
+
+/// A CGI whose answer is a local redirect: an internal redirect to `to`.
+fn redirect_cgi(to: &str) -> String {
+    format!("#!/bin/sh\nprintf 'Location: {to}\\n\\n'\n")
+}
+
 #[test]
 fn a_redirect_target_writes_under_its_own_locations_update_header() {
     let h = server(
         Mpm::Event,
         "ScriptAlias /app/ {ROOT}/cgi-bin/\n<Location /app/>\n  RSession On\n  RSessionUpdateHeader X-App\n</Location>\n",
     );
-    h.cgi(
-        "set.cgi",
-        "#!/bin/sh\nprintf 'Content-Type: text/plain\\nX-RSession: set k=1\\n\\nset\\n'\n",
-    );
-    h.cgi(
-        "hop.cgi",
-        "#!/bin/sh\nprintf 'Location: /cgi-bin/set2.cgi\\n\\n'\n",
-    );
+    h.cgi("set.cgi", SET_K1_CGI);
+    h.cgi("hop.cgi", &redirect_cgi("/cgi-bin/set2.cgi"));
     // The redirect's target, under /cgi-bin/, writes under X-RSession.
     h.cgi(
         "set2.cgi",
@@ -694,26 +697,14 @@ fn no_location_of_a_redirect_chain_leaks_its_update_header_to_the_client() {
          ScriptAlias /mid/ {ROOT}/cgi-bin/\n<Location /mid/>\n  RSession On\n  RSessionUpdateHeader X-Mid\n</Location>\n\
          ScriptAlias /off/ {ROOT}/cgi-bin/\n<Location /off/>\n  RSession Off\n  RSessionUpdateHeader X-Off\n</Location>\n",
     );
-    h.cgi(
-        "first.cgi",
-        "#!/bin/sh\nprintf 'Location: /mid/second.cgi\\n\\n'\n",
-    );
-    h.cgi(
-        "second.cgi",
-        "#!/bin/sh\nprintf 'Location: /off/third.cgi\\n\\n'\n",
-    );
-    h.cgi(
-        "third.cgi",
-        "#!/bin/sh\nprintf 'Location: /cgi-bin/last.cgi\\n\\n'\n",
-    );
+    h.cgi("first.cgi", &redirect_cgi("/mid/second.cgi"));
+    h.cgi("second.cgi", &redirect_cgi("/off/third.cgi"));
+    h.cgi("third.cgi", &redirect_cgi("/cgi-bin/last.cgi"));
     h.cgi(
         "last.cgi",
         "#!/bin/sh\nprintf 'Content-Type: text/plain\\nX-RSession: set k=3\\nX-App: set wrong=1\\nX-Mid: set wrong=2\\nX-Off: set wrong=3\\n\\nlast\\n'\n",
     );
-    h.cgi(
-        "set.cgi",
-        "#!/bin/sh\nprintf 'Content-Type: text/plain\\nX-RSession: set k=1\\n\\nset\\n'\n",
-    );
+    h.cgi("set.cgi", SET_K1_CGI);
     let pair = get(&h.url("/cgi-bin/set.cgi"), &[]).cookie_pair();
     let hop = get_with_cookie(&h.url("/app/first.cgi"), &pair);
     assert_eq!((hop.status, hop.body.as_str()), (200, "last\n"), "{hop:?}");

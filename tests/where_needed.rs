@@ -235,32 +235,6 @@ fn static_files_of_a_busy_session_answer_at_once(extra: &str) {
 }
 
 #[test]
-fn a_script_that_serves_a_directory_gets_the_session_locked() {
-    // mod_dir picks the directory's index after the module's own fixups:
-    // the session is decided on what it picked, a script here.
-    let h = Httpd::start(Options {
-        fragment: "<Directory {ROOT}/htdocs/app>\n  Options +ExecCGI\n  AddHandler cgi-script .cgi\n  DirectoryIndex counter.cgi\n</Directory>\n<Location /app/>\n  RSession On\n</Location>".into(),
-        ..Options::default()
-    });
-    h.htdoc_script("app/counter.cgi", COUNTER_CGI);
-    let first = get(&h.url("/app/"), &[]);
-    assert_eq!((first.status, first.body.trim()), (200, "1"), "{first:?}");
-    let cookie = first.cookie_pair();
-    std::thread::scope(|s| {
-        for _ in 0..4 {
-            s.spawn(|| {
-                for _ in 0..10 {
-                    let r = get_with_cookie(&h.url("/app/"), &cookie);
-                    assert_eq!(r.status, 200, "{r:?}");
-                }
-            });
-        }
-    });
-    let last = get_with_cookie(&h.url("/app/"), &cookie);
-    assert_eq!(last.body.trim(), "42", "no increment lost: {last:?}");
-}
-
-#[test]
 fn a_directory_s_index_script_gets_the_session_its_own_settings_give_it() {
     // Sessions on for the scripts only: `/app/` is served by counter.cgi,
     // and gets the session /app/counter.cgi would.

@@ -44,8 +44,9 @@ APT_INSTALL := bash tools/apt-install.sh
 build: $(MODULE)
 
 $(MODULE): $(shell find src c_shim -type f) build.rs Cargo.toml
-	$(CARGO) build --release --lib
-	cp target/release/libmod_rsession.so $(MODULE)
+	$(CARGO) build --profile module --lib
+	mkdir -p $(dir $(MODULE))
+	cp target/module/libmod_rsession.so $(MODULE)
 
 deps:
 	@$(APT_INSTALL) $(BUILD_PACKAGES)

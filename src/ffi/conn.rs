@@ -41,16 +41,33 @@ impl Drop for Disarm {
 
 impl InterimWatch {
     /// The connection's watch; the first call creates it in the
-    /// connection's pool and adds the filter to the connection.
+    /// connection's pool and adds the filter to the connection. It is
+    /// found through our entry of the connection's config vector (an
+    /// index, where pool userdata would hash a key on every request), or
+    /// pool userdata for a connection some module made without one.
     pub fn of_connection<'c>(pool: Pool<'c>, c: *mut sys::conn_rec) -> &'c InterimWatch {
-        let p = pool.userdata(WATCH_KEY) as *const InterimWatch;
-        // SAFETY: only this function stores under WATCH_KEY, always an
-        // InterimWatch attached to this same pool.
-        if let Some(w) = unsafe { p.as_ref() } {
+        // SAFETY: the connection is live for 'c.
+        let vector = unsafe { (*c).conn_config };
+        let found = if vector.is_null() {
+            pool.userdata(WATCH_KEY)
+        } else {
+            // SAFETY: a live connection's vector, of this generation.
+            unsafe { super::module::module_config(vector) }
+        } as *const InterimWatch;
+        // SAFETY: only this function stores our entry of a connection's
+        // vector and WATCH_KEY, always an InterimWatch attached to this
+        // connection's pool.
+        if let Some(w) = unsafe { found.as_ref() } {
             return w;
         }
         let w = pool.attach(InterimWatch::default());
-        pool.set_userdata(WATCH_KEY, w as *mut c_void);
+        if vector.is_null() {
+            pool.set_userdata(WATCH_KEY, w as *mut c_void);
+        } else {
+            // SAFETY: as above; the watch lives as long as the connection's
+            // pool, which holds the vector too.
+            unsafe { super::module::set_module_config(vector, w as *mut c_void) };
+        }
         // SAFETY: the connection is live; the handle was set at
         // register_hooks; the context lives as long as the connection.
         unsafe {

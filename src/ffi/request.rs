@@ -122,9 +122,14 @@ impl<'r> Request<'r> {
     /// mod_php's `application/x-httpd-php`) are not static. Once the
     /// handler ran, httpd has written that type in as the handler's name.
     pub fn is_static_file(&self) -> bool {
+        // Scripts mapped to URLs with no file behind them are the common
+        // dynamic case: answered before any string is looked at.
+        if self.rec().finfo.filetype != sys::apr_filetype_e_APR_REG {
+            return false;
+        }
         let content_type = || text(self.rec().content_type);
         let by_type = |t: &str| !crate::dispatch::names_a_handler(t);
-        let default_handler = match self.handler() {
+        match self.handler() {
             Some(h) if h == "default-handler" => true,
             // ap_invoke_handler names it the type up to any parameters.
             Some(h) => {
@@ -133,8 +138,7 @@ impl<'r> Request<'r> {
                         .is_some_and(|t| t.split(';').next().map(str::trim) == Some(&*h))
             }
             None => content_type().is_none_or(|t| by_type(&t)),
-        };
-        default_handler && self.rec().finfo.filetype == sys::apr_filetype_e_APR_REG
+        }
     }
 
     /// A directory that no handler claimed (httpd's `DIR_MAGIC_TYPE`,

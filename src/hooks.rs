@@ -11,7 +11,7 @@ use crate::ffi::cmd::Directive;
 use crate::ffi::config::Merge;
 use crate::ffi::log::{rlog, slog, Level, ServerLog};
 use crate::ffi::pool::Pool;
-use crate::ffi::request::{FirstOutput, OutFilter, Request};
+use crate::ffi::request::{FirstOutput, OutFilter, PoolText, Request};
 use crate::ffi::server::{child_user, is_first_startup_pass, is_root, runtime_dir_path, Server};
 use crate::ffi::shm::SharedCounters;
 use crate::ffi::sys;
@@ -999,26 +999,33 @@ fn log_outcome(r: Request<'_>, session: &ActiveSession) {
     }
 }
 
-/// Notes, environment and (optionally) forwarded request headers.
+/// Notes, environment and (optionally) forwarded request headers. Each
+/// value is copied into the request's pool once, whatever sets it.
 fn expose(r: Request<'_>, dir: &DirConfig, session: &ActiveSession) {
-    let id = session.id().text();
-    let id: &str = &id;
-    let scratch = session.scratch_dir().map(|p| p.as_os_str().as_bytes());
-    let new = if session.is_new() { "1" } else { "0" };
+    let id = r.pool_text(session.id().text().as_bytes());
+    let scratch = session
+        .scratch_dir()
+        .map(|p| r.pool_text(p.as_os_str().as_bytes()));
+    let new = PoolText::literal(if session.is_new() { c"1" } else { c"0" });
     let notes = r.notes();
-    notes.set("rsession-id", id);
-    notes.set("rsession-new", new);
-    match &scratch {
-        Some(path) => notes.set("rsession-dir", path),
+    notes.set_text(c"rsession-id", id);
+    notes.set_text(c"rsession-new", new);
+    match scratch {
+        Some(path) => notes.set_text(c"rsession-dir", path),
         None => notes.unset("rsession-dir"),
     }
+    let (env, forward) = (dir.env(), dir.forward_headers());
+    if !env && !forward {
+        return;
+    }
     let data = session.encoded_data();
-    if dir.env() {
+    let data_text = r.pool_text(data.as_bytes());
+    if env {
         let env = r.subprocess_env();
-        env.set("RSESSION_ID", id);
-        env.set("RSESSION_NEW", new);
+        env.set_text(c"RSESSION_ID", id);
+        env.set_text(c"RSESSION_NEW", new);
         if data.len() <= crate::expose::MAX_EXPORTABLE_DATA {
-            env.set("RSESSION_DATA", &data);
+            env.set_text(c"RSESSION_DATA", data_text);
         } else {
             // Only data stored under an older, larger limit gets here; a
             // CGI could not start with it in its environment.
@@ -1031,17 +1038,17 @@ fn expose(r: Request<'_>, dir: &DirConfig, session: &ActiveSession) {
                 data.len()
             );
         }
-        match &scratch {
-            Some(path) => env.set("RSESSION_DIR", path),
+        match scratch {
+            Some(path) => env.set_text(c"RSESSION_DIR", path),
             None => env.unset("RSESSION_DIR"),
         }
     }
-    if dir.forward_headers() {
+    if forward {
         let headers = r.headers_in();
-        headers.set("X-RSession-Id", id);
-        headers.set("X-RSession-Data", &data);
-        if let Some(path) = &scratch {
-            headers.set("X-RSession-Dir", path);
+        headers.set_text(c"X-RSession-Id", id);
+        headers.set_text(c"X-RSession-Data", data_text);
+        if let Some(path) = scratch {
+            headers.set_text(c"X-RSession-Dir", path);
         }
     }
 }

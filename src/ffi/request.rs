@@ -92,6 +92,19 @@ impl<'r> Request<'r> {
         unsafe { Pool::from_raw(self.rec().pool) }.expect("requests always have a pool")
     }
 
+    /// `value` copied into the request's pool (cut at a NUL), to be set
+    /// in its tables with `Table::set_text`.
+    pub fn pool_text(&self, value: &[u8]) -> PoolText<'r> {
+        let pool = self.rec().pool;
+        let len = value.iter().position(|&c| c == 0).unwrap_or(value.len());
+        PoolText {
+            // SAFETY: the pool is live and `value[..len]` is readable.
+            ptr: unsafe { sys::apr_pstrmemdup(pool, value.as_ptr() as *const c_char, len) },
+            pool,
+            _life: PhantomData,
+        }
+    }
+
     pub fn server(&self) -> Server<'r> {
         // SAFETY: r->server is set before any hook runs and outlives it.
         unsafe { Server::from_raw(self.rec().server) }.expect("requests always have a server")
@@ -366,6 +379,27 @@ pub struct Table<'r> {
     _life: PhantomData<&'r sys::apr_table_t>,
 }
 
+/// A C string set under several keys and tables of one request (its
+/// notes and environment hold the same id and path): copied once into the
+/// request's pool, or a literal, never copied.
+#[derive(Clone, Copy)]
+pub struct PoolText<'r> {
+    ptr: *const c_char,
+    /// The pool holding the copy; null for a literal.
+    pool: *mut sys::apr_pool_t,
+    _life: PhantomData<&'r sys::apr_pool_t>,
+}
+
+impl PoolText<'static> {
+    pub fn literal(text: &'static CStr) -> PoolText<'static> {
+        PoolText {
+            ptr: text.as_ptr(),
+            pool: std::ptr::null_mut(),
+            _life: PhantomData,
+        }
+    }
+}
+
 /// The bytes of a C string (empty for NULL).
 fn bytes<'a>(p: *const c_char) -> &'a [u8] {
     if p.is_null() {
@@ -438,6 +472,22 @@ impl<'r> Table<'r> {
         let (k, v) = (self.copy(key.as_bytes()), self.copy(value.as_ref()));
         // SAFETY: live table; both strings live in its pool, as setn needs.
         unsafe { sys::apr_table_setn(self.raw, k, v) };
+    }
+
+    /// Replaces every value under the literal `key` with `value`, copying
+    /// neither when the table lives in the pool that holds `value` (as a
+    /// request's own tables do); into another table's pool both are copied.
+    pub fn set_text(&self, key: &'static CStr, value: PoolText<'r>) {
+        // SAFETY: live table; a literal key lives for ever, and `value`
+        // either does too or lives in this table's own pool, as setn needs.
+        // Elsewhere apr_table_set copies both into the table's pool.
+        unsafe {
+            if value.pool.is_null() || value.pool == self.pool() {
+                sys::apr_table_setn(self.raw, key.as_ptr(), value.ptr)
+            } else {
+                sys::apr_table_set(self.raw, key.as_ptr(), value.ptr)
+            }
+        };
     }
 
     /// Adds one more value under `key`.

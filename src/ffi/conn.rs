@@ -15,8 +15,10 @@ use std::ffi::{c_void, CStr};
 const WATCH_KEY: &CStr = c"rsession:interim-watch";
 
 /// What a connection's RSESSION_INTERIM filter knows (its context).
-#[derive(Default)]
 pub struct InterimWatch {
+    /// The connection pool it lives in: a conn_rec some module copied,
+    /// config vector and all, must not take another connection's watch.
+    pool: *mut sys::apr_pool_t,
     /// The initial request whose live session arms the watch; null when
     /// idle. A cleanup on that request's pool clears it before it goes.
     armed: Cell<*mut sys::request_rec>,
@@ -55,12 +57,19 @@ impl InterimWatch {
             unsafe { super::module::module_config(vector) }
         } as *const InterimWatch;
         // SAFETY: only this function stores our entry of a connection's
-        // vector and WATCH_KEY, always an InterimWatch attached to this
-        // connection's pool.
+        // vector and WATCH_KEY, always an InterimWatch attached to the pool
+        // of the connection that owns the vector.
         if let Some(w) = unsafe { found.as_ref() } {
-            return w;
+            if w.pool == pool.as_ptr() {
+                return w;
+            }
         }
-        let w = pool.attach(InterimWatch::default());
+        let w = pool.attach(InterimWatch {
+            pool: pool.as_ptr(),
+            armed: Cell::default(),
+            parser: RefCell::default(),
+            header: RefCell::default(),
+        });
         if vector.is_null() {
             pool.set_userdata(WATCH_KEY, w as *mut c_void);
         } else {

@@ -10,12 +10,12 @@ use crate::scratch::{self, ScratchRoot};
 use crate::status::{Counter, Stats};
 use crate::store::{SessionStore, StoreError, SweepCounts};
 use parking_lot::{Condvar, Mutex};
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -159,18 +159,29 @@ fn pass(
     }))
 }
 
-/// The scratch shards of one store, each opened once per pass rather than
-/// once per session removed, shared by the store's sweeping threads.
+/// How many scratch shards a pass keeps open at once. The file store's
+/// sweeping threads each finish a shard before they take the next, and
+/// the directories of a store shard's sessions are in the scratch shard
+/// of the same name, so a few cover a whole pass. Keeping every shard a
+/// pass touched open until its end held up to 256 descriptors per child,
+/// beside the lock files' 256 (`make soak` counted 534 in one child).
+const OPEN_SCRATCH_SHARDS: usize = 8;
+
+/// The scratch shards of one store a pass removes directories in, each
+/// opened once for the run of sessions in it rather than once per
+/// session, shared by the store's sweeping threads; the least recently
+/// opened is closed to make room.
 struct ScratchShards<'a> {
     scratch: &'a ScratchRoot,
-    shards: Vec<OnceLock<Option<OwnedFd>>>,
+    /// (shard, its directory, or none if it was missing when looked at).
+    open: Mutex<VecDeque<(u8, Option<Arc<OwnedFd>>)>>,
 }
 
 impl<'a> ScratchShards<'a> {
     fn new(scratch: &'a ScratchRoot) -> ScratchShards<'a> {
         ScratchShards {
             scratch,
-            shards: (0..256).map(|_| OnceLock::new()).collect(),
+            open: Mutex::new(VecDeque::with_capacity(OPEN_SCRATCH_SHARDS)),
         }
     }
 
@@ -178,15 +189,23 @@ impl<'a> ScratchShards<'a> {
     /// looked at is left to the orphan pass).
     fn remove(&self, id: &SessionId, stop: &AtomicBool) {
         let text = id.text();
-        let shard = self.shards[id.shard() as usize].get_or_init(|| {
-            self.scratch
-                .open_shard(OsStr::new(&text[..2]))
-                .ok()
-                .flatten()
-        });
-        if let Some(shard) = shard {
-            let _ = self.scratch.remove_at(shard, OsStr::new(&*text), stop);
+        if let Some(shard) = self.shard(id.shard(), OsStr::new(&text[..2])) {
+            let _ = self.scratch.remove_at(&*shard, OsStr::new(&*text), stop);
         }
+    }
+
+    fn shard(&self, shard: u8, name: &OsStr) -> Option<Arc<OwnedFd>> {
+        let mut open = self.open.lock();
+        if let Some((_, dir)) = open.iter().find(|(s, _)| *s == shard) {
+            return dir.clone();
+        }
+        let dir = self.scratch.open_shard(name).ok().flatten().map(Arc::new);
+        if open.len() >= OPEN_SCRATCH_SHARDS {
+            // A thread still removing in it keeps its own handle.
+            open.pop_front();
+        }
+        open.push_back((shard, dir.clone()));
+        dir
     }
 }
 
@@ -457,6 +476,43 @@ mod tests {
         t.store.create(&id, &record).unwrap();
         t.scratch.ensure(&id).unwrap();
         id
+    }
+
+    /// This process's descriptors open on something under `dir`.
+    fn open_under(dir: &std::path::Path) -> usize {
+        fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target.starts_with(dir))
+            .count()
+    }
+
+    #[test]
+    fn a_pass_keeps_only_a_few_scratch_shards_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = target(dir.path());
+        // The order the file store's sweep finds them in: shard by shard.
+        let ids: Vec<SessionId> = (0..=255u8)
+            .flat_map(|b| {
+                (0..2u8).map(move |n| format!("{b:02x}{n:030x}").parse::<SessionId>().unwrap())
+            })
+            .collect();
+        for id in &ids {
+            t.scratch.ensure(id).unwrap();
+        }
+        let shards = ScratchShards::new(&t.scratch);
+        let mut most = 0;
+        for id in &ids {
+            shards.remove(id, &RUNNING);
+            most = most.max(open_under(t.scratch.root()));
+        }
+        assert!(
+            most <= OPEN_SCRATCH_SHARDS,
+            "{most} descriptors open under the scratch root during the pass"
+        );
+        assert!(ids.iter().all(|id| !t.scratch.path(id).exists()));
+        drop(shards);
+        assert_eq!(open_under(t.scratch.root()), 0);
     }
 
     #[test]

@@ -427,8 +427,9 @@ def report(name, seconds, started, buckets, chunks, counter, final, faults, samp
     slope = slope_per_100k(points)
     if os.environ.get("SOAK_DEBUG"):
         for (t, kids, _, _), (served, rss) in zip(steady, points):
-            print("  %s %9d requests  RSS %s" % (time.strftime("%H:%M:%S", time.localtime(t)), served,
-                                                 [v[0] for v in kids.values()]), file=sys.stderr)
+            print("  %s %9d requests  RSS %s  descriptors %s" % (
+                time.strftime("%H:%M:%S", time.localtime(t)), served,
+                [v[0] for v in kids.values()], [v[1] for v in kids.values()]), file=sys.stderr)
     fds = [[v[1] for v in kids.values()] for _, kids, _, _ in steady]
     acked = len(counter.acked)
     counted = None if final is None or counter.base is None else final - counter.base

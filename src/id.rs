@@ -85,13 +85,23 @@ impl std::ops::Deref for IdText {
     }
 }
 
+/// Both hex digits of every byte value: one lookup per byte.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        pairs[b] = [HEX[b >> 4], HEX[b & 0x0f]];
+        b += 1;
+    }
+    pairs
+};
+
 impl SessionId {
     pub fn text(&self) -> IdText {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut out = [0u8; ID_TEXT_LEN];
-        for (i, b) in self.0.iter().enumerate() {
-            out[2 * i] = HEX[(b >> 4) as usize];
-            out[2 * i + 1] = HEX[(b & 0x0f) as usize];
+        for (digits, &b) in out.chunks_exact_mut(2).zip(&self.0) {
+            digits.copy_from_slice(&HEX_PAIRS[usize::from(b)]);
         }
         IdText(out)
     }
@@ -151,6 +161,15 @@ mod tests {
             .bytes()
             .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
         assert_eq!(text.parse::<SessionId>().unwrap(), id);
+        for known in [
+            "00000000000000000000000000000000",
+            "ffffffffffffffffffffffffffffffff",
+            "0123456789abcdeffedcba9876543210",
+            "0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+        ] {
+            let id: SessionId = known.parse().unwrap();
+            assert_eq!(&*id.text(), known);
+        }
     }
 
     #[test]

@@ -37,7 +37,7 @@ impl<'c> Directive<'c> {
     pub fn result<E: Display>(&self, r: Result<(), E>) -> *const c_char {
         match r {
             Ok(()) => std::ptr::null(),
-            Err(e) => self.pool.strdup(&e.to_string()),
+            Err(e) => self.pool.strdup(e.to_string()),
         }
     }
 }

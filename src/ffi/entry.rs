@@ -167,7 +167,7 @@ pub unsafe fn directive<C: 'static, E: Display>(
     result.unwrap_or_else(|panic| {
         directive
             .pool
-            .strdup(&format!("{}: internal error ({panic})", directive.name))
+            .strdup(format!("{}: internal error ({panic})", directive.name))
     })
 }
 
@@ -206,12 +206,12 @@ pub unsafe fn authz_parse<T: 'static, C: 'static, E: Display>(
             }
             std::ptr::null()
         }
-        Err(e) => directive.pool.strdup(&e.to_string()),
+        Err(e) => directive.pool.strdup(e.to_string()),
     });
     result.unwrap_or_else(|panic| {
         directive
             .pool
-            .strdup(&format!("{what}: internal error ({panic})"))
+            .strdup(format!("{what}: internal error ({panic})"))
     })
 }
 

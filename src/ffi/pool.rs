@@ -102,8 +102,9 @@ impl<'p> Pool<'p> {
     }
 
     /// A NUL-terminated copy of `s` in the pool (NUL bytes cut it short).
-    pub fn strdup(&self, s: &str) -> *const c_char {
-        let bytes = s.as_bytes();
+    /// Bytes, not only text: paths need no UTF-8 check to get here.
+    pub fn strdup(&self, s: impl AsRef<[u8]>) -> *const c_char {
+        let bytes = s.as_ref();
         let len = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
         // SAFETY: the pool is live and `bytes[..len]` is readable.
         unsafe { sys::apr_pstrmemdup(self.as_ptr(), bytes.as_ptr() as *const c_char, len) }

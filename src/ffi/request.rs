@@ -95,12 +95,10 @@ impl<'r> Request<'r> {
     /// `value` copied into the request's pool (cut at a NUL), to be set
     /// in its tables with `Table::set_text`.
     pub fn pool_text(&self, value: &[u8]) -> PoolText<'r> {
-        let pool = self.rec().pool;
-        let len = value.iter().position(|&c| c == 0).unwrap_or(value.len());
+        let pool = self.pool();
         PoolText {
-            // SAFETY: the pool is live and `value[..len]` is readable.
-            ptr: unsafe { sys::apr_pstrmemdup(pool, value.as_ptr() as *const c_char, len) },
-            pool,
+            ptr: pool.strdup(value),
+            pool: pool.as_ptr(),
             _life: PhantomData,
         }
     }
@@ -449,9 +447,10 @@ impl<'r> Table<'r> {
 
     /// A NUL-terminated copy of `b` in the table's pool (cut at a NUL).
     fn copy(&self, b: &[u8]) -> *const c_char {
-        let len = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-        // SAFETY: the pool is live and `b[..len]` is readable.
-        unsafe { sys::apr_pstrmemdup(self.pool(), b.as_ptr() as *const c_char, len) }
+        // SAFETY: the table's pool lives at least as long as the table.
+        unsafe { Pool::from_raw(self.pool()) }
+            .expect("tables always have a pool")
+            .strdup(b)
     }
 
     /// Every value under `key` (ASCII case ignored), in order.

@@ -7,7 +7,7 @@ mod harness;
 
 use harness::http::{get, get_with_cookie, send, Response};
 use harness::scripts::{Backend, COUNTER_CGI, ENV_CGI, HOLD_CGI};
-use harness::{id_of, wait_for, Httpd, Mpm, Options};
+use harness::{id_of, session_data as data, wait_for, Httpd, Mpm, Options};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -43,12 +43,6 @@ fn server(mpm: Mpm, extra: &str) -> Httpd {
 fn new_session(h: &Httpd) -> (String, Response) {
     let r = get(&h.url("/cgi-bin/env.cgi"), &[]);
     (r.cookie_pair(), r)
-}
-
-fn data(h: &Httpd, cookie: &str) -> String {
-    get_with_cookie(&h.url("/cgi-bin/env.cgi"), cookie)
-        .env("RSESSION_DATA")
-        .unwrap_or_default()
 }
 
 fn cmd(h: &Httpd, cookie: &str, commands: &[&str]) -> Response {

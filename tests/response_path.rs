@@ -8,7 +8,7 @@ mod harness;
 
 use harness::http::{get, get_with_cookie, Response};
 use harness::scripts::{COUNTER_CGI, ENV_CGI};
-use harness::{wait_for, Httpd, Mpm, Options};
+use harness::{session_data as data, wait_for, Httpd, Mpm, Options};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
@@ -45,12 +45,6 @@ fn server(extra: &str, modules: Vec<&'static str>) -> Httpd {
     h.cgi("cmd.cgi", CMD_CGI);
     h.cgi("sorry.cgi", SORRY_CGI);
     h
-}
-
-fn data(h: &Httpd, cookie: &str) -> String {
-    get_with_cookie(&h.url("/cgi-bin/env.cgi"), cookie)
-        .env("RSESSION_DATA")
-        .unwrap_or_default()
 }
 
 /// The shard directory that holds the session's record.

@@ -108,6 +108,14 @@ fn tcp_sockets() -> Vec<TcpSocket> {
         .collect()
 }
 
+/// The session data the server holds for `cookie`, as the test's
+/// `/cgi-bin/env.cgi` sees it in `RSESSION_DATA` (empty when unset).
+pub fn session_data(h: &Httpd, cookie: &str) -> String {
+    http::get_with_cookie(&h.url("/cgi-bin/env.cgi"), cookie)
+        .env("RSESSION_DATA")
+        .unwrap_or_default()
+}
+
 /// The session id in a `NAME=ID.MAC` cookie pair.
 pub fn id_of(cookie_pair: &str) -> String {
     let value = cookie_pair.split_once('=').expect("NAME=VALUE").1;

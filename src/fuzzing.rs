@@ -53,10 +53,21 @@ pub fn update_header(data: &[u8]) {
     }
 }
 
-/// Stored bytes: whatever decodes re-encodes to the same record, and its
-/// data exports without raw control characters.
+/// Stored bytes: the fast reader and serde_json read the same record,
+/// whatever decodes re-encodes to the same record (in the form serde_json
+/// writes), and its data exports without raw control characters.
 pub fn record(data: &[u8]) {
-    if let Some(record) = Record::decode(data) {
+    let record = Record::decode(data);
+    assert_eq!(
+        record,
+        Record::decode_by_serde(data),
+        "the two readers differ"
+    );
+    if let Some(record) = record {
+        assert_eq!(
+            record.encode(),
+            serde_json::to_vec(&record).expect("records serialise")
+        );
         assert_eq!(Record::decode(&record.encode()), Some(record.clone()));
         let _ = record.is_expired(u64::MAX);
         let _ = record.expires_at();

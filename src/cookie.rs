@@ -25,7 +25,7 @@ pub fn signed_ids<'a>(
         .into_iter()
         // httpd joins repeated Cookie headers with ", "; cookie values
         // cannot contain a comma (RFC 6265), so both separate pairs.
-        .flat_map(|h| h.split([';', ',']))
+        .flat_map(cookie_pairs)
         .filter_map(|pair| pair.split_once('='))
         // Every candidate counts: a sibling subdomain can plant any number
         // of cookies of our name before the real one, and skipping it would
@@ -40,6 +40,26 @@ pub fn signed_ids<'a>(
         }
     }
     found
+}
+
+/// The pieces of a Cookie header between `;` and `,`: what
+/// `header.split([';', ','])` yields, found bytewise (both separators are
+/// ASCII), which costs a fraction of the char-pattern search.
+fn cookie_pairs(header: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(header);
+    std::iter::from_fn(move || {
+        let text = rest?;
+        match text.bytes().position(|b| b == b';' || b == b',') {
+            Some(at) => {
+                rest = Some(&text[at + 1..]);
+                Some(&text[..at])
+            }
+            None => {
+                rest = None;
+                Some(text)
+            }
+        }
+    })
 }
 
 /// `ID.MAC` (optionally in double quotes, as RFC 6265 allows) → the id.
@@ -165,6 +185,29 @@ mod tests {
             http_only: true,
             same_site: Some(SameSite::Lax),
             max_age: 0,
+        }
+    }
+
+    #[test]
+    fn pairs_split_as_str_split_does() {
+        for header in [
+            "",
+            ";",
+            ",",
+            "a=1",
+            "a=1; b=2",
+            "a=1, b=2;c=3",
+            ";;a=1,,",
+            "ü=✓;x",
+            " sid = v ; ",
+            "a=1;",
+        ] {
+            let expected: Vec<&str> = header.split([';', ',']).collect();
+            assert_eq!(
+                cookie_pairs(header).collect::<Vec<_>>(),
+                expected,
+                "{header:?}"
+            );
         }
     }
 

@@ -135,20 +135,50 @@ fn deadline(accessed: u64, created: u64, idle: u64, lifetime: u64, grace: u64) -
 /// control character stays percent-encoded, so the result is safe in an
 /// environment variable or a header.
 pub fn encode_data(data: &Data) -> String {
-    form_urlencoded::Serializer::new(String::with_capacity(encoded_len(data)))
-        .extend_pairs(data.iter())
-        .finish()
+    let mut out = String::with_capacity(encoded_len(data));
+    for (i, (key, value)) in data.iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        append_encoded(&mut out, key);
+        out.push('=');
+        append_encoded(&mut out, value);
+    }
+    out
 }
 
 /// The length of `encode_data(data)`, counted without building it.
 pub fn encoded_len(data: &Data) -> usize {
-    fn escaped(text: &str) -> usize {
+    let pairs: usize = data
+        .iter()
+        .map(|(k, v)| encoded_text_len(k) + 1 + encoded_text_len(v))
+        .sum();
+    pairs + data.len().saturating_sub(1)
+}
+
+/// Most keys and values (counters, ids, names) need no escape: those are
+/// copied as they are, the rest go through form_urlencoded's serialiser.
+fn needs_no_escape(text: &str) -> bool {
+    text.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'*' | b'-' | b'.' | b'_'))
+}
+
+fn append_encoded(out: &mut String, text: &str) {
+    if needs_no_escape(text) {
+        out.push_str(text);
+    } else {
+        out.extend(form_urlencoded::byte_serialize(text.as_bytes()));
+    }
+}
+
+fn encoded_text_len(text: &str) -> usize {
+    if needs_no_escape(text) {
+        text.len()
+    } else {
         form_urlencoded::byte_serialize(text.as_bytes())
             .map(str::len)
             .sum()
     }
-    let pairs: usize = data.iter().map(|(k, v)| escaped(k) + 1 + escaped(v)).sum();
-    pairs + data.len().saturating_sub(1)
 }
 
 #[cfg(test)]
@@ -208,6 +238,17 @@ mod tests {
         d.insert("a".into(), "1&2=3\r\n".into());
         d.insert("ü".into(), "✓".into());
         assert_eq!(encode_data(&d), "a=1%262%3D3%0D%0A&b=x+y&%C3%BC=%E2%9C%93");
+        // Every byte that may need an escape, alone and beside plain text,
+        // comes out as form_urlencoded's own serialiser writes it.
+        for c in (0u8..=0x7f).map(char::from).chain(['ü', '✓']) {
+            let mut d = Data::new();
+            d.insert(format!("k{c}"), c.to_string());
+            d.insert("n".into(), "5".into());
+            let expected = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(d.iter())
+                .finish();
+            assert_eq!(encode_data(&d), expected, "{c:?}");
+        }
     }
 
     #[test]

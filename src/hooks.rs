@@ -1019,13 +1019,15 @@ fn expose(r: Request<'_>, dir: &DirConfig, session: &ActiveSession) {
         return;
     }
     let data = session.encoded_data();
-    let data_text = r.pool_text(data.as_bytes());
+    let exportable = data.len() <= crate::expose::MAX_EXPORTABLE_DATA;
+    // One pool copy, made only where some table takes it.
+    let data_text = (forward || (env && exportable)).then(|| r.pool_text(data.as_bytes()));
     if env {
         let env = r.subprocess_env();
         env.set_text(c"RSESSION_ID", id);
         env.set_text(c"RSESSION_NEW", new);
-        if data.len() <= crate::expose::MAX_EXPORTABLE_DATA {
-            env.set_text(c"RSESSION_DATA", data_text);
+        if let Some(text) = data_text.filter(|_| exportable) {
+            env.set_text(c"RSESSION_DATA", text);
         } else {
             // Only data stored under an older, larger limit gets here; a
             // CGI could not start with it in its environment.
@@ -1046,7 +1048,9 @@ fn expose(r: Request<'_>, dir: &DirConfig, session: &ActiveSession) {
     if forward {
         let headers = r.headers_in();
         headers.set_text(c"X-RSession-Id", id);
-        headers.set_text(c"X-RSession-Data", data_text);
+        if let Some(text) = data_text {
+            headers.set_text(c"X-RSession-Data", text);
+        }
         if let Some(path) = scratch {
             headers.set_text(c"X-RSession-Dir", path);
         }

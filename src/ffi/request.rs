@@ -408,6 +408,22 @@ fn bytes<'a>(p: *const c_char) -> &'a [u8] {
     unsafe { CStr::from_ptr(p) }.to_bytes()
 }
 
+/// Whether the table key `c` is `key`, ASCII case ignored, read no further
+/// than the first byte that differs (a strlen of every key cost more than
+/// the comparisons).
+fn c_key_is(c: *const c_char, key: &[u8]) -> bool {
+    for (i, &want) in key.iter().enumerate() {
+        // SAFETY: `c` is a NUL-terminated table key, and bytes 0..i were
+        // equal to non-NUL bytes of `key`, so byte i is still within it.
+        let have = unsafe { *c.add(i) } as u8;
+        if want == 0 || !have.eq_ignore_ascii_case(&want) {
+            return false;
+        }
+    }
+    // SAFETY: as above, with i = key.len().
+    unsafe { *c.add(key.len()) == 0 }
+}
+
 impl<'r> Table<'r> {
     fn new(raw: *mut sys::apr_table_t) -> Table<'r> {
         Table {
@@ -416,10 +432,11 @@ impl<'r> Table<'r> {
         }
     }
 
-    /// Every (key, value) entry, in order, without copying. The value is
-    /// left as a C string, measured only by callers that want it: most
-    /// look for one key among many entries.
-    fn raw_entries(&self) -> impl Iterator<Item = (&'r [u8], *const c_char)> {
+    /// Every (key, value) entry, in order, without copying. Both are left
+    /// as C strings, measured only by callers that want them: most look
+    /// for one key among many entries and reject the others at their first
+    /// byte.
+    fn raw_entries(&self) -> impl Iterator<Item = (*const c_char, *const c_char)> {
         let (elts, n) = if self.raw.is_null() {
             (std::ptr::null(), 0)
         } else {
@@ -435,7 +452,7 @@ impl<'r> Table<'r> {
         (0..n).filter_map(move |i| {
             // SAFETY: `i < nelts`, within the array (see above).
             let e = unsafe { &*elts.add(i) };
-            (!e.key.is_null()).then(|| (bytes(e.key), e.val as *const c_char))
+            (!e.key.is_null()).then_some((e.key as *const c_char, e.val as *const c_char))
         })
     }
 
@@ -456,7 +473,7 @@ impl<'r> Table<'r> {
     /// Every value under `key` (ASCII case ignored), in order.
     pub fn get_all(&self, key: &str) -> Vec<Cow<'r, str>> {
         self.raw_entries()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(key.as_bytes()))
+            .filter(|&(k, _)| c_key_is(k, key.as_bytes()))
             .map(|(_, v)| bytes(v))
             .map(|v| match std::str::from_utf8(v) {
                 Ok(text) => Cow::Borrowed(text),
@@ -512,8 +529,9 @@ impl<'r> Table<'r> {
     pub fn unset_where(&self, reserved: impl Fn(&[u8]) -> bool) -> usize {
         let mut keys: Vec<Vec<u8>> = self
             .raw_entries()
-            .filter(|(k, _)| reserved(k))
-            .map(|(k, _)| k.to_vec())
+            .map(|(k, _)| bytes(k))
+            .filter(|k| reserved(k))
+            .map(<[u8]>::to_vec)
             .collect();
         keys.sort();
         keys.dedup();

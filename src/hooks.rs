@@ -1401,15 +1401,15 @@ fn mark_private(r: Request<'_>, session: &ActiveSession) {
     // A directory's index file is a static file too, though its request
     // began as the directory's.
     let value = if (session.is_read_only() || r.is_static_file()) && guarded() {
-        "private, no-cache"
+        c"private, no-cache"
     } else if !session.is_read_only() && session.is_kept() {
-        "private"
+        c"private"
     } else {
         return;
     };
     let (out, err) = (r.headers_out(), r.err_headers_out());
     if out.get_all("Cache-Control").is_empty() && err.get_all("Cache-Control").is_empty() {
-        err.set("Cache-Control", value);
+        err.set_text(c"Cache-Control", PoolText::literal(value));
     }
 }
 

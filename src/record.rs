@@ -193,6 +193,14 @@ mod tests {
         assert_eq!(Record::decode(&bytes), Some(r));
         assert_eq!(Record::decode(&bytes[..bytes.len() / 2]), None);
         assert_eq!(Record::decode(b""), None);
+        // Any JSON of the same fields is the same record: spaces, another
+        // order, escapes (the fast reader leaves these to serde_json).
+        let mut scoped = Record::new(100, 1800, 0);
+        scoped.scope = "/app".into();
+        scoped.data.insert("k".into(), "a\"b".into());
+        let edited = br#"{ "d": {"k": "a\u0022b"}, "s": "\/app", "l": 0, "t": 1800,
+            "a": 100, "c": 100, "v": 1 }"#;
+        assert_eq!(Record::decode(edited), Some(scoped));
         assert_eq!(
             Record::decode(b"{\"v\":2,\"c\":1,\"a\":1,\"t\":1,\"l\":0,\"d\":{}}"),
             None

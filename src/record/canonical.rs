@@ -95,16 +95,12 @@ fn string(out: &mut Vec<u8>, text: &str) {
 /// are not (which says nothing about whether they are a record).
 pub fn decode(bytes: &[u8]) -> Option<Record> {
     let mut r = Reader { rest: bytes };
-    r.literal(b"{\"v\":1,\"c\":")?;
-    let created = r.number()?;
-    r.literal(b",\"a\":")?;
-    let accessed = r.number()?;
-    r.literal(b",\"t\":")?;
-    let idle_timeout = r.number()?;
-    r.literal(b",\"l\":")?;
-    let max_lifetime = r.number()?;
-    r.literal(b",\"g\":")?;
-    let grace = r.number()?;
+    r.literal(b"{\"v\":1")?;
+    let created = r.number_field(b",\"c\":")?;
+    let accessed = r.number_field(b",\"a\":")?;
+    let idle_timeout = r.number_field(b",\"t\":")?;
+    let max_lifetime = r.number_field(b",\"l\":")?;
+    let grace = r.number_field(b",\"g\":")?;
     r.literal(b",\"s\":")?;
     let scope = r.string()?;
     let user = match r.literal(b",\"u\":") {
@@ -155,6 +151,12 @@ impl Reader<'_> {
     fn literal(&mut self, expected: &[u8]) -> Option<()> {
         self.rest = self.rest.strip_prefix(expected)?;
         Some(())
+    }
+
+    /// `name` (the comma, the quoted key, the colon), then a number.
+    fn number_field(&mut self, name: &[u8]) -> Option<u64> {
+        self.literal(name)?;
+        self.number()
     }
 
     /// A JSON number as the writer writes a u64: digits, no leading zero,

@@ -85,8 +85,8 @@ impl std::ops::Deref for IdText {
     }
 }
 
-/// Both hex digits of every byte value: one lookup per byte.
-const HEX_PAIRS: [[u8; 2]; 256] = {
+/// Both hex digits (lowercase) of every byte value: one lookup per byte.
+pub(crate) const HEX_PAIRS: [[u8; 2]; 256] = {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut pairs = [[0u8; 2]; 256];
     let mut b = 0;

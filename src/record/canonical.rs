@@ -13,6 +13,7 @@
 //! everything else, never a wrong record.
 
 use super::{Data, Record};
+use crate::id::HEX_PAIRS;
 
 /// The bytes serde_json writes for `record`.
 pub fn encode(record: &Record) -> Vec<u8> {
@@ -59,7 +60,6 @@ fn number(out: &mut Vec<u8>, n: u64) {
 /// and backslash, the five named control characters, `\u00xx` for the
 /// other controls; everything else (DEL and non-ASCII included) as is.
 fn string(out: &mut Vec<u8>, text: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     let bytes = text.as_bytes();
     let mut plain = 0;
@@ -79,12 +79,8 @@ fn string(out: &mut Vec<u8>, text: &str) {
         plain = i + 1;
         out.extend_from_slice(&[b'\\', short]);
         if short == b'u' {
-            out.extend_from_slice(&[
-                b'0',
-                b'0',
-                HEX[usize::from(b >> 4)],
-                HEX[usize::from(b & 15)],
-            ]);
+            out.extend_from_slice(b"00");
+            out.extend_from_slice(&HEX_PAIRS[usize::from(b)]);
         }
     }
     out.extend_from_slice(&bytes[plain..]);
@@ -194,10 +190,6 @@ impl Reader<'_> {
 mod tests {
     use super::*;
 
-    fn by_serde(bytes: &[u8]) -> Option<Record> {
-        Record::decode_by_serde(bytes)
-    }
-
     /// Deterministic pseudo-random records: every control character, the
     /// escapes, DEL, multi-byte UTF-8, empty strings, large numbers, with
     /// and without a user, empty and full data.
@@ -282,7 +274,7 @@ mod tests {
                     "only escaped strings need serde_json: {r:?}"
                 ),
             }
-            assert_eq!(by_serde(&bytes), Some(r.clone()));
+            assert_eq!(Record::decode_by_serde(&bytes), Some(r.clone()));
             // Damaged and altered forms: whatever this path reads, serde_json
             // reads the same.
             let mut variants: Vec<Vec<u8>> =
@@ -298,7 +290,12 @@ mod tests {
             }
             for v in variants {
                 if let Some(read) = decode(&v) {
-                    assert_eq!(Some(read), by_serde(&v), "{}", String::from_utf8_lossy(&v));
+                    assert_eq!(
+                        Some(read),
+                        Record::decode_by_serde(&v),
+                        "{}",
+                        String::from_utf8_lossy(&v)
+                    );
                 }
             }
         }
@@ -326,7 +323,7 @@ mod tests {
         }
         let repeated = b"{\"v\":1,\"c\":1,\"a\":1,\"t\":1,\"l\":0,\"g\":0,\"s\":\"\",\"d\":{\"k\":\"1\",\"k\":\"2\"}}";
         assert_eq!(
-            by_serde(repeated).unwrap().data["k"],
+            Record::decode_by_serde(repeated).unwrap().data["k"],
             "2",
             "serde_json still reads it"
         );
